@@ -1,0 +1,215 @@
+"""One typed config tree for a vstar run. Defaults live here; a YAML file holds only the differences.
+
+    vstar run jobs/demo.yaml train.lr=1e-5 data.num_frames=16
+
+`load_config(path, overrides)` reads the YAML (or nothing: the embedded default), applies dotted
+`key=value` overrides (values parsed as YAML, so `1e-5`, `true`, `[a, b]` and `null` work) and
+validates. An unknown key or a bad value raises `ConfigError`, one line naming the key:
+
+    config error: train.lrr: unknown key (train takes: lr, epochs, global_batch_size, ...)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong. The message is one line and names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("demo", min_length=1, description="run name; the run directory is <root>/<name>")
+    root: str = Field("runs", description="folder (local path, s3:// or gs://) that holds run directories")
+    seed: int = 0
+    ray_address: str | None = Field(None, description="Ray cluster address; None: RAY_ADDRESS, else a local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when there is no cluster")
+    cache_dir: str | None = Field(
+        None, description="tiny models and synthetic videos; None: $VSTAR_CACHE or ~/.cache/vstar"
+    )
+    max_cycles: int = Field(3, ge=1, description="Video-STaR cycles at most (the paper ran about 3)")
+    min_delta: float = Field(0.01, ge=0, description="stop when held-out accuracy rose less than this")
+
+    @property
+    def dir(self) -> str:
+        return f"{self.root.rstrip('/')}/{self.name}"
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir or os.environ.get("VSTAR_CACHE") or Path.home() / ".cache" / "vstar")
+
+
+class SynthConfig(_Section):
+    num_videos: int = Field(48, ge=1)
+    seed: int = 0
+    num_frames: int = Field(48, ge=8, description="frames per synthetic video")
+    fps: float = Field(8.0, gt=0)
+    size: int = Field(112, ge=56, description="frame height and width in pixels")
+
+
+class DataConfig(_Section):
+    manifest: str | None = Field(None, description="JSONL, Parquet or CSV of samples; None: synthetic videos")
+    synth: SynthConfig = SynthConfig()
+    num_frames: int = Field(8, ge=1, description="frames sampled uniformly per video (the paper used 8)")
+    frame_size: int | None = Field(None, ge=16, description="resize so the longer side is this; None: native")
+    decode_backend: Literal["auto", "decord", "pyav"] = "auto"
+    decode_timeout_s: float = Field(30.0, gt=0, description="a video that takes longer to decode is an error row")
+
+
+class ModelConfig(_Section):
+    path: str | None = Field(None, description="HF folder or hub id; None: a tiny random VLM built offline")
+    tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_5_vl"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class GenerateConfig(_Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    num_candidates: int = Field(4, ge=1, description="answers sampled per question")
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    num_actors: int = Field(1, ge=1)
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class VerifyConfig(_Section):
+    class_min_ratio: float = Field(85.0, ge=0, le=100, description="fuzzy match ratio a label word needs")
+    number_rel_tol: float = Field(0.10, ge=0)
+    number_abs_tol: float | None = Field(None, ge=0)
+    timestamp_tol: float = Field(0.10, ge=0, le=1)
+    span_min_iou: float = Field(0.5, ge=0, le=1)
+    box_min_iou: float = Field(0.5, ge=0, le=1)
+    text_min_similarity: float = Field(0.5, ge=0, le=1)
+    text_embedding_model: str | None = None
+
+
+class LoraConfig(_Section):
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str = r".*language_model.*\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+class TrainConfig(_Section):
+    lr: float = Field(2e-5, gt=0)
+    epochs: int = Field(1, ge=1)
+    global_batch_size: int = Field(128, ge=1)
+    micro_batch_size: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    init_from: Literal["base", "previous"] = "base"
+    lora: LoraConfig = LoraConfig()
+    freeze_vision: bool = True
+    gradient_checkpointing: bool = False
+    num_workers: int = Field(1, ge=1)
+    min_workers: int | None = Field(None, ge=1, description="elastic training: run on min_workers..num_workers")
+    use_gpu: bool = False
+    max_failures: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> TrainConfig:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"min_workers ({self.min_workers}) must not exceed num_workers ({self.num_workers})")
+        return self
+
+
+class EvalConfig(_Section):
+    split: Literal["val", "test"] = "test"
+    max_samples: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    num_replicas: int = Field(1, ge=1)
+    max_video_bytes: int = Field(64 * 2**20, ge=1)
+    max_frames: int = Field(32, ge=1)
+    max_duration_s: float = Field(600.0, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    allowed_roots: list[str] = []
+    allowed_domains: list[str] = []
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    generate: GenerateConfig = GenerateConfig()
+    verify: VerifyConfig = VerifyConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults ← YAML file ← `key=value` overrides, validated. Raises ConfigError naming the key."""
+    tree: dict[str, Any] = {}
+    where = ""
+    if path is not None:
+        where = f" in {path}"
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"config error: cannot read {path}: {e.strerror}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config error: {path} is not valid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config error: {path} must hold a mapping of sections, got {type(tree).__name__}")
+    for item in overrides:
+        _apply_override(tree, item)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"config error{where}: {_describe(e.errors()[0])}") from None
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"config error: override {item!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the text as it was typed
+    *parents, leaf = key.split(".")
+    node = tree
+    for i, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config error: {'.'.join(parents[: i + 1])} is a value, not a section ({item!r})")
+    node[leaf] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error → 'dotted.key: what was expected (got ...)'."""
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key ({_allowed_keys(err['loc'][:-1])})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg} (got {err['input']!r})"
+
+
+def _allowed_keys(parent: tuple) -> str:
+    model: type[BaseModel] = Config
+    for part in parent:
+        model = model.model_fields[part].annotation
+    name = ".".join(map(str, parent)) or "the config"
+    return f"{name} takes: {', '.join(model.model_fields)}"

@@ -1,0 +1,240 @@
+"""Synthetic labeled videos whose labels are all visible in the pixels.
+
+    vstar data synth --out data/synth --num-videos 48 --seed 0
+
+Each video shows 1–3 flat shapes (circle, square, triangle) of distinct colours on a dark background.
+Each shape is visible for a contiguous stretch of the video and moves in one direction while visible.
+One video yields one sample per task, every label read off the same scene that was drawn:
+
+| task      | label type | label                                                            |
+|-----------|------------|------------------------------------------------------------------|
+| direction | class      | the way the main shape moves (left/right/up/down)                 |
+| object    | class ×2   | colour and shape of the first shape to appear                      |
+| count     | number     | how many shapes appear                                             |
+| span      | span       | when the main shape is visible, as fractions of the clip           |
+| box       | box        | the main shape's box [x1, y1, x2, y2] (normalized) at time `at`    |
+| order     | sequence   | the shapes in order of first appearance (videos with 2+ shapes)    |
+
+Time convention: frame f of n covers [f/n, (f+1)/n) of the clip; a span of frames a..b is
+[a/n, (b+1)/n]; a box `at` t refers to frame floor(t·n). Output is deterministic by seed:
+`<out>/videos/*.mp4` (H.264 through PyAV) and `<out>/manifest.jsonl`, whose relative video paths
+are resolved against the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vstar.schema import Label, Sample
+
+COLORS = {  # far apart in RGB so H.264 4:2:0 keeps them apart
+    "red": (225, 35, 35),
+    "green": (35, 195, 65),
+    "blue": (45, 85, 240),
+    "yellow": (240, 220, 35),
+    "magenta": (215, 50, 215),
+    "cyan": (40, 215, 225),
+}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+BACKGROUND = (22, 22, 30)
+
+
+@dataclass(frozen=True)
+class Shape:
+    color: str
+    shape: str
+    direction: str
+    side: int  # pixels
+    first: int  # first visible frame
+    last: int  # last visible frame (inclusive)
+    x0: float  # top-left corner at frame `first`
+    y0: float
+    speed: float  # pixels per frame
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    def corner(self, f: int) -> tuple[int, int]:
+        dx, dy = DIRECTIONS[self.direction]
+        t = f - self.first
+        return round(self.x0 + dx * self.speed * t), round(self.y0 + dy * self.speed * t)
+
+
+@dataclass(frozen=True)
+class Scene:
+    video_id: str
+    num_frames: int
+    size: int
+    fps: float
+    shapes: tuple[Shape, ...]  # shapes[0] is the main shape; drawn last, so never hidden
+    box_frame: int  # the frame the box label refers to
+
+    def appearance_order(self) -> list[Shape]:
+        return sorted(self.shapes, key=lambda s: s.first)
+
+
+def make_scene(rng: np.random.Generator, video_id: str, num_frames: int, size: int, fps: float) -> Scene:
+    """Draw a random scene. Appearance times are at least n/8 frames apart, so the order is visible
+    in 8 uniformly sampled frames, and every shape stays inside the picture while it is visible."""
+    n = num_frames
+    k = int(rng.integers(1, 4))
+    colors = rng.choice(list(COLORS), size=k, replace=False)
+    while True:  # rejection-sample visibility windows until appearance times are well apart
+        lengths = rng.integers(int(0.45 * n), n + 1, size=k)
+        firsts = np.array([int(rng.integers(0, n - length + 1)) for length in lengths])
+        if rng.random() < 0.3:  # spans that touch the clip's start or end must occur
+            firsts[0], lengths[0] = 0, max(lengths[0], n // 2)
+        elif rng.random() < 0.3:
+            firsts[0] = n - lengths[0]
+        if k == 1 or np.diff(np.sort(firsts)).min() >= n / 8:
+            break
+    shapes = []
+    for i in range(k):
+        side = int(rng.integers(size // 6, size // 4))
+        first, last = int(firsts[i]), int(firsts[i] + lengths[i] - 1)
+        direction = str(rng.choice(list(DIRECTIONS)))
+        free = size - side
+        travel = rng.uniform(0.45, 0.85) * free
+        along = rng.uniform(0, free - travel)
+        across = rng.uniform(0, free)
+        dx, dy = DIRECTIONS[direction]
+        start = along if dx + dy > 0 else along + travel  # moving left/up starts at the far end
+        x0, y0 = (start, across) if dx else (across, start)
+        shapes.append(
+            Shape(
+                str(colors[i]),
+                str(rng.choice(SHAPES)),
+                direction,
+                side,
+                first,
+                last,
+                float(x0),
+                float(y0),
+                travel / max(1, last - first),
+            )
+        )
+    main = shapes[0]
+    box_frame = int(rng.integers(main.first, main.last + 1))
+    return Scene(video_id, n, size, fps, tuple(shapes), box_frame)
+
+
+def _mask(shape: str, side: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:side, 0:side] + 0.5
+    if shape == "circle":
+        return (xx - side / 2) ** 2 + (yy - side / 2) ** 2 <= (side / 2) ** 2
+    if shape == "triangle":  # apex at the top centre, base along the bottom edge
+        return np.abs(xx - side / 2) <= yy / 2
+    return np.ones((side, side), bool)
+
+
+def render(scene: Scene) -> np.ndarray:
+    """The scene's frames, uint8 [T, H, W, 3]."""
+    frames = np.empty((scene.num_frames, scene.size, scene.size, 3), np.uint8)
+    frames[:] = BACKGROUND
+    for s in reversed(scene.shapes):  # main shape last, on top
+        mask = _mask(s.shape, s.side)
+        for f in range(s.first, s.last + 1):
+            x, y = s.corner(f)
+            frames[f, y : y + s.side, x : x + s.side][mask] = COLORS[s.color]
+    return frames
+
+
+def box_of(scene: Scene, s: Shape, f: int) -> list[float]:
+    x, y = s.corner(f)
+    return [x / scene.size, y / scene.size, (x + s.side) / scene.size, (y + s.side) / scene.size]
+
+
+def scene_samples(scene: Scene, video: str, split: str) -> list[Sample]:
+    """One sample per task, labels read off the scene."""
+    n, main = scene.num_frames, scene.shapes[0]
+    first = scene.appearance_order()[0]
+    subject = f"the {main.name}"
+    per_task = {
+        "direction": [Label(name="direction", type="class", value=main.direction, subject=subject)],
+        "object": [
+            Label(name="color", type="class", value=first.color, subject="the first shape to appear"),
+            Label(name="shape", type="class", value=first.shape, subject="the first shape to appear"),
+        ],
+        "count": [Label(name="count", type="number", value=len(scene.shapes), subject="shapes")],
+        "span": [Label(name="visible", type="span", value=[main.first / n, (main.last + 1) / n], subject=subject)],
+        "box": [
+            Label(
+                name="location",
+                type="box",
+                value=box_of(scene, main, scene.box_frame),
+                subject=subject,
+                at=(scene.box_frame + 0.5) / n,
+            )
+        ],
+    }
+    if len(scene.shapes) > 1:
+        per_task["order"] = [
+            Label(name="order", type="sequence", value=[s.name for s in scene.appearance_order()], subject="the shapes")
+        ]
+    return [
+        Sample(
+            sample_id=f"{scene.video_id}-{task}", video=video, source="synthetic", task=task, split=split, labels=labels
+        )
+        for task, labels in per_task.items()
+    ]
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
+    """H.264 mp4 through PyAV (its wheel bundles libx264; no ffmpeg binary needed)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(
+            "libx264",
+            rate=Fraction(fps).limit_denominator(1000),
+            options={"crf": "16", "preset": "veryfast", "threads": "1"},
+        )
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"  # "threads": "1" above: byte-identical files for the same seed
+        for img in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def splits_for(num_videos: int, rng: np.random.Generator) -> list[str]:
+    """80/10/10 train/val/test, at least one val and one test video once there are 3 videos."""
+    n_held = max(1, round(0.1 * num_videos)) if num_videos >= 3 else 0
+    splits = ["val"] * n_held + ["test"] * n_held + ["train"] * (num_videos - 2 * n_held)
+    return [splits[i] for i in rng.permutation(num_videos)]
+
+
+def synthesize(
+    out: str | Path,
+    num_videos: int,
+    seed: int = 0,
+    num_frames: int = 48,
+    fps: float = 8.0,
+    size: int = 112,
+    progress: bool = False,
+) -> Path:
+    """Write `num_videos` labeled videos and their manifest under `out`; return the manifest path."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = splits_for(num_videos, rng)
+    manifest = out / "manifest.jsonl"
+    tmp = manifest.with_suffix(".jsonl.tmp")
+    with tmp.open("w") as f:
+        for i in tqdm(range(num_videos), desc="synth videos", unit="video", disable=not progress):
+            scene = make_scene(np.random.default_rng([seed, i]), f"synth{seed}-{i:05d}", num_frames, size, fps)
+            rel = f"videos/{scene.video_id}.mp4"
+            write_video(out / rel, render(scene), fps)
+            for sample in scene_samples(scene, rel, splits[i]):
+                f.write(json.dumps(sample.to_json()) + "\n")
+    tmp.replace(manifest)  # the manifest appears only once every video is written
+    return manifest

@@ -1,0 +1,64 @@
+"""Load a video VLM and its processor from a local folder or a hub id, the same way for every model.
+
+    model, processor = load_vlm("Qwen/Qwen2.5-VL-7B-Instruct", dtype="bfloat16", device="cuda")
+    inputs = video_chat_inputs(processor, ["What happens?"], [frames])
+    answer_ids = model.generate(**inputs, max_new_tokens=64)
+
+Auto classes and the model's own chat template, so other video LVLMs load the same way; without
+torchvision the Qwen2-VL video processor falls back to numpy (`video_processor.install_fallback`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vstar.data.frames import FrameMeta
+from vstar.models.video_processor import install_fallback
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """'auto' is bf16 on a GPU and fp32 on a CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return DTYPES[dtype]
+
+
+def load_processor(path: str):
+    from transformers import AutoProcessor
+
+    install_fallback()
+    return AutoProcessor.from_pretrained(path)
+
+
+def load_vlm(path: str, dtype: str = "auto", device: str = "cpu"):
+    """(model, processor) from a folder or hub id, through AutoModelForImageTextToText + AutoProcessor."""
+    from transformers import AutoModelForImageTextToText
+
+    processor = load_processor(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+    return model.to(device).eval(), processor
+
+
+def video_chat_inputs(processor, questions: list[str], videos: list[np.ndarray], metas: list[FrameMeta] | None = None):
+    """Batched model inputs: each question with its video in the user turn, through the chat template.
+
+    `metas` carry the real frame indices and fps, so models that place frames in time (Qwen2.5-VL's
+    `second_per_grid_ts`) see the true spacing instead of the processor's 24 fps default.
+    """
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for q in questions
+    ]
+    kwargs = {}
+    if metas is not None:
+        kwargs["video_metadata"] = [
+            {"total_num_frames": m.total_frames, "fps": m.fps, "frames_indices": m.indices} for m in metas
+        ]
+    return processor(text=texts, videos=list(videos), return_tensors="pt", padding=True, **kwargs)

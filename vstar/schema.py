@@ -1,0 +1,165 @@
+"""Row and label types shared by every stage (DESIGN.md §4).
+
+A *Sample* is one labeled video question; a manifest is a JSONL, Parquet or CSV file of them.
+A *Label* is one piece of supervision; an answer passes only if it agrees with every label of its sample.
+
+>>> Label(name="direction", type="class", value="left").value
+'left'
+>>> Label(name="visible", type="span", value=[0.0, 0.5]).value
+(0.0, 0.5)
+>>> Sample(sample_id="v1-action", video="v1.mp4", task="action",
+...        labels=[{"name": "direction", "type": "class", "value": "left"}]).split
+'train'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+LabelType = Literal["class", "number", "timestamp", "span", "box", "sequence", "text"]
+Split = Literal["train", "val", "test"]
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError(f"expected a non-empty string, got {v!r}")
+    return v.strip()
+
+
+def _finite(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {v!r}")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {v!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"expected a finite number, got {v!r}")
+    return x
+
+
+def _fraction(v: Any) -> float:
+    x = _finite(v)
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"expected a fraction of the clip in [0, 1], got {v!r}")
+    return x
+
+
+def _fractions(v: Any, n: int, what: str) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)) or len(v) != n:
+        raise ValueError(f"expected {what}, got {v!r}")
+    return tuple(_fraction(x) for x in v)
+
+
+def _span(v: Any) -> tuple[float, float]:
+    s, e = _fractions(v, 2, "[start, end] as fractions of the clip")
+    if not s < e:
+        raise ValueError(f"span start must be before its end, got {list(v)!r}")
+    return s, e
+
+
+def _box(v: Any) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = _fractions(v, 4, "[x1, y1, x2, y2] normalized to [0, 1] (corner format)")
+    if not (x1 < x2 and y1 < y2):
+        raise ValueError(f"box must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2, got {list(v)!r}")
+    return x1, y1, x2, y2
+
+
+def _sequence(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ValueError(f"expected a non-empty ordered list of items, got {v!r}")
+    return tuple(_text(x) for x in v)  # order is the label: never sort or dedupe
+
+
+# One normaliser per label type: the value's canonical form, or a ValueError that says what was expected.
+VALUE_PARSERS = {
+    "class": _text,
+    "number": _finite,
+    "timestamp": _fraction,
+    "span": _span,
+    "box": _box,
+    "sequence": _sequence,
+    "text": _text,
+}
+
+
+class Label(BaseModel):
+    """One piece of supervision: `{name, type, value}` plus optional context.
+
+    `subject` names what the label is about ("the red circle"), for question templates;
+    `at` is the time (fraction of the clip) a box refers to; `synonyms` are other accepted
+    names of a class.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    type: LabelType
+    value: Any
+    synonyms: tuple[str, ...] = ()
+    subject: str | None = None
+    at: float | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: Any, info: ValidationInfo) -> Any:
+        if "type" not in info.data:  # the type itself was invalid; that error is reported
+            return v
+        return VALUE_PARSERS[info.data["type"]](v)
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, v: float | None) -> float | None:
+        return None if v is None else _fraction(v)
+
+    @model_validator(mode="after")
+    def _fields_fit_type(self) -> Label:
+        if self.synonyms and self.type != "class":
+            raise ValueError(f"synonyms apply to class labels only, not to a {self.type} label")
+        if self.at is not None and self.type != "box":
+            raise ValueError(f"'at' applies to box labels only, not to a {self.type} label")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """The label as plain JSON types, without unset optional fields."""
+        d = self.model_dump(exclude_defaults=True)
+        d["type"], d["value"] = self.type, list(self.value) if isinstance(self.value, tuple) else self.value
+        if "synonyms" in d:
+            d["synonyms"] = list(d["synonyms"])
+        return d
+
+
+class Sample(BaseModel):
+    """One labeled video question (a manifest row)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_id: str = Field(min_length=1)
+    video: str = Field(min_length=1)
+    start_s: float | None = Field(default=None, ge=0)
+    end_s: float | None = Field(default=None, gt=0)
+    source: str = "custom"
+    task: str = Field(min_length=1)
+    split: Split = "train"
+    question: str | None = None
+    template_id: str | None = None
+    labels: tuple[Label, ...] = Field(min_length=1)
+
+    @field_validator("sample_id", "video", "task", "source")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return _text(v)
+
+    @model_validator(mode="after")
+    def _clip(self) -> Sample:
+        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.model_dump(exclude={"labels"})
+        d["labels"] = [label.to_json() for label in self.labels]
+        return d

@@ -29,7 +29,7 @@ class _Section(BaseModel):
 
 class RunConfig(_Section):
     name: str = Field("demo", min_length=1, description="run name; the run directory is <root>/<name>")
-    root: str = Field("runs", description="folder (local path, s3:// or gs://) that holds run directories")
+    root: str = Field("runs", description="folder that holds run directories")
     seed: int = 0
     ray_address: str | None = Field(None, description="Ray cluster address; None: RAY_ADDRESS, else a local Ray")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when there is no cluster")

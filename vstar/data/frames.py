@@ -192,6 +192,39 @@ def sample_frames(
     raise VideoDecodeError(video, "; ".join(reasons))
 
 
+def frames_row(
+    row: dict, num_frames: int, size: int | None = None, backend: Backend = "auto", timeout_s: float | None = 30.0
+) -> dict:
+    """A manifest row plus its decoded frames, or plus an `error` naming the file and reason.
+
+    The row function behind the Ray Data decode step: it never raises on a bad video, so one damaged
+    file becomes one error row instead of a failed job. Error rows carry an empty [0, 0, 0, 3] array.
+    """
+    try:
+        frames = sample_frames(row["video"], num_frames, row.get("start_s"), row.get("end_s"), size, backend, timeout_s)
+    except VideoDecodeError as e:
+        empty = np.zeros((0, 0, 0, 3), np.uint8)
+        return {
+            **row,
+            "frames": empty,
+            "frame_indices": [],
+            "fps": 0.0,
+            "total_frames": 0,
+            "decode_backend": "",
+            "error": str(e),
+        }
+    meta = frames.meta
+    return {
+        **row,
+        "frames": frames.array,
+        "frame_indices": meta.indices,
+        "fps": meta.fps,
+        "total_frames": meta.total_frames,
+        "decode_backend": meta.backend,
+        "error": None,
+    }
+
+
 # ---- the guard: a reusable child process that can be killed when native code hangs ---------------------
 
 

@@ -3,7 +3,8 @@
     vstar data synth --out data/synth --num-videos 48 --seed 0
 
 Each video shows 1–3 flat shapes (circle, square, triangle) of distinct colours on a dark background.
-Each shape is visible for a contiguous stretch of the video and moves in one direction while visible.
+Each shape is visible for a contiguous stretch of the video and moves in one direction while visible;
+shapes never overlap, so nothing is hidden.
 One video yields one sample per task, every label read off the same scene that was drawn:
 
 | task      | label type | label                                                            |
@@ -72,7 +73,7 @@ class Scene:
     num_frames: int
     size: int
     fps: float
-    shapes: tuple[Shape, ...]  # shapes[0] is the main shape; drawn last, so never hidden
+    shapes: tuple[Shape, ...]  # shapes[0] is the main shape
     box_frame: int  # the frame the box label refers to
 
     def appearance_order(self) -> list[Shape]:
@@ -80,12 +81,22 @@ class Scene:
 
 
 def make_scene(rng: np.random.Generator, video_id: str, num_frames: int, size: int, fps: float) -> Scene:
-    """Draw a random scene. Appearance times are at least n/8 frames apart, so the order is visible
-    in 8 uniformly sampled frames, and every shape stays inside the picture while it is visible."""
-    n = num_frames
+    """Draw a random scene in which every label is visible: appearance times at least n/8 frames apart
+    (so the order shows in 8 uniformly sampled frames), every shape inside the picture while visible,
+    and no two shapes ever overlapping (nothing is hidden)."""
+    while True:
+        shapes = _draw_shapes(rng, num_frames, size)
+        if not _overlap(shapes):
+            break
+    main = shapes[0]
+    box_frame = int(rng.integers(main.first, main.last + 1))
+    return Scene(video_id, num_frames, size, fps, tuple(shapes), box_frame)
+
+
+def _draw_shapes(rng: np.random.Generator, n: int, size: int) -> list[Shape]:
     k = int(rng.integers(1, 4))
     colors = rng.choice(list(COLORS), size=k, replace=False)
-    while True:  # rejection-sample visibility windows until appearance times are well apart
+    while True:  # visibility windows whose appearance times are well apart
         lengths = rng.integers(int(0.45 * n), n + 1, size=k)
         firsts = np.array([int(rng.integers(0, n - length + 1)) for length in lengths])
         if rng.random() < 0.3:  # spans that touch the clip's start or end must occur
@@ -119,9 +130,24 @@ def make_scene(rng: np.random.Generator, video_id: str, num_frames: int, size: i
                 travel / max(1, last - first),
             )
         )
-    main = shapes[0]
-    box_frame = int(rng.integers(main.first, main.last + 1))
-    return Scene(video_id, n, size, fps, tuple(shapes), box_frame)
+    return shapes
+
+
+def _overlap(shapes: list[Shape], margin: int = 6) -> bool:
+    """Whether two shapes come within `margin` pixels in a frame where both are visible (4:2:0 chroma
+    would blend close neighbours into a third colour)."""
+    for i, a in enumerate(shapes):
+        for b in shapes[i + 1 :]:
+            for f in range(max(a.first, b.first), min(a.last, b.last) + 1):
+                (ax, ay), (bx, by) = a.corner(f), b.corner(f)
+                if (
+                    ax < bx + b.side + margin
+                    and bx < ax + a.side + margin
+                    and ay < by + b.side + margin
+                    and by < ay + a.side + margin
+                ):
+                    return True
+    return False
 
 
 def _mask(shape: str, side: int) -> np.ndarray:
@@ -137,7 +163,7 @@ def render(scene: Scene) -> np.ndarray:
     """The scene's frames, uint8 [T, H, W, 3]."""
     frames = np.empty((scene.num_frames, scene.size, scene.size, 3), np.uint8)
     frames[:] = BACKGROUND
-    for s in reversed(scene.shapes):  # main shape last, on top
+    for s in scene.shapes:
         mask = _mask(s.shape, s.side)
         for f in range(s.first, s.last + 1):
             x, y = s.corner(f)

@@ -1,0 +1,47 @@
+"""Session fixtures: synthetic videos, a tiny VLM and a real local Ray, each made once per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """12 synthetic labeled videos (seed 0) and their manifest."""
+    from vstar.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, num_videos=12, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_samples(synth_dir):
+    from vstar.data.manifest import load_manifest
+
+    report = load_manifest(synth_dir / "manifest.jsonl")
+    assert not report.rejected
+    return report.samples
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory):
+    from vstar.models import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-qwen2_5_vl", family="qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs, shared by every Ray test of the session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

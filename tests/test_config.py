@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+
+from vstar.config import Config, ConfigError, load_config
+
+JOBS = sorted((Path(__file__).parents[1] / "jobs").glob("*.yaml"))
+
+
+def test_defaults_follow_the_paper():
+    cfg = load_config()
+    assert cfg == Config()
+    assert (cfg.data.num_frames, cfg.train.lr, cfg.train.epochs, cfg.train.init_from) == (8, 2e-5, 1, "base")
+
+
+def test_overrides_are_parsed_as_yaml_and_typed():
+    cfg = load_config(
+        None,
+        [
+            "train.lr=1e-5",
+            "data.num_frames=16",
+            "train.lora.enabled=true",
+            "serve.allowed_roots=[/data, /videos]",
+            "model.path=null",
+        ],
+    )
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.data.num_frames == 16
+    assert cfg.train.lora.enabled is True
+    assert cfg.serve.allowed_roots == ["/data", "/videos"]
+    assert cfg.model.path is None
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  lr: 0.001\n  epochs: 2\ndata:\n  num_frames: 4\n")
+    cfg = load_config(path, ["train.epochs=3"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.data.num_frames) == (0.001, 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.lrr=1"], "train.lrr: unknown key (train takes: lr, epochs,"),
+        (["trian.lr=1"], "trian: unknown key (the config takes: run, data, model,"),
+        (["data.synth.sized=1"], "data.synth.sized: unknown key (data.synth takes: num_videos,"),
+        (["train.lr=fast"], "train.lr: Input should be a valid number"),
+        (["data.num_frames=0"], "data.num_frames: Input should be greater than or equal to 1 (got 0)"),
+        (["generate.backend=tgi"], "generate.backend: Input should be 'hf' or 'vllm' (got 'tgi')"),
+        (["train.min_workers=4"], "train: min_workers (4) must not exceed num_workers (1)"),
+        (["train"], "override 'train' must look like section.key=value"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert expected in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("data:\n  num_frame: 8\n")
+    with pytest.raises(ConfigError, match=r"bad_key\.yaml: data\.num_frame: unknown key"):
+        load_config(bad_key)
+    not_yaml = tmp_path / "not_yaml.yaml"
+    not_yaml.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"not_yaml\.yaml is not valid YAML"):
+        load_config(not_yaml)
+    a_list = tmp_path / "a_list.yaml"
+    a_list.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of sections"):
+        load_config(a_list)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(None, ["train.lr=3e-4", "run.name=x"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_jobs_folder_has_configs():
+    assert JOBS, "jobs/ holds at least one YAML"
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_every_job_yaml_loads(path):
+    """Run configs load as a Config; runtime_env files are what `ray job submit --runtime-env` accepts."""
+    if path.name.startswith("runtime_env"):
+        import yaml
+        from ray.runtime_env import RuntimeEnv
+
+        RuntimeEnv(**yaml.safe_load(path.read_text()))
+    else:
+        load_config(path)

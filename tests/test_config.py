@@ -96,3 +96,13 @@ def test_every_job_yaml_loads(path):
         RuntimeEnv(**yaml.safe_load(path.read_text()))
     else:
         load_config(path)
+
+
+def test_cluster_yaml_passes_the_ray_autoscaler_schema():
+    """What `ray up cluster.yaml` checks first (Ray's own validator; a private API, pinned with ray 2.60)."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["head_node_type"] in config["available_node_types"]

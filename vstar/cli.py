@@ -101,19 +101,27 @@ def _doc(module: str) -> str:
     return importlib.import_module(module).__doc__
 
 
-def cmd_run(args) -> int:
+def resolved_config(args):
+    """CONFIG is optional, so `vstar run train.lr=1e-5` must read its first word as an override."""
+    from pathlib import Path
+
     from vstar.config import load_config
+
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and "=" in path and not Path(path).exists():
+        path, overrides = None, [path, *overrides]
+    return load_config(path, overrides)
+
+
+def cmd_run(args) -> int:
     from vstar.driver import run
 
-    cfg = load_config(args.config, args.overrides)
-    run(cfg)
+    run(resolved_config(args))
     return 0
 
 
 def cmd_config(args) -> int:
-    from vstar.config import load_config
-
-    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    print(resolved_config(args).to_yaml(), end="")
     return 0
 
 

@@ -1,0 +1,48 @@
+# One set of tools: the README and .ci/run use these targets.
+#   make demo     install, then run the embedded default (local Ray, synthetic videos, tiny offline VLM)
+#   make test     install, then lint and run the whole test suite
+#   make bench    decode benchmark (prints a table)
+# On a GPU machine: make install CONSTRAINTS= EXTRAS=test,gpu   (no CPU torch pin; adds vLLM)
+
+PYTHON      ?= python3
+VENV        ?= .venv
+CONSTRAINTS ?= constraints/cpu.txt
+EXTRAS      ?= test
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+PIP_C       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+
+export HF_HUB_OFFLINE ?= 1
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+# torch first and pinned: any resolve without it would pull a multi-GB CUDA build on a CPU machine.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(if $(CONSTRAINTS),$(BIN)/python -m pip install -q $(PIP_C) torch,)
+	$(BIN)/python -m pip install -q $(PIP_C) -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/vstar run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/decode.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

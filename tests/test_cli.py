@@ -1,0 +1,79 @@
+"""The `vstar` command as users run it: help that teaches, one-line errors, and `vstar run` end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vstar.cli import main
+
+
+def vstar(*args):
+    return subprocess.run([sys.executable, "-m", "vstar.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_teaches():
+    out = vstar("--help")
+    assert out.returncode == 0
+    for text in ("vstar run", "vstar data synth", "vstar data validate", "vstar config", "train.lr=1e-5"):
+        assert text in out.stdout
+    synth = vstar("data", "synth", "--help").stdout
+    for text in ("--out", "--num-videos", "--seed", "same seed writes the same bytes", "| box       | box"):
+        assert text in synth
+
+
+def test_config_errors_are_one_line_and_exit_2():
+    out = vstar("config", "train.lrr=1")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "vstar: config error: train.lrr: unknown key (train takes: lr, epochs, global_batch_size, micro_batch_size, "
+        "warmup_ratio, weight_decay, init_from, lora, freeze_vision, gradient_checkpointing, num_workers, "
+        "min_workers, use_gpu, max_failures)"
+    ]
+    assert "lr: 1.0e-05" in vstar("config", "train.lr=1e-5").stdout
+
+
+def test_synth_and_validate(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--num-videos", "3", "--seed", "1"]) == 0
+    manifest = tmp_path / "s" / "manifest.jsonl"
+    assert main(["data", "validate", str(manifest)]) == 0
+    rows = manifest.read_text().splitlines()
+    broken = json.loads(rows[0]) | {"split": "dev"}
+    (tmp_path / "bad.jsonl").write_text("\n".join([*rows[1:], json.dumps(broken)]) + "\n")
+    capsys.readouterr()
+    assert main(["data", "validate", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "v")]) == 1
+    err = capsys.readouterr().err
+    assert f"bad.jsonl line {len(rows)}: split: Input should be 'train', 'val' or 'test'" in err
+    assert (tmp_path / "v" / "rejected.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.slow
+def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
+    """`vstar run` on a manifest holding a damaged video: the run goes on and records it."""
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--num-videos", "3"]) == 0
+    rows = (tmp_path / "s" / "manifest.jsonl").read_text().splitlines()
+    (tmp_path / "s" / "videos" / "damaged.mp4").write_bytes(b"not a video")
+    damaged = json.loads(rows[0]) | {"sample_id": "damaged-direction", "video": "videos/damaged.mp4"}
+    (tmp_path / "m.jsonl").write_text("\n".join([*rows, json.dumps(damaged), "{oops"]) + "\n")
+    (tmp_path / "m.jsonl").rename(tmp_path / "s" / "m.jsonl")
+    code = main(
+        [
+            "run",
+            "run.name=e2e",
+            f"run.root={tmp_path}/runs",
+            f"run.cache_dir={tmp_path}/cache",
+            f"data.manifest={tmp_path}/s/m.jsonl",
+        ]
+    )
+    assert code == 0
+    run = tmp_path / "runs" / "e2e"
+    assert "manifest:" in (run / "config.yaml").read_text()
+    kept = (run / "manifest" / "samples.jsonl").read_text().splitlines()
+    assert len(kept) == len(rows) + 1  # the damaged video's row is a valid sample; its file is the problem
+    assert json.loads((run / "manifest" / "summary.json").read_text())["rejected"] == 1  # the {oops line
+    videos = [json.loads(x) for x in (run / "manifest" / "videos.jsonl").read_text().splitlines()]
+    assert len(videos) == 4
+    errors = [v for v in videos if v["error"]]
+    assert len(errors) == 1 and "damaged.mp4" in errors[0]["error"]
+    assert (tmp_path / "cache" / "models" / "tiny-qwen2_5_vl-v1" / "model.safetensors").exists()

@@ -19,7 +19,7 @@ def test_help_teaches():
     for text in ("vstar run", "vstar data synth", "vstar data validate", "vstar config", "train.lr=1e-5"):
         assert text in out.stdout
     synth = vstar("data", "synth", "--help").stdout
-    for text in ("--out", "--num-videos", "--seed", "same seed writes the same bytes", "| box       | box"):
+    for text in ("--out", "--num-videos", "--seed", "same seed gives the same labels and pixels", "| box       | box"):
         assert text in synth
 
 

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (videos/ and manifest.jsonl go here)")
     p.add_argument("--num-videos", type=int, default=48, help="number of videos (default: 48)")
-    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same labels and pixels (default: 0)")
     p.add_argument("--num-frames", type=int, default=48, help="frames per video (default: 48)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second (default: 8)")
     p.add_argument("--size", type=int, default=112, help="frame height and width in pixels (default: 112)")

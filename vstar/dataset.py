@@ -16,9 +16,6 @@ import ray
 from vstar.data.frames import frames_row
 from vstar.schema import Sample
 
-# Columns a decode step adds to a sample row.
-FRAME_COLUMNS = ("frames", "frame_indices", "fps", "total_frames", "decode_backend", "error")
-
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
     """Join the cluster at `address` (or $RAY_ADDRESS); else start a local Ray on this machine."""
@@ -31,15 +28,10 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
 
 
-def sample_rows(samples: list[Sample]) -> list[dict]:
-    """The columns of a sample that decoding and later stages read (labels travel as JSON text)."""
-    return [{"sample_id": s.sample_id, "video": s.video, "start_s": s.start_s, "end_s": s.end_s} for s in samples]
-
-
 def decoded_frames(
     samples: list[Sample], num_frames: int, size: int | None = None, backend: str = "auto", timeout_s: float = 30.0
 ) -> ray.data.Dataset:
     """A lazy dataset of sample rows with decoded frames (see `frames_row` for the columns)."""
-    rows = sample_rows(samples)
+    rows = [{"sample_id": s.sample_id, "video": s.video, "start_s": s.start_s, "end_s": s.end_s} for s in samples]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
     return ds.map(frames_row, fn_kwargs=dict(num_frames=num_frames, size=size, backend=backend, timeout_s=timeout_s))

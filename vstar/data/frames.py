@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Literal
 
@@ -53,9 +53,6 @@ class FrameMeta:
     @property
     def timestamps_s(self) -> list[float]:
         return [i / self.fps for i in self.indices]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

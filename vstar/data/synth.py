@@ -17,9 +17,11 @@ One video yields one sample per task, every label read off the same scene that w
 | order     | sequence   | the shapes in order of first appearance (videos with 2+ shapes)    |
 
 Time convention: frame f of n covers [f/n, (f+1)/n) of the clip; a span of frames a..b is
-[a/n, (b+1)/n]; a box `at` t refers to frame floor(t·n). Output is deterministic by seed:
-`<out>/videos/*.mp4` (H.264 through PyAV) and `<out>/manifest.jsonl`, whose relative video paths
-are resolved against the manifest's folder.
+[a/n, (b+1)/n]; a box `at` t refers to frame floor(t·n). Output: `<out>/videos/*.mp4` (H.264
+through PyAV) and `<out>/manifest.jsonl`, whose relative video paths are resolved against the manifest's
+folder. The same seed gives the same manifest and the same decoded frames. The mp4 bytes are the same too
+in a fresh process; once torch's native libraries are loaded, x264's entropy coding of a few videos can
+differ by a few bytes (measured: 5 of 96 files), decoding to the same pixels.
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
             options={"crf": "16", "preset": "veryfast", "threads": "1"},
         )
         stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"  # "threads": "1" above: byte-identical files for the same seed
+        stream.pix_fmt = "yuv420p"  # "threads": "1" above: with frame threads even the pixels could vary
         for img in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         container.mux(stream.encode())

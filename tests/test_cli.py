@@ -77,3 +77,35 @@ def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
     errors = [v for v in videos if v["error"]]
     assert len(errors) == 1 and "damaged.mp4" in errors[0]["error"]
     assert (tmp_path / "cache" / "models" / "tiny-qwen2_5_vl-v1" / "model.safetensors").exists()
+
+
+def test_verify_command(ray_local, tmp_path, capsys):
+    rows = [
+        {
+            "sample_id": "a",
+            "labels": [{"name": "direction", "type": "class", "value": "left", "choices": ["left", "right"]}],
+            "candidates": ["It moves left.", "It moves left or right.", ""],
+        },
+        {
+            "sample_id": "b",
+            "labels": [{"name": "visible", "type": "span", "value": [0, 0.5]}],
+            "answer": "from 0 to 4 seconds",
+            "duration_s": 8.0,
+        },
+        {"sample_id": "c", "labels": [{"name": "x", "type": "span", "value": [0.6, 0.2]}], "answer": "from 0.2 to 0.6"},
+    ]
+    path = tmp_path / "answers.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["verify", str(path), "verify.class_strict=true"]) == 0
+    out = {
+        r["sample_id"]: r for r in map(json.loads, (tmp_path / "verified" / "verified.jsonl").read_text().splitlines())
+    }
+    assert out["a"]["passed"] == [True, False, False] and out["b"]["passed"] == [True]
+    assert out["c"]["passed"] == [] and "span start must be before its end" in out["c"]["error"]
+    summary = json.loads((tmp_path / "verified" / "summary.json").read_text())
+    assert summary["rows_with_a_passing_candidate"] == 2 and summary["label_pass_rate"] == {
+        "class": 0.3333,
+        "span": 1.0,
+    }
+    assert main(["verify", str(path), "verify.span_min_iou=2"]) == 2  # a bad threshold is a config error
+    assert "verify.span_min_iou: Input should be less than or equal to 1" in capsys.readouterr().err

@@ -16,3 +16,27 @@ def test_decoded_frames_with_an_error_row(ray_local, synth_samples, tmp_path):
         assert row["error"] is None and row["frames"].shape == (8, 112, 112, 3)
         assert list(row["frame_indices"]) == [0, 7, 13, 20, 27, 34, 40, 47] and row["fps"] == 8.0
     assert rows["bad"]["error"].startswith(str(damaged)) and rows["bad"]["frames"].shape[0] == 0
+
+
+def test_verify_stage_on_ray(ray_local):
+    import json
+
+    import pandas as pd
+    import ray
+
+    from vstar.config import VerifyConfig
+    from vstar.dataset import verified
+
+    labels = json.dumps([{"name": "visible", "type": "span", "value": [0.0, 0.5]}])
+    df = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(300)],
+            "labels": [labels] * 300,
+            "candidates": [["from 0 to 0.5", "from 0.6 to 0.9", ""]] * 300,
+        }
+    )
+    out = verified(ray.data.from_pandas(df), VerifyConfig()).to_pandas().sort_values("sample_id")
+    assert len(out) == 300 and set(out["num_passed"]) == {1}
+    assert [list(p) for p in out["passed"].head(2)] == [[True, False, False]] * 2
+    reasons = [lv["reason"] for v in json.loads(out["verdicts"].iloc[0]) for lv in v["per_label"]]
+    assert reasons == ["[0, 0.5]: IoU 1.000 > 0.5", "[0.6, 0.9]: IoU 0.000 <= 0.5", "empty answer"]

@@ -18,6 +18,7 @@ Start here:
   vstar config                         every config key with its default
   vstar data synth --out data/synth    write synthetic labeled videos and their manifest
   vstar data validate MANIFEST         check a manifest; bad rows are reported with line and field
+  vstar verify ANSWERS.jsonl           verify answers against their labels; verdicts with reasons
 """
 
 OVERRIDES_HELP = "dotted overrides such as train.lr=1e-5 data.num_frames=16 (values are parsed as YAML)"
@@ -92,7 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="JSONL, Parquet or CSV manifest")
     p.add_argument("--out", help="folder for samples.jsonl, rejected.jsonl and summary.json (default: no files)")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser(
+        "verify",
+        help="verify answers against their labels (Parser-Verifier on Ray Data)",
+        description=VERIFY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("answers", help="JSONL or Parquet: `labels` and `candidates` (list) or `answer` (text)")
+    p.add_argument(
+        "overrides", nargs="*", help="verify thresholds, e.g. verify.span_min_iou=0.6 verify.class_strict=false"
+    )
+    p.add_argument("--out", help="folder for verified.jsonl and summary.json (default: ANSWERS' folder/verified)")
+    p.set_defaults(func=cmd_verify)
     return parser
+
+
+VERIFY_HELP = """\
+Verify answers against their labels with the Parser-Verifier, on Ray Data (a local Ray unless
+RAY_ADDRESS is set). Each row needs `labels` (a list of {name, type, value}, or JSON text of one) and
+either `candidates` (a list of answers) or `answer`; optional `duration_s` (for answers in seconds) and
+`frame_width`/`frame_height` (for boxes in pixels). Writes every row with `verdicts` (per candidate and
+label: parsed value, score, threshold, pass/fail, reason), `passed` and `num_passed`, and prints pass
+rates per label type with the most common failure reasons.
+
+  vstar verify runs/demo/answers.jsonl verify.number_rel_tol=0.05
+"""
 
 
 def _doc(module: str) -> str:
@@ -122,6 +147,30 @@ def cmd_run(args) -> int:
 
 def cmd_config(args) -> int:
     print(resolved_config(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    import json
+    from pathlib import Path
+
+    from vstar.config import load_config
+    from vstar.dataset import init_ray, verified
+    from vstar.verify.batch import read_answers, summarize, write_jsonl
+
+    cfg = load_config(None, args.overrides)
+    df = read_answers(args.answers)
+    out = Path(args.out) if args.out else Path(args.answers).parent / "verified"
+    out.mkdir(parents=True, exist_ok=True)
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    import ray
+
+    result = verified(ray.data.from_pandas(df), cfg.verify).to_pandas()
+    write_jsonl(result, out / "verified.jsonl")
+    summary = summarize(result)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out / 'verified.jsonl'} and {out / 'summary.json'}")
     return 0
 
 

@@ -85,6 +85,7 @@ class GenerateConfig(_Section):
 
 class VerifyConfig(_Section):
     class_min_ratio: float = Field(85.0, ge=0, le=100, description="fuzzy match ratio a label word needs")
+    class_strict: bool = Field(True, description="fail an answer that also names another class of the label's choices")
     number_rel_tol: float = Field(0.10, ge=0)
     number_abs_tol: float | None = Field(None, ge=0)
     timestamp_tol: float = Field(0.10, ge=0, le=1)

@@ -13,8 +13,10 @@ import os
 
 import ray
 
+from vstar.config import VerifyConfig
 from vstar.data.frames import frames_row
 from vstar.schema import Sample
+from vstar.verify.batch import verify_rows
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -35,3 +37,8 @@ def decoded_frames(
     rows = [{"sample_id": s.sample_id, "video": s.video, "start_s": s.start_s, "end_s": s.end_s} for s in samples]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
     return ds.map(frames_row, fn_kwargs=dict(num_frames=num_frames, size=size, backend=backend, timeout_s=timeout_s))
+
+
+def verified(ds: ray.data.Dataset, cfg: VerifyConfig) -> ray.data.Dataset:
+    """Answer rows (`labels` + `candidates` or `answer`) with `verdicts`, `passed` and `num_passed` added."""
+    return ds.map_batches(verify_rows, batch_format="pandas", batch_size=256, fn_kwargs={"cfg": cfg})

@@ -91,7 +91,8 @@ class Label(BaseModel):
 
     `subject` names what the label is about ("the red circle"), for question templates;
     `at` is the time (fraction of the clip) a box refers to; `synonyms` are other accepted
-    names of a class.
+    names of a class; `choices` are the class names of its label set (the value among them), so a
+    strict verifier can fail an answer that names another class too.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -100,6 +101,7 @@ class Label(BaseModel):
     type: LabelType
     value: Any
     synonyms: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
     subject: str | None = None
     at: float | None = None
 
@@ -117,8 +119,9 @@ class Label(BaseModel):
 
     @model_validator(mode="after")
     def _fields_fit_type(self) -> Label:
-        if self.synonyms and self.type != "class":
-            raise ValueError(f"synonyms apply to class labels only, not to a {self.type} label")
+        for extra in ("synonyms", "choices"):
+            if getattr(self, extra) and self.type != "class":
+                raise ValueError(f"{extra} apply to class labels only, not to a {self.type} label")
         if self.at is not None and self.type != "box":
             raise ValueError(f"'at' applies to box labels only, not to a {self.type} label")
         return self
@@ -127,8 +130,9 @@ class Label(BaseModel):
         """The label as plain JSON types, without unset optional fields."""
         d = self.model_dump(exclude_defaults=True)
         d["type"], d["value"] = self.type, list(self.value) if isinstance(self.value, tuple) else self.value
-        if "synonyms" in d:
-            d["synonyms"] = list(d["synonyms"])
+        for extra in ("synonyms", "choices"):
+            if extra in d:
+                d[extra] = list(d[extra])
         return d
 
 

@@ -184,10 +184,12 @@ def scene_samples(scene: Scene, video: str, split: str) -> list[Sample]:
     first = scene.appearance_order()[0]
     subject = f"the {main.name}"
     per_task = {
-        "direction": [Label(name="direction", type="class", value=main.direction, subject=subject)],
+        "direction": [
+            Label(name="direction", type="class", value=main.direction, subject=subject, choices=tuple(DIRECTIONS))
+        ],
         "object": [
-            Label(name="color", type="class", value=first.color, subject="the first shape to appear"),
-            Label(name="shape", type="class", value=first.shape, subject="the first shape to appear"),
+            Label(name="color", type="class", value=first.color, subject="the first shape", choices=tuple(COLORS)),
+            Label(name="shape", type="class", value=first.shape, subject="the first shape", choices=SHAPES),
         ],
         "count": [Label(name="count", type="number", value=len(scene.shapes), subject="shapes")],
         "span": [Label(name="visible", type="span", value=[main.first / n, (main.last + 1) / n], subject=subject)],

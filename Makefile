@@ -1,7 +1,7 @@
 # One set of tools: the README and .ci/run use these targets.
 #   make demo     install, then run the embedded default (local Ray, synthetic videos, tiny offline VLM)
 #   make test     install, then lint and run the whole test suite
-#   make bench    decode benchmark (prints a table)
+#   make bench    decode and verify benchmarks (print tables)
 # On a GPU machine: make install CONSTRAINTS= EXTRAS=test,gpu   (no CPU torch pin; adds vLLM)
 
 PYTHON      ?= python3
@@ -43,6 +43,7 @@ test: lint
 
 bench: install
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/verify.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -57,6 +57,18 @@ def test_class_strict_mode_fails_an_answer_naming_another_class():
     nested = L("class", "playing bass guitar", choices=["playing guitar", "playing bass guitar", "drumming"])
     assert one("He is playing bass guitar.", nested).passed
     assert not one("He is playing bass guitar, or drumming.", nested).passed
+    inflected = L("class", "juggling soccer ball", choices=["juggling balls", "golfing", "juggling soccer ball"])
+    assert one("Answer: juggling soccer ball.", inflected).passed  # "juggling balls" is inside it, up to a plural
+
+
+def test_naming_another_class_takes_its_phrase_near_exactly_in_the_final_answer():
+    label = L("class", "putting", name="action", choices=["putting", "cutting hedge", "hanging picture"])
+    # "putting"~"cutting" (86) and a far-off "hedge" are not the class "cutting hedge"
+    assert one("He is putting on the green near the hedge.", label).passed
+    assert not one("He is putting, or maybe cutting hedges.", label).passed  # plural of the phrase: named
+    # deliberation before the final answer does not count against it
+    assert one("It could be cutting hedge or hanging picture. Answer: putting.", label).passed
+    assert not one("Looks like golf. Answer: putting or hanging picture.", label).passed
 
 
 # ---- number ----------------------------------------------------------------------------------------------
@@ -203,6 +215,8 @@ def test_text_lexical_similarity():
     label = L("text", "Took the cup.")
     v = one("The person took the cup from the table.", label)
     assert v.passed and v.score == 1.0
+    assert one("She takes two cups.", L("text", "take cup")).passed  # stems: cups → cup, takes → take
+    assert one("The main key moment.", L("text", "man with keys near the door")).score == 0.25  # only keys
     v = one("The person put down the towel.", label)
     assert not v.passed and v.score == 0.0 and v.threshold == 0.5
 

@@ -46,7 +46,7 @@ def smart_resize(
     >>> smart_resize(112, 112, 28, 3136, 50176)
     (112, 112)
     >>> smart_resize(240, 320, 28, 3136, 50176)
-    (196, 252)
+    (168, 252)
     """
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)

@@ -9,6 +9,19 @@ Nothing here raises on model output: an empty or garbled answer is a failed verd
 (True, 84.0, "84 (the number tied to 'score'): |84 - 85.5| = 1.5 <= 8.55")
 >>> verify("On a scale of 1 to 100 it was a fine dive.", [Label(name="score", type="number", value=95)]).passed
 False
+>>> verify("He is not playing guitar.", [Label(name="action", type="class", value="playing guitar")]).passed
+False
+>>> left = Label(name="direction", type="class", value="left", choices=["left", "right"])
+>>> verify("It moves left.", [left]).passed, verify("It moves left or right.", [left]).passed
+(True, False)
+>>> verify("Visible from 0 to 0.4 of the video.", [Label(name="v", type="span", value=[0, 0.4])]).passed
+True
+>>> verify("[0.3, 0.45, 0.2, 0.3]", [Label(name="b", type="box", value=[0.2, 0.3, 0.4, 0.6])]).per_label[0].reason
+'[0.3, 0.45, 0.2, 0.3] is not a corner-format box (x1 < x2, y1 < y2)'
+>>> verify("twist, then take off", [Label(name="s", type="sequence", value=["take off", "twist"])]).passed
+False
+>>> verify("", [Label(name="t", type="text", value="took the cup")]).per_label[0].reason
+'empty answer'
 """
 
 from __future__ import annotations
@@ -16,12 +29,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from vstar.config import VerifyConfig
 from vstar.schema import Label
 from vstar.verify.parse import answer_start, boxes, numbers, spans, times
-from vstar.verify.text import content_words, find_word, matches, words
+from vstar.verify.text import Words, content_words, find_word, first_word, negated, stems, words
 
 
 @dataclass(frozen=True)
@@ -54,11 +68,21 @@ class Context:
     embed: Callable[[list[str]], Any] | None = None  # text → unit vectors, for text labels
 
 
-@dataclass
 class Answer:
-    text: str
-    tokens: list[str]
-    final: int  # character offset where the final answer begins (after "Answer:", "therefore", …)
+    """The answer text, with its word index built only when a check asks for it."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.final = answer_start(text)  # where the final answer begins (after "Answer:", "therefore", …)
+
+    @cached_property
+    def words(self) -> Words:
+        return Words.of(self.text)
+
+    @cached_property
+    def final_word(self) -> int:
+        """Where the final answer begins, as a word position."""
+        return len(words(self.text[: self.final]))
 
 
 def _verdict(label: Label, parsed, score, threshold, passed: bool, reason: str) -> LabelVerdict:
@@ -72,13 +96,13 @@ def _fail(label: Label, reason: str) -> LabelVerdict:
 # ---- class ---------------------------------------------------------------------------------------------
 
 
-def _match_words(tokens: list[str], name: str, min_ratio: float) -> tuple[list, list[str]]:
+def _match_words(ws: Words, name: str, min_ratio: float) -> tuple[list, list[str]]:
     """Best match of every content word of `name`: (matches, words with no non-negated match)."""
     matches, missing = [], []
     for w in content_words(name):
-        m = find_word(tokens, w, min_ratio)
+        m = find_word(ws, w, min_ratio)
         if m is None or m[3]:
-            missing.append(w if m is None else f"{w} (negated: '{' '.join(tokens[max(0, m[0] - 3) : m[0] + 1])}')")
+            missing.append(w if m is None else f"{w} (negated: '{' '.join(ws.tokens[max(0, m[0] - 3) : m[0] + 1])}')")
         else:
             matches.append((w, m))
     return matches, missing
@@ -88,7 +112,7 @@ def check_class(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     min_ratio = ctx.cfg.class_min_ratio
     best = None
     for name in (label.value, *label.synonyms):
-        matches, missing = _match_words(answer.tokens, name, min_ratio)
+        matches, missing = _match_words(answer.words, name, min_ratio)
         if best is None or len(missing) < len(best[2]):
             best = (name, matches, missing)
         if not missing:
@@ -99,13 +123,13 @@ def check_class(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         return _verdict(label, None, score, min_ratio, False, f"'{name}': not found: {', '.join(missing)}")
     found = ", ".join(f"'{w}'→'{m[1]}' ({m[2]})" for w, m in matches)
     if ctx.cfg.class_strict and label.choices:
-        own = set(content_words(name))
+        own = set().union(*(stems(w) for w in content_words(name)))
         others = [
             c
             for c in label.choices
-            if c != label.value and c not in label.synonyms and not set(content_words(c)) <= own
-        ]
-        named = [c for c in others if not _match_words(answer.tokens, c, min_ratio)[1]]
+            if c != label.value and c not in label.synonyms and not all(stems(w) & own for w in content_words(c))
+        ]  # not a class nested in this one
+        named = [c for c in others if _names(answer, content_words(c))]
         if named:
             return _verdict(
                 label,
@@ -116,6 +140,20 @@ def check_class(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
                 f"'{name}' found ({found}) but the answer also names {', '.join(map(repr, named))}",
             )
     return _verdict(label, name, score, min_ratio, True, f"found {found}")
+
+
+# Naming another class takes more than a loose word match: its words as a phrase, near-exact (plurals
+# pass, "putting"/"cutting" do not), not negated, in the final answer when the answer has one.
+_OTHER_CLASS_RATIO = 92
+
+
+def _names(answer: Answer, phrase: list[str]) -> bool:
+    start = answer.final_word
+    while (hit := _find_phrase(answer.words, phrase, _OTHER_CLASS_RATIO, start)) is not None:
+        if not negated(answer.words.tokens, hit[0]):
+            return True
+        start = hit[0] + 1
+    return False
 
 
 # ---- number --------------------------------------------------------------------------------------------
@@ -269,38 +307,28 @@ def check_box(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
 _PHRASE_GAP = 3  # words of a multi-word item may be this far apart ("take off" / "took the board off")
 
 
-def _find_phrase(tokens: list[str], phrase: list[str], min_ratio: float, start: int) -> tuple[int, int] | None:
+def _find_phrase(ws: Words, phrase: list[str], min_ratio: float, start: int) -> tuple[int, int] | None:
     """The earliest occurrence at or after `start` of the phrase's words in order: (first, last) position."""
     i = start
-    while True:
-        first = _first_word(tokens, phrase[0], min_ratio, i)
-        if first is None:
-            return None
-        last, ok = first, True
+    while (first := first_word(ws, phrase[0], min_ratio, i)) is not None:
+        last = first
         for w in phrase[1:]:
-            nxt = _first_word(tokens, w, min_ratio, last + 1, last + 1 + _PHRASE_GAP)
-            if nxt is None:
-                ok = False
+            last = first_word(ws, w, min_ratio, last + 1, last + 1 + _PHRASE_GAP)
+            if last is None:
                 break
-            last = nxt
-        if ok:
+        if last is not None:
             return first, last
         i = first + 1
-
-
-def _first_word(tokens: list[str], word: str, min_ratio: float, start: int, stop: int | None = None) -> int | None:
-    """For order the earliest acceptable match counts, not the best one."""
-    stop = len(tokens) if stop is None else min(stop, len(tokens))
-    return next((i for i in range(start, stop) if matches(tokens[i], word, min_ratio)), None)
+    return None
 
 
 def check_sequence(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     min_ratio, cursor, found = ctx.cfg.class_min_ratio, 0, []
     for item in label.value:
         phrase = content_words(item)
-        hit = _find_phrase(answer.tokens, phrase, min_ratio, cursor)
+        hit = _find_phrase(answer.words, phrase, min_ratio, cursor)
         if hit is None:
-            anywhere = _find_phrase(answer.tokens, phrase, min_ratio, 0)
+            anywhere = _find_phrase(answer.words, phrase, min_ratio, 0)
             why = f"'{item}' appears only before '{found[-1]}' (out of order)" if anywhere else f"'{item}' not found"
             return _verdict(
                 label,
@@ -324,9 +352,9 @@ def check_text(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         a, b = ctx.embed([answer.text[answer.final :] or answer.text, label.value])
         sim = float((a * b).sum())
         how = "embedding cosine"
-    else:  # lexical: the share of the label's content words found in the answer
+    else:  # lexical: the share of the label's content words that the answer has, up to inflection
         wanted = content_words(label.value)
-        hits = sum(find_word(answer.tokens, w, ctx.cfg.class_min_ratio) is not None for w in wanted)
+        hits = sum(any(s in answer.words.by_stem for s in stems(w)) for w in wanted)
         sim, how = hits / len(wanted), f"{hits} of {len(wanted)} label words found"
     ok = sim >= threshold
     return _verdict(label, None, sim, threshold, ok, f"{how}: {sim:.3f} {'>=' if ok else '<'} {threshold:g}")
@@ -348,7 +376,7 @@ def verify(answer: str | None, labels, ctx: Context | None = None) -> Verdict:
     ctx = ctx or Context()
     if not isinstance(answer, str) or not answer.strip():
         return Verdict(False, [_fail(label, "empty answer") for label in labels])
-    parsed = Answer(answer, words(answer), answer_start(answer))
+    parsed = Answer(answer)
     per_label = []
     for label in labels:
         try:

@@ -1,5 +1,6 @@
 """The Ray Data decode step on a real local Ray: frames for good videos, an error row for a damaged one."""
 
+from vstar.data.frames import frames_of
 from vstar.dataset import decoded_frames
 from vstar.schema import Sample
 
@@ -13,9 +14,9 @@ def test_decoded_frames_with_an_error_row(ray_local, synth_samples, tmp_path):
     assert set(rows) == {s.sample_id for s in samples}
     for s in synth_samples[:5]:
         row = rows[s.sample_id]
-        assert row["error"] is None and row["frames"].shape == (8, 112, 112, 3)
+        assert row["error"] is None and frames_of(row).shape == (8, 112, 112, 3)
         assert list(row["frame_indices"]) == [0, 7, 13, 20, 27, 34, 40, 47] and row["fps"] == 8.0
-    assert rows["bad"]["error"].startswith(str(damaged)) and rows["bad"]["frames"].shape[0] == 0
+    assert rows["bad"]["error"].startswith(str(damaged)) and frames_of(rows["bad"]).shape[0] == 0
 
 
 def test_verify_stage_on_ray(ray_local):

@@ -12,6 +12,7 @@ from vstar.data.frames import (
     VideoDecodeError,
     _Guard,
     frame_indices,
+    frames_of,
     frames_row,
     sample_frames,
 )
@@ -126,8 +127,9 @@ def test_a_decoder_crash_is_reported_and_survived(tmp_path, video):
 
 def test_frames_row_turns_errors_into_rows(video, damaged):
     good = frames_row({"sample_id": "a", "video": str(video[0])}, 8)
-    assert good["error"] is None and good["frames"].shape == (8, 112, 112, 3)
+    assert good["error"] is None and frames_of(good).shape == (8, 112, 112, 3)
+    assert np.array_equal(frames_of(good), sample_frames(str(video[0]), 8).array)
     assert good["frame_indices"] == [0, 7, 13, 20, 27, 34, 40, 47] and good["decode_backend"] == "decord"
     bad = frames_row({"sample_id": "b", "video": str(damaged / "garbage.mp4")}, 8)
-    assert bad["sample_id"] == "b" and bad["frames"].shape == (0, 0, 0, 3)
+    assert bad["sample_id"] == "b" and frames_of(bad).shape == (0, 0, 0, 3)
     assert bad["error"].startswith(str(damaged / "garbage.mp4"))

@@ -19,6 +19,7 @@ Start here:
   vstar data synth --out data/synth    write synthetic labeled videos and their manifest
   vstar data validate MANIFEST         check a manifest; bad rows are reported with line and field
   vstar verify ANSWERS.jsonl           verify answers against their labels; verdicts with reasons
+  vstar generate --mode answer         answer generation alone (rationalize: the hinted re-ask)
 """
 
 OVERRIDES_HELP = "dotted overrides such as train.lr=1e-5 data.num_frames=16 (values are parsed as YAML)"
@@ -94,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for samples.jsonl, rejected.jsonl and summary.json (default: no files)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser(
+        "generate",
+        help="run answer generation or label rationalization alone",
+        description=_doc("vstar.generate.stage").split("Columns:")[0] + GENERATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="YAML config; omit for the embedded default")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument(
+        "--mode",
+        choices=["answer", "rationalize"],
+        default="answer",
+        help="answer: the question alone; rationalize: the question with its label as a hint",
+    )
+    p.add_argument("--out", help="output folder (default: <run>/cycle_0/answers or <run>/cycle_0/rationales)")
+    p.add_argument(
+        "--failed-from", metavar="DIR", help="only the samples with no passing candidate in this earlier stage's output"
+    )
+    p.add_argument("--limit", type=int, help="only the first N samples of the split")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="(default: train)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
         "verify",
         help="verify answers against their labels (Parser-Verifier on Ray Data)",
         description=VERIFY_HELP,
@@ -107,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
     return parser
 
+
+GENERATE_HELP = """
+Examples:
+  vstar generate --mode answer data.synth.num_videos=8 generate.num_candidates=4
+  vstar generate --mode rationalize --failed-from runs/demo/cycle_0/answers
+  vstar generate jobs/demo.yaml generate.backend=vllm generate.num_gpus_per_actor=1 generate.num_actors=8
+"""
 
 VERIFY_HELP = """\
 Verify answers against their labels with the Parser-Verifier, on Ray Data (a local Ray unless
@@ -147,6 +177,33 @@ def cmd_run(args) -> int:
 
 def cmd_config(args) -> int:
     print(resolved_config(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import pandas as pd
+
+    from vstar.dataset import init_ray
+    from vstar.driver import prepare_manifest, prepare_model, prepare_run_dir
+    from vstar.generate.stage import generate_stage
+
+    cfg = resolved_config(args)
+    run_dir = prepare_run_dir(cfg)
+    samples = [s for s in prepare_manifest(cfg, run_dir) if s.split == args.split][: args.limit]
+    if args.failed_from:
+        earlier = pd.read_parquet(args.failed_from, columns=["sample_id", "num_passed", "error"])
+        failed = set(earlier.loc[(earlier["num_passed"] == 0) & earlier["error"].isna(), "sample_id"])
+        samples = [s for s in samples if s.sample_id in failed]
+    out = args.out or run_dir / "cycle_0" / ("answers" if args.mode == "answer" else "rationales")
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    generate_stage(
+        samples, args.mode, out, prepare_model(cfg), cfg.generate, cfg.data, cfg.verify, cfg.model.dtype, cfg.run.seed
+    )
+    df = pd.read_parquet(out, columns=["sample_id", "num_passed", "error"])
+    print(
+        f"{args.mode}: {len(df)} rows in {out}: {int((df['num_passed'] > 0).sum())} with a passing candidate, "
+        f"{int(df['error'].notna().sum())} errors"
+    )
     return 0
 
 

@@ -81,6 +81,7 @@ class GenerateConfig(_Section):
     num_actors: int = Field(1, ge=1)
     num_gpus_per_actor: float = Field(0.0, ge=0)
     tensor_parallel_size: int = Field(1, ge=1)
+    lora_path: str | None = Field(None, description="vLLM backend: a LoRA adapter to generate with")
 
 
 class VerifyConfig(_Section):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vstar.config import Config
 from vstar.data.manifest import load_manifest, read_samples, write_report
+from vstar.data.questions import assign_question
 from vstar.schema import Sample
 
 log = logging.getLogger("vstar")
@@ -43,9 +44,11 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 
 def prepare_manifest(cfg: Config, run_dir: Path) -> list[Sample]:
-    """Validate the manifest (or the synthetic one, made on first use) into <run>/manifest/."""
+    """Validate the manifest (or the synthetic one, made on first use) into <run>/manifest/, with a question
+    for every sample that brings none (seeded by run.seed, template_id recorded)."""
     source = Path(cfg.data.manifest) if cfg.data.manifest else synthetic_manifest(cfg)
     report = load_manifest(source)
+    report.samples = [assign_question(s, cfg.run.seed) for s in report.samples]
     for rejected in report.rejected:
         log.warning("rejected %s", rejected.message)
     samples_path = write_report(report, run_dir / "manifest")
@@ -89,7 +92,7 @@ def check_videos(cfg: Config, samples: list[Sample], run_dir: Path) -> list[dict
     start = time.perf_counter()
     d = cfg.data
     ds = decoded_frames(clips, d.num_frames, d.frame_size, d.decode_backend, d.decode_timeout_s)
-    rows = [{k: v for k, v in r.items() if k != "frames"} for r in ds.iter_rows()]
+    rows = [{k: v for k, v in r.items() if k not in ("frames", "frames_shape")} for r in ds.iter_rows()]
     seconds = time.perf_counter() - start
     with (run_dir / "manifest" / "videos.jsonl").open("w") as f:
         for row in rows:

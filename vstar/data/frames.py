@@ -195,15 +195,17 @@ def frames_row(
     """A manifest row plus its decoded frames, or plus an `error` naming the file and reason.
 
     The row function behind the Ray Data decode step: it never raises on a bad video, so one damaged
-    file becomes one error row instead of a failed job. Error rows carry an empty [0, 0, 0, 3] array.
+    file becomes one error row instead of a failed job. The frames travel as raw bytes (`frames`) with
+    their shape (`frames_shape`), so blocks with and without error rows have the same Arrow type;
+    `frames_of(row)` gives the array back ([0, 0, 0, 3] for an error row).
     """
     try:
         frames = sample_frames(row["video"], num_frames, row.get("start_s"), row.get("end_s"), size, backend, timeout_s)
     except VideoDecodeError as e:
-        empty = np.zeros((0, 0, 0, 3), np.uint8)
         return {
             **row,
-            "frames": empty,
+            "frames": b"",
+            "frames_shape": [0, 0, 0, 3],
             "frame_indices": [],
             "fps": 0.0,
             "total_frames": 0,
@@ -213,13 +215,19 @@ def frames_row(
     meta = frames.meta
     return {
         **row,
-        "frames": frames.array,
+        "frames": frames.array.tobytes(),
+        "frames_shape": list(frames.array.shape),
         "frame_indices": meta.indices,
         "fps": meta.fps,
         "total_frames": meta.total_frames,
         "decode_backend": meta.backend,
         "error": None,
     }
+
+
+def frames_of(row: dict) -> np.ndarray:
+    """The uint8 [T, H, W, 3] frames of a `frames_row` row."""
+    return np.frombuffer(row["frames"], np.uint8).reshape([int(x) for x in row["frames_shape"]])
 
 
 # ---- the guard: a reusable child process that can be killed when native code hangs ---------------------

@@ -42,20 +42,19 @@ def load_vlm(path: str, dtype: str = "auto", device: str = "cpu"):
     return model.to(device).eval(), processor
 
 
+def chat_text(processor, question: str) -> str:
+    """The model's own chat template around one user turn: the video, then the question."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def video_chat_inputs(processor, questions: list[str], videos: list[np.ndarray], metas: list[FrameMeta] | None = None):
     """Batched model inputs: each question with its video in the user turn, through the chat template.
 
     `metas` carry the real frame indices and fps, so models that place frames in time (Qwen2.5-VL's
     `second_per_grid_ts`) see the true spacing instead of the processor's 24 fps default.
     """
-    texts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for q in questions
-    ]
+    texts = [chat_text(processor, q) for q in questions]
     kwargs = {}
     if metas is not None:
         kwargs["video_metadata"] = [

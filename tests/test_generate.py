@@ -1,0 +1,191 @@
+"""Answer generation and rationalization: questions, prompts, the transformers backend, and the Ray Data
+stage on a real local Ray (every row once, damaged videos as error rows, a kill and a rerun)."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from vstar.config import load_config
+from vstar.data.frames import frames_row, sample_frames
+from vstar.data.questions import FRAMINGS, TASK_BANKS, TYPE_BANKS, assign_question
+from vstar.generate.backends import HFBackend
+from vstar.generate.prompts import STEP_BY_STEP, answer_prompt, rationalize_prompt
+from vstar.generate.stage import GenerateActor, _objects, generate_stage, prompt_rows
+from vstar.schema import Sample
+
+CFG = load_config(None, ["generate.max_new_tokens=12", "generate.num_candidates=3", "generate.batch_size=4"])
+
+
+@pytest.fixture(scope="module")
+def questioned(synth_samples):
+    return [assign_question(s, seed=0) for s in synth_samples]
+
+
+# ---- questions and prompts ---------------------------------------------------------------------------------
+
+
+def test_questions_are_seeded_recorded_and_never_give_the_answer_away(synth_samples, questioned):
+    assert all(q.question and q.template_id for q in questioned)
+    again = {s.sample_id: assign_question(s, seed=0).question for s in reversed(synth_samples)}
+    assert all(again[q.sample_id] == q.question for q in questioned)  # order does not matter, the seed does
+    other_seed = [assign_question(s, seed=1).template_id for s in synth_samples]
+    assert other_seed != [q.template_id for q in questioned]
+    for q in questioned:
+        for label in q.labels:
+            if label.type in ("number", "span", "box", "sequence") or (label.type == "class" and not label.choices):
+                assert str(label.value) not in q.question
+    own = Sample(
+        sample_id="x",
+        video="v.mp4",
+        task="direction",
+        question="Where does it go?",
+        labels=[{"name": "direction", "type": "class", "value": "up"}],
+    )
+    assert assign_question(own, 0) is own and own.template_id is None
+
+
+def test_every_bank_has_many_paraphrases():
+    for name, bank in {**TASK_BANKS, **TYPE_BANKS}.items():
+        assert len(bank) * len(FRAMINGS) >= 30, name
+        assert len(set(bank)) == len(bank), name
+
+
+def test_the_hint_is_only_in_the_rationalization_prompt(questioned):
+    sample = next(q for q in questioned if q.task == "span")
+    label = sample.labels[0]
+    hint = f"Answer: from {label.value[0]:.2f} to {label.value[1]:.2f} of the video"
+    answer, rational = prompt_rows([sample], "answer")[0], prompt_rows([sample], "rationalize")[0]
+    assert answer["prompt"] == answer_prompt(sample.question) == f"{sample.question} {STEP_BY_STEP}"
+    assert hint not in answer["prompt"] and hint in rational["prompt"]
+    assert rational["prompt"] == rationalize_prompt(sample.question, sample.labels)
+    assert answer["question"] == rational["question"] == sample.question  # the record keeps no hint
+
+
+# ---- the transformers backend -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(synth_samples):
+    return sample_frames(synth_samples[0].video, 8)
+
+
+def test_hf_backend_chat_template_video_tokens_and_candidates(tiny_vlm_dir, clip):
+    backend = HFBackend(str(tiny_vlm_dir), num_candidates=3, max_new_tokens=10, temperature=1.0)
+    from vstar.models.load import chat_text
+
+    text = chat_text(backend.processor, "What moves?")
+    assert text.endswith(
+        "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What moves?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    out = backend.generate(["What moves?", "Which way?"], [clip.array] * 2, [clip.meta] * 2)
+    assert len(out) == 2 and all(len(g.candidates) == 3 for g in out)
+    assert all(1 <= t <= 10 for g in out for t in g.candidate_tokens)
+    prompt_ids = backend.processor.tokenizer(text)["input_ids"]
+    assert out[0].prompt_tokens == len(prompt_ids) - 1 + 64  # one <|video_pad|> becomes 64 video tokens
+
+    greedy = HFBackend(str(tiny_vlm_dir), num_candidates=3, max_new_tokens=10, temperature=0)
+    a = greedy.generate(["What moves?"], [clip.array], [clip.meta])[0]
+    b = greedy.generate(["What moves?"], [clip.array], [clip.meta])[0]
+    assert len(a.candidates) == 1 and a == b
+
+
+def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
+    rows = [frames_row(r, 8) for r in prompt_rows([assign_question(s, 0) for s in synth_samples[:3]], "answer")]
+    rows[1]["frames_shape"] = [8, 112, 336]  # the same bytes as one channel: the processor raises for this row
+    batch = {k: _objects([r[k] for r in rows]) for k in rows[0]}
+    out = GenerateActor("hf", str(tiny_vlm_dir), {"num_candidates": 2, "max_new_tokens": 6, "temperature": 1.0})(batch)
+    assert "frames" not in out
+    assert [len(c) for c in out["candidates"]] == [2, 0, 2]
+    assert out["error"][0] is None and out["error"][2] is None
+    assert out["error"][1].startswith("generation failed: ")
+    assert list(out["frame_width"]) == [112, 336, 112] and "frames_shape" not in out
+
+
+# ---- the Ray Data stage -------------------------------------------------------------------------------------
+
+
+def read_rows(out_dir):
+    return pd.read_parquet(out_dir)
+
+
+def test_stage_every_row_once_with_a_damaged_video(ray_local, tiny_vlm_dir, questioned, tmp_path):
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(b"\x00" * 2048)
+    bad = questioned[0].model_copy(update={"sample_id": "damaged", "video": str(damaged)})
+    samples = questioned[:10] + [bad]
+    for mode in ("answer", "rationalize"):
+        out = generate_stage(samples, mode, tmp_path / mode, str(tiny_vlm_dir), CFG.generate, CFG.data, CFG.verify)
+        df = read_rows(out)
+        assert sorted(df["sample_id"]) == sorted(s.sample_id for s in samples)
+        ok = df[df["sample_id"] != "damaged"]
+        assert ok["error"].isna().all()
+        assert all(len(c) == 3 for c in ok["candidates"]) and all(len(p) == 3 for p in ok["passed"])
+        assert (ok["kind"] == mode).all() and (ok["duration_s"] == 6.0).all() and (ok["frame_width"] == 112).all()
+        assert all(len(json.loads(v)) == 3 for v in ok["verdicts"])
+        row = df[df["sample_id"] == "damaged"].iloc[0]
+        assert str(damaged) in row["error"] and len(row["candidates"]) == 0
+        q = {s.sample_id: s.question for s in samples}
+        assert all(df["question"] == df["sample_id"].map(q))  # the question, never the hinted prompt
+    # a rerun writes nothing
+    before = sorted((tmp_path / "answer").iterdir())
+    generate_stage(samples, "answer", tmp_path / "answer", str(tiny_vlm_dir), CFG.generate, CFG.data, CFG.verify)
+    assert sorted((tmp_path / "answer").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_killed_part_way_then_rerun_generates_nothing_twice(ray_local, tmp_path):
+    """A real `vstar generate` process killed with SIGKILL while it writes, then run again to completion."""
+    from vstar.cli import main
+
+    args = [
+        "generate",
+        "--mode",
+        "answer",
+        "run.name=kill",
+        f"run.root={tmp_path}/runs",
+        f"run.cache_dir={tmp_path}/c",
+        "data.synth.num_videos=12",
+        "generate.batch_size=2",
+        "generate.max_new_tokens=48",
+        "generate.num_candidates=2",
+    ]
+    out = tmp_path / "runs" / "kill" / "cycle_0" / "answers"
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vstar.cli", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(out.glob("*.parquet"))) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list(out.glob("*.parquet"))) >= 2, "the stage wrote nothing before the deadline"
+    before = {}
+    for path in out.glob("*.parquet"):
+        with contextlib.suppress(Exception):  # a file cut short by the kill: the rerun removes it
+            before[path] = (path.stat().st_mtime_ns, pq.read_table(path).column("sample_id").to_pylist())
+    first_ids = [i for _, ids in before.values() for i in ids]
+    assert main(args) == 0
+    df = read_rows(out)
+    counts = Counter(df["sample_id"])
+    assert max(counts.values()) == 1  # nothing written twice
+    train = [
+        json.loads(x) for x in (tmp_path / "runs" / "kill" / "manifest" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert set(counts) == {s["sample_id"] for s in train if s["split"] == "train"}
+    for path, (mtime, _) in before.items():  # what was written before the kill was kept, not redone
+        assert path.exists() and path.stat().st_mtime_ns == mtime
+    assert 0 < len(first_ids) < len(counts)

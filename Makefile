@@ -1,6 +1,7 @@
 # One set of tools: the README and .ci/run use these targets.
 #   make demo     install, then run the embedded default (local Ray, synthetic videos, tiny offline VLM)
 #   make test     install, then lint and run the whole test suite
+#   make test-vllm  the vLLM backend's tests on vLLM's CPU build, in .venv-vllm
 #   make bench    decode and verify benchmarks (print tables)
 # On a GPU machine: make install CONSTRAINTS= EXTRAS=test,gpu   (no CPU torch pin; adds vLLM)
 
@@ -15,7 +16,7 @@ PIP_C       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 export HF_HUB_OFFLINE ?= 1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-vllm lint format bench clean
 
 install: $(STAMP)
 
@@ -41,9 +42,15 @@ format: install
 test: lint
 	$(BIN)/python -m pytest
 
+# The vLLM backend on vLLM's CPU build, in its own environment (about 3 min to build, 4 GB).
+test-vllm:
+	test -f .venv-vllm/.ready || (bash .ci/vllm_env.sh .venv-vllm && touch .venv-vllm/.ready)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 \
+	    .venv-vllm/bin/python -m pytest -m vllm -p no:cacheprovider tests/test_vllm_backend.py
+
 bench: install
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/verify.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-vllm runs .pytest_cache .ruff_cache

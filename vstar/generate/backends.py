@@ -23,6 +23,7 @@ class Generation:
     candidates: list[str]
     candidate_tokens: list[int]  # generated tokens per candidate, end-of-sequence included
     prompt_tokens: int  # text and video tokens of the prompt
+    token_ids: list[list[int]]  # the generated ids per candidate (not written; for comparing backends)
 
 
 class Backend(Protocol):
@@ -69,10 +70,16 @@ class HFBackend:
         new = out[:, inputs["input_ids"].shape[1] :].cpu().numpy()
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
         lengths = [self._length(row) for row in new]
+        ids = [row[:length].tolist() for row, length in zip(new, lengths, strict=True)]
         prompt_tokens = inputs["attention_mask"].sum(1).tolist()
-        n = self.n
+        k = self.n
         return [
-            Generation(texts[i * n : (i + 1) * n], lengths[i * n : (i + 1) * n], int(prompt_tokens[i]))
+            Generation(
+                texts[i * k : (i + 1) * k],
+                lengths[i * k : (i + 1) * k],
+                int(prompt_tokens[i]),
+                ids[i * k : (i + 1) * k],
+            )
             for i in range(len(prompts))
         ]
 
@@ -144,7 +151,10 @@ class VLLMBackend:
         outs = self.llm.generate(requests, self.params, lora_request=self.lora, use_tqdm=False)
         return [
             Generation(
-                [o.text for o in out.outputs], [len(o.token_ids) for o in out.outputs], len(out.prompt_token_ids)
+                [o.text for o in out.outputs],
+                [len(o.token_ids) for o in out.outputs],
+                len(out.prompt_token_ids),
+                [list(o.token_ids) for o in out.outputs],
             )
             for out in outs
         ]

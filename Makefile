@@ -51,6 +51,7 @@ test-vllm:
 bench: install
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/verify.py
+	$(BIN)/python benchmarks/generate.py
 
 clean:
 	rm -rf $(VENV) .venv-vllm runs .pytest_cache .ruff_cache

@@ -18,6 +18,8 @@ Start here:
   vstar config                         every config key with its default
   vstar data synth --out data/synth    write synthetic labeled videos and their manifest
   vstar data validate MANIFEST         check a manifest; bad rows are reported with line and field
+  vstar data convert star --annotations STAR_train.json --videos charades/ --out data/star
+                                       Kinetics-700, FineDiving, STAR or your own CSV/JSONL → a manifest
   vstar verify ANSWERS.jsonl           verify answers against their labels; verdicts with reasons
   vstar generate --mode answer         answer generation alone (rationalize: the hinted re-ask)
 """
@@ -94,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="JSONL, Parquet or CSV manifest")
     p.add_argument("--out", help="folder for samples.jsonl, rejected.jsonl and summary.json (default: no files)")
     p.set_defaults(func=cmd_validate)
+
+    p = data.add_parser(
+        "convert",
+        help="convert Kinetics-700, FineDiving, STAR or any CSV/JSONL (+ YAML) to a manifest",
+        description=_doc("vstar.data.adapters"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", choices=["kinetics700", "finediving", "star", "generic"], help="the annotations' format")
+    p.add_argument(
+        "--annotations",
+        required=True,
+        help="kinetics700: the CSV; finediving: the Annotations/ folder; star: STAR_<split>.json; generic: the YAML",
+    )
+    p.add_argument("--videos", required=True, help="folder of the videos (see each source above)")
+    p.add_argument("--out", required=True, help="folder for samples.jsonl (the manifest), rejected.jsonl, summary.json")
+    p.set_defaults(func=cmd_convert)
     p = sub.add_parser(
         "generate",
         help="run answer generation or label rationalization alone",
@@ -237,6 +255,20 @@ def cmd_synth(args) -> int:
     manifest = synthesize(args.out, args.num_videos, args.seed, args.num_frames, args.fps, args.size, progress=True)
     print(f"wrote {args.num_videos} videos and {manifest}")
     return 0
+
+
+def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    from vstar.data.adapters import CONVERTERS
+    from vstar.data.manifest import write_report
+
+    report = CONVERTERS[args.source](Path(args.annotations), Path(args.videos))
+    for rejected in report.rejected:
+        print(f"rejected {rejected.message}", file=sys.stderr)
+    print(report.summary())
+    print(f"wrote {write_report(report, args.out)}")
+    return 0 if report.samples else 1  # missing videos are normal in these datasets; no sample at all is a failure
 
 
 def cmd_validate(args) -> int:

@@ -22,6 +22,7 @@ Start here:
                                        Kinetics-700, FineDiving, STAR or your own CSV/JSONL → a manifest
   vstar verify ANSWERS.jsonl           verify answers against their labels; verdicts with reasons
   vstar generate --mode answer         answer generation alone (rationalize: the hinted re-ask)
+  vstar train --data SFT.jsonl --out MODEL   finetune with Ray Train (FSDP2 workers, optional LoRA)
 """
 
 OVERRIDES_HELP = "dotted overrides such as train.lr=1e-5 data.num_frames=16 (values are parsed as YAML)"
@@ -135,6 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
+        "train",
+        help="finetune on SFT records with Ray Train (FSDP2, optional LoRA)",
+        description=_doc("vstar.train.launch"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="YAML config; omit for the defaults")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--data", required=True, help="SFT records: a JSONL file, or a folder of Parquet/JSONL files")
+    p.add_argument("--init", help="the checkpoint to start from (default: model.path, or the tiny VLM)")
+    p.add_argument("--out", required=True, help="folder for the exported Hugging Face model")
+    p.add_argument("--name", default="train", help="Ray Train run name under <run>/; the same name resumes")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: train.epochs)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
         "verify",
         help="verify answers against their labels (Parser-Verifier on Ray Data)",
         description=VERIFY_HELP,
@@ -222,6 +239,33 @@ def cmd_generate(args) -> int:
         f"{args.mode}: {len(df)} rows in {out}: {int((df['num_passed'] > 0).sum())} with a passing candidate, "
         f"{int(df['error'].notna().sum())} errors"
     )
+    return 0
+
+
+def cmd_train(args) -> int:
+    from vstar.dataset import init_ray
+    from vstar.driver import prepare_model
+    from vstar.train.launch import read_sft, train
+
+    cfg = resolved_config(args)
+    records = read_sft(args.data)
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    result = train(
+        records,
+        args.init or prepare_model(cfg),
+        args.out,
+        cfg.train,
+        cfg.data,
+        cfg.run.dir,
+        args.name,
+        args.max_steps,
+        args.checkpoint_every,
+        cfg.run.seed,
+    )
+    if result.error:
+        print(f"vstar: training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(f"trained {result.metrics.get('step')} steps (loss {result.metrics.get('loss'):.4f}); model in {args.out}")
     return 0
 
 

@@ -118,6 +118,7 @@ class TrainConfig(_Section):
     num_workers: int = Field(1, ge=1)
     min_workers: int | None = Field(None, ge=1, description="elastic training: run on min_workers..num_workers")
     use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs a training worker reserves; leave some for decoding")
     max_failures: int = Field(3, ge=0)
 
     @model_validator(mode="after")

@@ -48,13 +48,20 @@ def chat_text(processor, question: str) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def video_chat_inputs(processor, questions: list[str], videos: list[np.ndarray], metas: list[FrameMeta] | None = None):
+def video_chat_inputs(
+    processor,
+    questions: list[str],
+    videos: list[np.ndarray],
+    metas: list[FrameMeta] | None = None,
+    answers: list[str] | None = None,
+):
     """Batched model inputs: each question with its video in the user turn, through the chat template.
 
     `metas` carry the real frame indices and fps, so models that place frames in time (Qwen2.5-VL's
-    `second_per_grid_ts`) see the true spacing instead of the processor's 24 fps default.
+    `second_per_grid_ts`) see the true spacing instead of the processor's 24 fps default. `answers`, when
+    given, follow each prompt as the assistant's turn (training inputs).
     """
-    texts = [chat_text(processor, q) for q in questions]
+    texts = [chat_text(processor, q) + (answers[i] if answers else "") for i, q in enumerate(questions)]
     kwargs = {}
     if metas is not None:
         kwargs["video_metadata"] = [

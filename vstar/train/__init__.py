@@ -1,0 +1,1 @@
+"""Finetuning on Ray Train: SFT records → masked batches → FSDP2 (optional LoRA) → checkpoints → HF export."""

@@ -1,5 +1,6 @@
 """The Ray Data decode step on a real local Ray: frames for good videos, an error row for a damaged one."""
 
+from vstar.config import DataConfig
 from vstar.data.frames import frames_of
 from vstar.dataset import decoded_frames
 from vstar.schema import Sample
@@ -10,7 +11,7 @@ def test_decoded_frames_with_an_error_row(ray_local, synth_samples, tmp_path):
     damaged.write_bytes(b"\x00" * 4096)
     bad = Sample(sample_id="bad", video=str(damaged), task="t", labels=[{"name": "a", "type": "class", "value": "b"}])
     samples = synth_samples[:5] + [bad]
-    rows = {r["sample_id"]: r for r in decoded_frames(samples, num_frames=8).take_all()}
+    rows = {r["sample_id"]: r for r in decoded_frames(samples, DataConfig(num_frames=8)).take_all()}
     assert set(rows) == {s.sample_id for s in samples}
     for s in synth_samples[:5]:
         row = rows[s.sample_id]

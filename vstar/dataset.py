@@ -1,6 +1,6 @@
 """Ray Data over manifests: samples → rows of decoded frames, streamed, with an `error` column.
 
-    ds = decoded_frames(samples, num_frames=8)       # lazy; frames decode on CPU tasks as rows are pulled
+    ds = decoded_frames(samples, cfg.data)            # lazy; frames decode on CPU tasks as rows are pulled
     ds.filter(lambda r: r["error"] is None)
 
 The row work is `vstar.data.frames.frames_row` (no Ray in it); this module only wires it into
@@ -13,7 +13,7 @@ import os
 
 import ray
 
-from vstar.config import VerifyConfig
+from vstar.config import DataConfig, VerifyConfig
 from vstar.data.frames import frames_row
 from vstar.schema import Sample
 from vstar.verify.batch import verify_rows
@@ -30,13 +30,23 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
 
 
-def decoded_frames(
-    samples: list[Sample], num_frames: int, size: int | None = None, backend: str = "auto", timeout_s: float = 30.0
-) -> ray.data.Dataset:
+def decode_step(ds: ray.data.Dataset, data: DataConfig) -> ray.data.Dataset:
+    """Rows with `video` (+ clip bounds) → rows with their frames decoded by the shared sampler (`frames_row`)."""
+    return ds.map(
+        frames_row,
+        fn_kwargs=dict(
+            num_frames=data.num_frames,
+            size=data.frame_size,
+            backend=data.decode_backend,
+            timeout_s=data.decode_timeout_s,
+        ),
+    )
+
+
+def decoded_frames(samples: list[Sample], data: DataConfig) -> ray.data.Dataset:
     """A lazy dataset of sample rows with decoded frames (see `frames_row` for the columns)."""
     rows = [{"sample_id": s.sample_id, "video": s.video, "start_s": s.start_s, "end_s": s.end_s} for s in samples]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-    return ds.map(frames_row, fn_kwargs=dict(num_frames=num_frames, size=size, backend=backend, timeout_s=timeout_s))
+    return decode_step(ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64))), data)
 
 
 def verified(ds: ray.data.Dataset, cfg: VerifyConfig) -> ray.data.Dataset:

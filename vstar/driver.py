@@ -90,8 +90,7 @@ def check_videos(cfg: Config, samples: list[Sample], run_dir: Path) -> list[dict
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     clips = list({(s.video, s.start_s, s.end_s): s for s in samples}.values())
     start = time.perf_counter()
-    d = cfg.data
-    ds = decoded_frames(clips, d.num_frames, d.frame_size, d.decode_backend, d.decode_timeout_s)
+    ds = decoded_frames(clips, cfg.data)
     rows = [{k: v for k, v in r.items() if k not in ("frames", "frames_shape")} for r in ds.iter_rows()]
     seconds = time.perf_counter() - start
     with (run_dir / "manifest" / "videos.jsonl").open("w") as f:

@@ -25,7 +25,8 @@ import pyarrow as pa
 import ray
 
 from vstar.config import DataConfig, GenerateConfig, VerifyConfig
-from vstar.data.frames import FrameMeta, frames_of, frames_row
+from vstar.data.frames import FrameMeta, frames_of
+from vstar.dataset import decode_step
 from vstar.generate.backends import BACKENDS
 from vstar.generate.prompts import PROMPTS
 from vstar.schema import Sample
@@ -221,15 +222,7 @@ def generate_stage(
         backend_kwargs.update(tensor_parallel_size=gen.tensor_parallel_size, lora_path=gen.lora_path)
     rows = prompt_rows(todo, mode)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // gen.batch_size, 200)))
-    ds = ds.map(
-        frames_row,
-        fn_kwargs=dict(
-            num_frames=data.num_frames,
-            size=data.frame_size,
-            backend=data.decode_backend,
-            timeout_s=data.decode_timeout_s,
-        ),
-    )
+    ds = decode_step(ds, data)
     ds = ds.map_batches(
         GenerateActor,
         fn_constructor_args=(gen.backend, model, backend_kwargs),

@@ -21,7 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vstar.config import DataConfig, TrainConfig
-from vstar.data.frames import frames_row
+from vstar.dataset import decode_step
 from vstar.train.loop import train_loop
 
 
@@ -53,15 +53,7 @@ def train(
 ):
     """Finetune `init` on the records; export the result to `out`. Returns Ray Train's Result."""
     rows = [{k: r.get(k) for k in ("sample_id", "video", "start_s", "end_s", "question", "answer")} for r in records]
-    ds = ray.data.from_items(rows).map(
-        frames_row,
-        fn_kwargs=dict(
-            num_frames=data.num_frames,
-            size=data.frame_size,
-            backend=data.decode_backend,
-            timeout_s=data.decode_timeout_s,
-        ),
-    )
+    ds = decode_step(ray.data.from_items(rows), data)
     ds = ds.filter(lambda r: r["error"] is None)
     lora = train_cfg.lora.model_dump() if train_cfg.lora.enabled else None
     loop_cfg = dict(

@@ -152,10 +152,7 @@ def train_loop(cfg: dict) -> None:
             micro += 1
             if micro % accum:
                 continue
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(params, optimizer, scheduler)
             step += 1
             _report(model, optimizer, scheduler, step, start, losses, inputs, cfg, rank)
             losses = []
@@ -163,13 +160,18 @@ def train_loop(cfg: dict) -> None:
                 break
         else:  # the epoch ended inside an accumulation window: step on what was accumulated
             if micro % accum:
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(params, optimizer, scheduler)
                 step += 1
                 _report(model, optimizer, scheduler, step, start, losses, None, cfg, rank)
                 losses = []
     export(model, cfg, rank)
+
+
+def optimizer_step(params, optimizer, scheduler) -> None:
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _report(model, optimizer, scheduler, step, start, losses, inputs, cfg, rank) -> None:

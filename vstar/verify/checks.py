@@ -208,6 +208,13 @@ def check_number(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
 # ---- time: timestamp, span -----------------------------------------------------------------------------
 
 
+def _committed(found: list, positions: list[int], final: int):
+    """What the answer commits to among the times, spans or boxes it mentions: the first of its final answer
+    (after "Answer:", "therefore", …), else the last one it mentions."""
+    after = [x for x, pos in zip(found, positions, strict=True) if pos >= final] or found
+    return after[0] if final else after[-1]
+
+
 def _fraction(t: tuple[float, str], duration_s: float | None) -> float | None:
     value, unit = t
     if unit == "frac":
@@ -219,8 +226,7 @@ def check_timestamp(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = times(answer.text)
     if not found:
         return _fail(label, "no time in the answer")
-    final = [t for t in found if t[1] >= answer.final] or found
-    t = final[0][0] if answer.final else final[-1][0]
+    t = _committed(found, [pos for _, pos in found], answer.final)[0]
     frac = _fraction(t, ctx.duration_s)
     if frac is None:
         return _fail(label, f"{t[0]:g} s but the clip's duration is unknown")
@@ -246,8 +252,7 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = spans(answer.text)
     if not found:
         return _fail(label, "no span in the answer (expected e.g. 'from 0.2 to 0.5' or 'between 3 s and 7 s')")
-    final = [s for s in found if s.pos >= answer.final] or found
-    s = final[0] if answer.final else final[-1]
+    s = _committed(found, [x.pos for x in found], answer.final)
     a, b = _fraction(s.start, ctx.duration_s), _fraction(s.end, ctx.duration_s)
     if a is None or b is None:
         return _fail(label, f"span in seconds ({s.start[0]:g}–{s.end[0]:g} s) but the clip's duration is unknown")
@@ -281,8 +286,7 @@ def check_box(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = boxes(answer.text)
     if not found:
         return _fail(label, "no box in the answer (expected [x1, y1, x2, y2])")
-    final = [b for b in found if b.pos >= answer.final] or found
-    box = list((final[0] if answer.final else final[-1]).values)
+    box = list(_committed(found, [x.pos for x in found], answer.final).values)
     if max(box) > 1:
         if ctx.frame_size is None:
             return _fail(label, f"box {box} is in pixels but the frame size is unknown")

@@ -128,6 +128,16 @@ class TrainConfig(_Section):
         return self
 
 
+class CurateConfig(_Section):
+    max_per_sample: int = Field(1, ge=1, description="distinct passing answers kept per sample and origin")
+    max_per_video: int | None = Field(None, ge=1, description="records kept per video (all its questions)")
+    max_per_label: int | None = Field(
+        None, ge=1, description="records kept per label value (e.g. per class) so no class dominates"
+    )
+    mix_with: str | None = Field(None, description="JSONL of existing SFT records (or LLaVA JSON) mixed in")
+    mix_ratio: float = Field(0.0, ge=0, description="mixed-in records per curated record (0.05: 5% replay)")
+
+
 class EvalConfig(_Section):
     split: Literal["val", "test"] = "test"
     max_samples: int | None = Field(None, ge=1)
@@ -152,6 +162,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     generate: GenerateConfig = GenerateConfig()
     verify: VerifyConfig = VerifyConfig()
+    curate: CurateConfig = CurateConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from vstar.cli import main
@@ -16,7 +17,7 @@ def vstar(*args):
 def test_help_teaches():
     out = vstar("--help")
     assert out.returncode == 0
-    for text in ("vstar run", "vstar data synth", "vstar data validate", "vstar config", "train.lr=1e-5"):
+    for text in ("vstar run", "vstar report", "vstar export", "vstar data synth", "vstar data validate", "vstar config", "train.lr=1e-5"):
         assert text in out.stdout
     synth = vstar("data", "synth", "--help").stdout
     for text in ("--out", "--num-videos", "--seed", "same seed gives the same labels and pixels", "| box       | box"):
@@ -29,7 +30,7 @@ def test_config_errors_are_one_line_and_exit_2():
     assert out.stderr.strip().splitlines() == [
         "vstar: config error: train.lrr: unknown key (train takes: lr, epochs, global_batch_size, micro_batch_size, "
         "warmup_ratio, weight_decay, init_from, lora, freeze_vision, gradient_checkpointing, num_workers, "
-        "min_workers, use_gpu, cpus_per_worker, max_failures)"
+        "min_workers, use_gpu, cpus_per_worker, max_failures, cache_decoded)"
     ]
     assert "lr: 1.0e-05" in vstar("config", "train.lr=1e-5").stdout
 
@@ -51,10 +52,10 @@ def test_synth_and_validate(tmp_path, capsys):
 @pytest.mark.slow
 def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
     """`vstar run` on a manifest holding a damaged video: the run goes on and records it."""
-    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--num-videos", "3"]) == 0
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--num-videos", "10"]) == 0
     rows = (tmp_path / "s" / "manifest.jsonl").read_text().splitlines()
     (tmp_path / "s" / "videos" / "damaged.mp4").write_bytes(b"not a video")
-    damaged = json.loads(rows[0]) | {"sample_id": "damaged-direction", "video": "videos/damaged.mp4"}
+    damaged = json.loads(rows[0]) | {"sample_id": "damaged-direction", "video": "videos/damaged.mp4", "split": "train"}
     (tmp_path / "m.jsonl").write_text("\n".join([*rows, json.dumps(damaged), "{oops"]) + "\n")
     (tmp_path / "m.jsonl").rename(tmp_path / "s" / "m.jsonl")
     code = main(
@@ -64,6 +65,9 @@ def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
             f"run.root={tmp_path}/runs",
             f"run.cache_dir={tmp_path}/cache",
             f"data.manifest={tmp_path}/s/m.jsonl",
+            "model.tiny_hint_steps=0",
+            "generate.max_new_tokens=8",
+            "eval.max_new_tokens=8",
         ]
     )
     assert code == 0
@@ -73,10 +77,15 @@ def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
     assert len(kept) == len(rows) + 1  # the damaged video's row is a valid sample; its file is the problem
     assert json.loads((run / "manifest" / "summary.json").read_text())["rejected"] == 1  # the {oops line
     videos = [json.loads(x) for x in (run / "manifest" / "videos.jsonl").read_text().splitlines()]
-    assert len(videos) == 4
+    assert len(videos) == 11
     errors = [v for v in videos if v["error"]]
     assert len(errors) == 1 and "damaged.mp4" in errors[0]["error"]
     assert (tmp_path / "cache" / "models" / "tiny-qwen2_5_vl-v1" / "model.safetensors").exists()
+    answers = pd.read_parquet(run / "cycle_0" / "answers")  # the damaged video's sample is an error row there
+    assert "damaged.mp4" in answers.set_index("sample_id").loc["damaged-direction", "error"]
+    # a random model passes nothing: the loop stops with the reason, and the report says so
+    assert "no verified answer" in (run / "cycle_0" / "STOP").read_text()
+    assert (run / "report.md").exists()
 
 
 def test_verify_command(ray_local, tmp_path, capsys):

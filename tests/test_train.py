@@ -3,6 +3,9 @@ parameter changes, the exported folder loads and generates; a rerun resumes from
 
 import json
 import os
+import re
+import signal
+import time
 
 import pytest
 import torch
@@ -111,7 +114,9 @@ def test_two_fsdp2_workers_learn_export_and_resume(ray_local, tiny_vlm_dir, reco
     )[0]
     assert len(g.token_ids[0]) >= 1
 
-    # a rerun with the same name continues from the last checkpoint (step 6), not from step 0
+    # a rerun with the same name continues from the last checkpoint (step 6), not from step 0, here on one
+    # worker: torch.distributed.checkpoint reshards the 2-worker checkpoint
+    cfg.train.num_workers = 1
     again = train(
         records,
         str(tiny_vlm_dir),
@@ -124,6 +129,118 @@ def test_two_fsdp2_workers_learn_export_and_resume(ray_local, tiny_vlm_dir, reco
         checkpoint_every=3,
     )
     assert again.error is None and (again.metrics["start_step"], again.metrics["step"]) == (6, 8)
+
+
+def fit_config(*overrides):
+    return load_config(
+        None,
+        [
+            "train.num_workers=2",
+            "train.cpus_per_worker=0.5",
+            "train.micro_batch_size=1",
+            "train.warmup_ratio=0",
+            "train.freeze_vision=false",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.slow
+def test_one_fsdp2_step_equals_a_single_process_step(ray_local, tiny_vlm_dir, records, tmp_path):
+    """pytorch#162338: FSDP2 on gloo once summed gradients instead of averaging them. One step on 2 workers
+    (2 micro-batches each) must equal one plain-PyTorch step with 4 accumulated micro-batches."""
+    from safetensors.torch import load_file
+
+    from vstar.models import load_vlm
+    from vstar.train.launch import train
+    from vstar.train.loop import optimizer_step, schedule
+
+    batch = records[:4]
+    cfg = fit_config("train.global_batch_size=4", "train.lr=1e-3")
+    result = train(batch, str(tiny_vlm_dir), tmp_path / "model", cfg.train, cfg.data, tmp_path, "one", max_steps=1)
+    assert result.error is None and result.metrics["samples"] == 4
+
+    model, processor = load_vlm(str(tiny_vlm_dir), "float32")
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    losses = []
+    for r in batch:
+        clip = sample_frames(r["video"], cfg.data.num_frames)
+        loss = model(**collate(processor, [r["question"]], [r["answer"]], [clip.array], [clip.meta])).loss
+        (loss / len(batch)).backward()
+        losses.append(loss.item())
+    grad_norm = optimizer_step(params, optimizer, schedule(optimizer, 1, 0.0))
+
+    assert result.metrics["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert result.metrics["grad_norm"] == pytest.approx(grad_norm, rel=1e-4)  # summed gradients would double it
+    model.save_pretrained(tmp_path / "reference")  # the same key names as the export
+    fsdp = load_file(tmp_path / "model" / "model.safetensors")
+    base = load_file(tiny_vlm_dir / "model.safetensors")
+    reference = load_file(tmp_path / "reference" / "model.safetensors")
+    assert fsdp.keys() == reference.keys()
+    for name, value in fsdp.items():
+        step = reference[name] - base[name]
+        torch.testing.assert_close(value - base[name], step, atol=cfg.train.lr * 1e-2, rtol=1e-3, msg=name)
+
+
+@pytest.mark.slow
+def test_lora_on_elastic_workers_trains_only_adapters_and_exports_merged(ray_local, tiny_vlm_dir, records, tmp_path):
+    from vstar.generate.backends import HFBackend
+    from vstar.models import load_vlm
+    from vstar.train.launch import train
+
+    cfg = fit_config(
+        "train.min_workers=1",  # elastic: Ray Train runs on 1..2 workers, whatever the cluster has
+        "train.global_batch_size=4",
+        "train.lr=1e-2",
+        "train.lora.enabled=true",
+        "train.lora.r=4",
+        "train.lora.dropout=0",
+    )
+    out = tmp_path / "model"
+    result = train(records, str(tiny_vlm_dir), out, cfg.train, cfg.data, tmp_path, "lora", max_steps=4)
+    assert result.error is None and result.metrics["step"] == 4
+
+    before, after = (dict(load_vlm(str(m), "float32")[0].named_parameters()) for m in (tiny_vlm_dir, out))
+    assert before.keys() == after.keys()  # merged: a plain model, no adapter weights left
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    adapted = {k for k in before if re.fullmatch(cfg.train.lora.target_modules + r"\.weight", k)}
+    assert adapted and changed == adapted  # exactly the adapted projections changed, nothing else
+    clip = sample_frames(records[0]["video"], 8)
+    g = HFBackend(str(out), max_new_tokens=4, temperature=0).generate(
+        [records[0]["question"]], [clip.array], [clip.meta]
+    )
+    assert len(g[0].token_ids[0]) >= 1
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restored_from_the_last_checkpoint(ray_local, tiny_vlm_dir, records, tmp_path):
+    """SIGKILL one training worker after the first checkpoint: Ray Train restarts the group, which resumes from
+    the last checkpoint (FailureConfig) and finishes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    from vstar.train.launch import read_steps, train
+
+    cfg = fit_config("train.global_batch_size=2", "train.lr=1e-3", "train.max_failures=1")
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(
+            train, records, str(tiny_vlm_dir), tmp_path / "model", cfg.train, cfg.data, tmp_path, "kill", 40, 2
+        )
+        deadline = time.monotonic() + 300
+        while not any(s["checkpoint"] for s in read_steps(tmp_path, "kill")):  # registered by the controller
+            assert time.monotonic() < deadline and not future.done(), "no checkpoint was written"
+            time.sleep(0.1)
+        workers = [
+            p for p in psutil.process_iter(["cmdline"]) if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+        ]
+        assert workers, "no training worker alive"
+        workers[0].send_signal(signal.SIGKILL)  # Ray names its worker processes after the actor (setproctitle)
+        result = future.result(timeout=600)
+    assert result.error is None and result.metrics["step"] == 40
+    assert result.metrics["start_step"] > 0  # the restarted workers resumed from a checkpoint, not from step 0
 
 
 def mean_loss(model_dir: str, records) -> float:

@@ -14,7 +14,9 @@ and re-training.
 Start here:
   vstar run                            the embedded default: local Ray, synthetic videos, tiny offline VLM
   vstar run jobs/demo.yaml train.lr=1e-5 data.num_frames=16
-                                       a config file plus dotted overrides
+                                       a config file plus dotted overrides; rerun the same to resume
+  vstar report runs/demo               report.md with plots from the run's metrics.jsonl
+  vstar export runs/demo --format llava   the curated data as LLaVA/ShareGPT JSON
   vstar config                         every config key with its default
   vstar data synth --out data/synth    write synthetic labeled videos and their manifest
   vstar data validate MANIFEST         check a manifest; bad rows are reported with line and field
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="run Video-STaR (see `vstar run --help` for what runs today)",
+        help="run the Video-STaR cycles to a report; the same command resumes",
         description=_doc("vstar.driver"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,7 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config (only the keys that differ from the defaults); omit for the embedded default",
     )
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument(
+        "--fork",
+        action="store_true",
+        help="the run directory exists: start a new one, <run.name>-fork<N>, with this config instead of resuming",
+    )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "report",
+        help="write <run>/report.md with plots from <run>/metrics.jsonl",
+        description=_doc("vstar.report"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run directory (runs/<name>)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "export",
+        help="write a run's curated SFT records as LLaVA/ShareGPT JSON (the VSTaR-1M format)",
+        description="Write the curated SFT records of a cycle (default: the last one that has them) as a JSON list "
+        "of LLaVA/ShareGPT conversations: {id, video, conversations: [{from: human, value: '<video>\\n...'}, "
+        "{from: gpt, value}], source, origin, cycle}. The questions are the original ones, never the hint.",
+    )
+    p.add_argument("run", help="run directory (runs/<name>)")
+    p.add_argument("--format", choices=["llava"], default="llava", help="(default: llava)")
+    p.add_argument("--cycle", type=int, help="which cycle's records (default: the last)")
+    p.add_argument("--out", help="output JSON file (default: <run>/export/llava.json)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "config",
@@ -191,8 +220,9 @@ def _doc(module: str) -> str:
     return importlib.import_module(module).__doc__
 
 
-def resolved_config(args):
-    """CONFIG is optional, so `vstar run train.lr=1e-5` must read its first word as an override."""
+def resolved_config(args, default=None):
+    """CONFIG is optional, so `vstar run train.lr=1e-5` must read its first word as an override. Without CONFIG
+    the `default` file applies (vstar run: the embedded default), else the built-in defaults."""
     from pathlib import Path
 
     from vstar.config import load_config
@@ -200,13 +230,33 @@ def resolved_config(args):
     path, overrides = args.config, list(args.overrides)
     if path is not None and "=" in path and not Path(path).exists():
         path, overrides = None, [path, *overrides]
-    return load_config(path, overrides)
+    return load_config(path or default, overrides)
 
 
 def cmd_run(args) -> int:
+    from vstar.config import EMBEDDED_DEFAULT
     from vstar.driver import run
 
-    run(resolved_config(args))
+    run_dir = run(resolved_config(args, EMBEDDED_DEFAULT), fork=args.fork)
+    print(f"report: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from vstar.report import write_report
+
+    print(f"report: {write_report(args.run)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from vstar.curate import export_llava
+
+    out = args.out or Path(args.run) / "export" / "llava.json"
+    path, count = export_llava(args.run, out, args.cycle)
+    print(f"{count} records → {path}")
     return 0
 
 

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+EMBEDDED_DEFAULT = Path(__file__).with_name("demo.yaml")  # `vstar run` with no CONFIG
+
 
 class ConfigError(ValueError):
     """A config file, key or value is wrong. The message is one line and names the key."""
@@ -37,7 +39,9 @@ class RunConfig(_Section):
         None, description="tiny models and synthetic videos; None: $VSTAR_CACHE or ~/.cache/vstar"
     )
     max_cycles: int = Field(3, ge=1, description="Video-STaR cycles at most (the paper ran about 3)")
-    min_delta: float = Field(0.01, ge=0, description="stop when held-out accuracy rose less than this")
+    min_delta: float = Field(
+        0.01, ge=-1, le=1, description="stop when held-out accuracy rose less than this (-1: never stop early)"
+    )
 
     @property
     def dir(self) -> str:
@@ -68,6 +72,9 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     path: str | None = Field(None, description="HF folder or hub id; None: a tiny random VLM built offline")
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_5_vl"
+    tiny_hint_steps: int = Field(
+        0, ge=0, description="tiny VLM only: steps teaching it to use a hint (vstar.pretrain); 0: random weights"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
@@ -120,6 +127,9 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs a training worker reserves; leave some for decoding")
     max_failures: int = Field(3, ge=0)
+    cache_decoded: bool = Field(
+        False, description="decode the videos once and keep the frames in Ray's object store for every epoch"
+    )
 
     @model_validator(mode="after")
     def _elastic_range(self) -> TrainConfig:

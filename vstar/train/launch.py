@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vstar.config import DataConfig, TrainConfig
@@ -39,6 +39,27 @@ def read_sft(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+class StepLog(UserCallback):
+    """Appends rank 0's metrics of every step (a report carries the steps since the last one in `history`) to `<storage>/<name>/steps.jsonl` (on the Ray Train controller, so
+    the file survives worker restarts; a resumed attempt appends after the steps already there)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        steps = metrics[0].get("history") or [metrics[0]]
+        with self.path.open("a") as f:
+            for i, step in enumerate(steps):
+                f.write(json.dumps({**step, "checkpoint": checkpoint is not None and i == len(steps) - 1}) + "\n")
+
+
+def read_steps(storage: str | Path, name: str) -> list[dict]:
+    """The per-step metrics `StepLog` wrote: step, loss, lr, grad_norm, samples, tokens, step_time_s, ..."""
+    path = Path(storage, name, "steps.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def train(
     records: list[dict],
     init: str,
@@ -55,6 +76,8 @@ def train(
     rows = [{k: r.get(k) for k in ("sample_id", "video", "start_s", "end_s", "question", "answer")} for r in records]
     ds = decode_step(ray.data.from_items(rows), data)
     ds = ds.filter(lambda r: r["error"] is None)
+    if train_cfg.cache_decoded:  # small data, several epochs: decode once instead of once an epoch
+        ds = ds.materialize()
     lora = train_cfg.lora.model_dump() if train_cfg.lora.enabled else None
     loop_cfg = dict(
         init=init,
@@ -89,6 +112,7 @@ def train(
             storage_path=str(Path(storage).resolve()),
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[StepLog(Path(storage).resolve() / name / "steps.jsonl")],
         ),
         datasets={"train": ds},
     )

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import tempfile
+import time
 from pathlib import Path
 
-import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
@@ -137,7 +138,9 @@ def train_loop(cfg: dict) -> None:
 
     start = step  # where this attempt began: 0, or the step of the checkpoint it resumed from
     data = ray.train.get_dataset_shard("train")
-    losses = []
+    losses, history = [], []  # this step's micro-batch losses; the steps' metrics not yet reported
+    seen = torch.zeros(2, dtype=torch.float64)  # samples and tokens of this rank since the last step
+    clock = time.perf_counter()
     while step < total_steps:
         skip = (step % steps_per_epoch) * accum  # micro-batches of this epoch already trained on
         micro = 0
@@ -149,51 +152,90 @@ def train_loop(cfg: dict) -> None:
             loss = model(**inputs).loss / accum
             loss.backward()
             losses.append(loss.item() * accum)
+            seen += torch.tensor([inputs["input_ids"].shape[0], inputs["attention_mask"].sum().item()])
             micro += 1
             if micro % accum:
                 continue
-            optimizer_step(params, optimizer, scheduler)
+            grad_norm = optimizer_step(params, optimizer, scheduler)
             step += 1
-            _report(model, optimizer, scheduler, step, start, losses, inputs, cfg, rank)
-            losses = []
+            _report(
+                model, optimizer, scheduler, step, start, losses, grad_norm, seen, clock, inputs, cfg, rank, history
+            )
+            losses, clock = [], time.perf_counter()
             if step >= total_steps or step % steps_per_epoch == 0:
                 break
         else:  # the epoch ended inside an accumulation window: step on what was accumulated
             if micro % accum:
-                optimizer_step(params, optimizer, scheduler)
+                grad_norm = optimizer_step(params, optimizer, scheduler)
                 step += 1
-                _report(model, optimizer, scheduler, step, start, losses, None, cfg, rank)
-                losses = []
+                _report(
+                    model, optimizer, scheduler, step, start, losses, grad_norm, seen, clock, None, cfg, rank, history
+                )
+                losses, clock = [], time.perf_counter()
     export(model, cfg, rank)
 
 
-def optimizer_step(params, optimizer, scheduler) -> None:
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+def optimizer_step(params, optimizer, scheduler) -> float:
+    """Clip, step, schedule; returns the gradient norm before clipping (over the whole model, every shard)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _report(model, optimizer, scheduler, step, start, losses, inputs, cfg, rank) -> None:
-    """Metrics every step; a sharded checkpoint every `checkpoint_every` steps and at the last step."""
+def _step_metrics(losses: list[float], seen: torch.Tensor, seconds: float) -> dict:
+    """The step's loss, samples and tokens over all ranks (resets `seen`); the peak memory of the busiest rank."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    total = torch.cat([seen, torch.tensor([sum(losses), len(losses)], dtype=torch.float64)])
+    peak = torch.tensor([peak], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(total)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    seen.zero_()
+    return {
+        "loss": float(total[2] / total[3]) if total[3] else float("nan"),  # mean over every micro-batch of the step
+        "samples": int(total[0]),
+        "tokens": int(total[1]),
+        "step_time_s": seconds,
+        "samples_per_s": float(total[0]) / seconds,
+        "tokens_per_s": float(total[1]) / seconds,
+        "peak_mem_mib": float(peak[0]),
+    }
+
+
+REPORT_EVERY = 10  # steps between reports to Ray Train: each one waits on the controller (~1-2 s by default)
+
+
+def _report(model, optimizer, scheduler, step, start, losses, grad_norm, seen, clock, inputs, cfg, rank, history):
+    """Metrics of every step, reported every REPORT_EVERY steps with the steps since the last report in
+    `history`; a sharded checkpoint every `checkpoint_every` steps and at the last step."""
     metrics = {
         "step": step,
         "start_step": start,
-        "loss": float(np.mean(losses)) if losses else float("nan"),
         "lr": scheduler.get_last_lr()[0],
+        "grad_norm": grad_norm,
+        **_step_metrics(losses, seen, time.perf_counter() - clock),
     }
     if inputs is not None:
         metrics["answer_tokens"] = answer_token_count(inputs)
+    history.append(metrics)
     total = cfg["max_steps"] or math.ceil(cfg["num_samples"] / cfg["global_batch_size"]) * cfg["epochs"]
     if step % cfg["checkpoint_every"] and step < total:
-        ray.train.report(metrics)
+        if len(history) >= REPORT_EVERY:
+            ray.train.report({**metrics, "history": history[:]})
+            history.clear()
         return
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with tempfile.TemporaryDirectory() as d:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=d)  # each rank writes its own shards
         if rank == 0:
             Path(d, "trainer_state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        ray.train.report({**metrics, "history": history[:]}, checkpoint=ray.train.Checkpoint.from_directory(d))
+    history.clear()
 
 
 def export(model, cfg: dict, rank: int) -> None:
@@ -209,6 +251,7 @@ def export(model, cfg: dict, rank: int) -> None:
         else:
             base.load_state_dict(full)
         out = Path(cfg["out"])
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         base.save_pretrained(tmp)
         processor.save_pretrained(tmp)

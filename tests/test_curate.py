@@ -1,0 +1,293 @@
+"""Curation: verified answer/rationale rows → SFT records, caps, mixing, LLaVA export (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vstar.config import CurateConfig
+from vstar.curate import curate, export_llava, read_mix, to_llava, write_sft
+from vstar.generate.prompts import RATIONALIZE
+from vstar.generate.stage import SCHEMA
+
+DIRECTION = [{"name": "direction", "type": "class", "value": "left"}]
+
+
+def row(sample_id, candidates, passed, *, kind="answer", video=None, labels=DIRECTION, error=None, question=None):
+    """One generate-stage row with every SCHEMA column, numpy lists as Parquet gives them back."""
+    question = question or f"Which way does the circle move in {sample_id}?"
+    hint = " / ".join(str(x["value"]) for x in labels)
+    prompt = f"{question}\nAnswer: {hint}\n{RATIONALIZE}" if kind == "rationalize" else f"{question} Explain."
+    values = dict(
+        sample_id=sample_id,
+        kind=kind,
+        task="motion",
+        template_id="t0",
+        video=video or f"{sample_id}.mp4",
+        start_s=np.nan,
+        end_s=np.nan,
+        question=question,
+        prompt=prompt,
+        labels=json.dumps(labels),
+        candidates=np.array(candidates, dtype=object),
+        candidate_tokens=np.array([3] * len(candidates)),
+        prompt_tokens=12,
+        frame_indices=np.array([0, 3, 7]),
+        fps=8.0,
+        total_frames=8,
+        duration_s=1.0,
+        frame_width=112,
+        frame_height=112,
+        decode_backend="pyav",
+        model="tiny",
+        error=error,
+        verdicts=json.dumps([{"passed": p, "per_label": []} for p in passed]),
+        passed=np.array(passed, dtype=bool),
+        num_passed=sum(passed),
+    )
+    assert list(values) == SCHEMA.names
+    return values
+
+
+def frame(*rows) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=SCHEMA.names)
+
+
+@pytest.fixture
+def rows():
+    answers = frame(
+        row("s1", ["It moves  left.", "It moves left. ", "right"], [True, True, False]),
+        row("s2", ["up", "down"], [False, False]),
+        row("s3", [], [], error="decode failed: timeout"),
+    )
+    rationales = frame(row("s2", ["The circle goes left, so: Answer: left"], [True], kind="rationalize"))
+    return answers, rationales
+
+
+def test_curate_answers_rationales_errors(rows):
+    answers, rationales = rows
+    records, stats = curate(answers, rationales, cycle=2, cfg=CurateConfig(max_per_sample=4))
+    assert [(r["sample_id"], r["origin"]) for r in records] == [("s1", "answer"), ("s2", "rationalization")]
+    s1, s2 = records
+    assert s1["answer"] == "It moves  left."  # first of the two identical (up to whitespace) candidates
+    assert s1 | {"answer": None} == {
+        "sample_id": "s1",
+        "video": "s1.mp4",
+        "start_s": None,
+        "end_s": None,
+        "frame_indices": [0, 3, 7],
+        "question": "Which way does the circle move in s1?",
+        "answer": None,
+        "origin": "answer",
+        "cycle": 2,
+        "task": "motion",
+        "label_types": ["class"],
+        "labels": DIRECTION,
+    }
+    assert s2["question"] == rationales["question"][0]
+    text = json.dumps(s2)
+    assert rationales["prompt"][0] not in text and "\\nAnswer:" not in s2["question"]
+    assert RATIONALIZE not in text
+    json.dumps(records, allow_nan=False)  # plain JSON types, no NaN
+    assert stats == {
+        "records": 2,
+        "by_origin": {"answer": 1, "rationalization": 1},
+        "by_label_type": {"class": 2},
+        "by_task": {"motion": 2},
+        "dropped": {"duplicate": 1, "cap_sample": 0, "cap_video": 0, "cap_label": 0},
+        "mixed_in": 0,
+    }
+
+
+def test_max_per_sample_and_no_rationales():
+    answers = frame(row("s1", ["left a", "left b", "left c"], [True, True, True]))
+    records, stats = curate(answers, None, cycle=0, cfg=CurateConfig(max_per_sample=2))
+    assert len(records) == 2 and stats["dropped"]["cap_sample"] == 1
+
+
+def test_hint_in_question_raises():
+    answers = frame(row("s1", ["left"], [True], question="Which way?\nAnswer: left"))
+    with pytest.raises(ValueError, match="s1: .*without the hint"):
+        curate(answers, None, cycle=0, cfg=CurateConfig())
+
+
+def _many(n_videos=4, per_video=5):
+    """Samples over a few videos; class labels left/right by sample, so both caps can bite."""
+    rows = []
+    for v in range(n_videos):
+        for q in range(per_video):
+            value = "left" if (v + q) % 3 else "right"
+            rows.append(
+                row(
+                    f"v{v}-q{q}",
+                    [f"goes {value}"],
+                    [True],
+                    video=f"v{v}.mp4",
+                    labels=[{**DIRECTION[0], "value": value}],
+                )
+            )
+    return frame(*reversed(rows))
+
+
+def test_cap_per_video_deterministic_and_effective():
+    answers = _many()
+    cfg = CurateConfig(max_per_video=2)
+    records, stats = curate(answers, None, cycle=0, cfg=cfg, seed=3)
+    per_video = pd.Series([r["video"] for r in records]).value_counts()
+    assert (per_video == 2).all() and len(per_video) == 4
+    assert stats["dropped"]["cap_video"] == 20 - 8
+    again, _ = curate(answers.iloc[::-1].reset_index(drop=True), None, cycle=0, cfg=cfg, seed=3)
+    assert again == records  # row order does not matter, the seed decides
+    others = {tuple(r["sample_id"] for r in curate(answers, None, 0, cfg, seed=s)[0]) for s in range(8)}
+    assert len(others) > 1  # the seed does decide
+
+
+def test_cap_per_label_value():
+    answers = _many()
+    records, stats = curate(answers, None, cycle=0, cfg=CurateConfig(max_per_label=3), seed=1)
+    values = pd.Series([r["labels"][0]["value"] for r in records]).value_counts().to_dict()
+    assert values == {"left": 3, "right": 3}
+    assert stats["dropped"]["cap_label"] == 20 - 6
+    assert records == curate(answers, None, cycle=0, cfg=CurateConfig(max_per_label=3), seed=1)[0]
+    # a non-class label is counted by (name, type)
+    spans = frame(
+        *[
+            row(f"s{i}", ["x"], [True], labels=[{"name": "visible", "type": "span", "value": [0.1, 0.2]}])
+            for i in range(3)
+        ]
+    )
+    assert len(curate(spans, None, cycle=0, cfg=CurateConfig(max_per_label=2))[0]) == 2
+
+
+def test_mixing():
+    answers = _many()
+    mix = [
+        {"sample_id": f"m{i}", "video": f"m{i}.mp4", "question": "q?", "answer": "a", "origin": "mix", "cycle": None}
+        for i in range(10)
+    ]
+    mix = [{**m, "task": "old", "label_types": [], "labels": []} for m in mix]
+    cfg = CurateConfig(mix_ratio=0.25)
+    records, stats = curate(answers, None, cycle=1, cfg=cfg, seed=0, mix=mix)
+    mixed = [r for r in records if r["origin"] == "mix"]
+    assert stats["mixed_in"] == len(mixed) == round(0.25 * 20) == 5
+    assert stats["records"] == 25 and stats["by_origin"] == {"answer": 20, "mix": 5}
+    assert all(r["cycle"] == 1 for r in mixed) and mix[0]["cycle"] is None  # the mix set is not changed
+    assert records == curate(answers, None, cycle=1, cfg=cfg, seed=0, mix=mix)[0]
+    assert curate(answers, None, cycle=1, cfg=CurateConfig(), mix=mix)[1]["mixed_in"] == 0
+
+
+def test_read_mix_sft_jsonl_and_llava_json(tmp_path, caplog):
+    sft = tmp_path / "old.jsonl"
+    good = {"sample_id": "a", "video": "a.mp4", "start_s": 1.0, "end_s": 2.0, "question": "q?", "answer": "ans"}
+    sft.write_text(json.dumps(good) + "\n" + json.dumps({"sample_id": "b", "video": "b.mp4"}) + "\n{not json\n\n")
+    llava = tmp_path / "llava.json"
+    entries = [
+        {
+            "id": "x1",
+            "video": "x1.mp4",
+            "conversations": [{"from": "human", "value": "<video>\nWhat?"}, {"from": "gpt", "value": "This."}],
+        },
+        {"id": "x2", "video": "x2.mp4", "conversations": [{"from": "gpt", "value": "no question"}]},
+        {"id": "x3", "conversations": [{"from": "human", "value": "<video>\nQ"}, {"from": "gpt", "value": "A"}]},
+    ]
+    llava.write_text(json.dumps(entries))
+    with caplog.at_level(logging.WARNING, logger="vstar"):
+        from_sft, from_llava = read_mix(sft), read_mix(llava)
+    assert [(r["sample_id"], r["question"], r["answer"], r["start_s"], r["origin"]) for r in from_sft] == [
+        ("a", "q?", "ans", 1.0, "mix")
+    ]
+    assert [(r["sample_id"], r["video"], r["question"], r["answer"]) for r in from_llava] == [
+        ("x1", "x1.mp4", "What?", "This.")
+    ]
+    warnings = [m for m in caplog.messages if "skipped" in m]
+    assert f"{sft} row 2 skipped" in warnings[1] and f"{sft} row 3 skipped" in warnings[0]
+    assert any(f"{llava} row 2 skipped" in m for m in warnings) and any(f"{llava} row 3" in m for m in warnings)
+
+
+def test_write_sft_export_llava_round_trip(rows, tmp_path):
+    answers, rationales = rows
+    run = tmp_path / "run"
+    first, _ = curate(answers, None, cycle=0, cfg=CurateConfig())
+    second, _ = curate(answers, rationales, cycle=1, cfg=CurateConfig())
+    path = write_sft(first, run / "cycle_0" / "sft")
+    assert path == run / "cycle_0" / "sft" / "records.jsonl"
+    write_sft(second, run / "cycle_1" / "sft")
+    assert sorted(p.name for p in (run / "cycle_1" / "sft").iterdir()) == ["records.jsonl"]
+
+    out, n = export_llava(run, tmp_path / "export" / "vstar.json")
+    entries = json.loads(out.read_text())
+    assert n == len(entries) == 2 and entries == to_llava(second)
+    assert [e["id"] for e in entries] == ["s1#answer#0", "s2#rationalization#0"]
+    assert entries[1]["conversations"] == [
+        {"from": "human", "value": "<video>\n" + second[1]["question"]},
+        {"from": "gpt", "value": second[1]["answer"]},
+    ]
+    assert {e["cycle"] for e in entries} == {1} and "start_s" not in entries[0]
+    back = read_mix(out)
+    assert [(r["video"], r["question"], r["answer"], r["frame_indices"]) for r in back] == [
+        (r["video"], r["question"], r["answer"], r["frame_indices"]) for r in second
+    ]
+
+    _, n0 = export_llava(run, tmp_path / "c0.json", cycle=0)
+    assert n0 == 1 and json.loads((tmp_path / "c0.json").read_text())[0]["cycle"] == 0
+
+
+def test_export_llava_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cycle_<k>/sft/records.jsonl"):
+        export_llava(tmp_path / "nope", tmp_path / "out.json")
+    write_sft([], tmp_path / "run" / "cycle_0" / "sft")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "run" / "cycle_3" / "sft" / "records.jsonl")):
+        export_llava(tmp_path / "run", tmp_path / "out.json", cycle=3)
+
+
+LABEL = st.sampled_from(["left", "right", "up", "down"])
+ROW = st.tuples(
+    st.sampled_from(["answer", "rationalize"]),
+    st.lists(
+        st.tuples(st.sampled_from(["left", "goes left", " left ", "up", "Answer: left"]), st.booleans()), max_size=4
+    ),
+    st.booleans(),  # error row
+    LABEL,
+    st.integers(0, 3),  # video
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(ROW, max_size=12), st.integers(0, 5), st.integers(1, 3), st.integers(0, 1000))
+def test_no_hint_and_only_passing_rows(specs, per_video, per_sample, seed):
+    made = [
+        row(
+            f"s{i}",
+            [c for c, _ in cands],
+            [p for _, p in cands],
+            kind=kind,
+            video=f"v{video}.mp4",
+            labels=[{**DIRECTION[0], "value": value}],
+            error="boom" if err else None,
+        )
+        for i, (kind, cands, err, value, video) in enumerate(specs)
+    ]
+    answers = frame(*[r for r in made if r["kind"] == "answer"])
+    rationales = frame(*[r for r in made if r["kind"] == "rationalize"])
+    cfg = CurateConfig(max_per_sample=per_sample, max_per_video=per_video or None)
+    records, stats = curate(answers, rationales, cycle=0, cfg=cfg, seed=seed)
+    passing = {(r["sample_id"], r["kind"]) for r in made if r["error"] is None and r["passed"].any()}
+    origin = {"answer": "answer", "rationalization": "rationalize"}
+    for r in records:
+        assert (r["sample_id"], origin[r["origin"]]) in passing
+        assert (
+            "\nAnswer:" not in r["question"] and r["question"] == f"Which way does the circle move in {r['sample_id']}?"
+        )
+    assert stats["records"] == len(records)
+    distinct = sum(
+        len({" ".join(c.split()) for c, p in zip(r["candidates"], r["passed"], strict=True) if p})
+        for r in made
+        if r["error"] is None
+    )
+    assert len(records) + sum(stats["dropped"].values()) - stats["dropped"]["duplicate"] == distinct

@@ -1,0 +1,223 @@
+"""The Video-STaR cycle through `vstar run`: two full cycles on the tiny VLM, a driver killed in every stage and
+restarted, the stop rule, the config guard, and `ray job submit` of the demo to a local head node."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from vstar.config import EMBEDDED_DEFAULT, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AUTH_MODE": "disabled"}
+LOCAL = {**ENV, "RAY_ADDRESS": "local"}  # a driver subprocess starts its own Ray, never joins the tests' one
+
+
+def small(tmp_path: Path, name: str, *more: str) -> list[str]:
+    """The embedded default made smaller: 10 videos, 12 new tokens, a shorter hint warm-up."""
+    return [
+        f"run.name={name}",
+        f"run.root={tmp_path}/runs",
+        f"run.cache_dir={tmp_path.parent}/driver-cache",  # shared by the tests of this module
+        "data.synth.num_videos=10",
+        "generate.max_new_tokens=12",
+        "eval.max_new_tokens=12",
+        "model.tiny_hint_steps=40",
+        *more,
+    ]
+
+
+def parquet_rows(folder: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(f) for f in sorted(folder.glob("*.parquet"))], ignore_index=True)
+
+
+@pytest.mark.slow
+def test_two_cycles_end_to_end(ray_local, tmp_path):
+    from vstar.driver import run
+
+    cfg = load_config(EMBEDDED_DEFAULT, small(tmp_path, "full"))
+    run_dir = run(cfg)
+
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["cycle"] for x in lines] == [-1, 0, 1]
+    assert lines[-1]["stop"] == "run.max_cycles 2 reached"
+    manifest = {json.loads(x)["sample_id"]: json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()}
+    train_ids = {k for k, s in manifest.items() if s["split"] == "train"}
+    for k in (0, 1):
+        cycle = run_dir / f"cycle_{k}"
+        answers = parquet_rows(cycle / "answers")
+        assert sorted(answers["sample_id"]) == sorted(train_ids)  # every training sample once
+        failed = set(answers.loc[answers["num_passed"] == 0, "sample_id"])
+        assert set(parquet_rows(cycle / "rationales")["sample_id"]) == failed  # exactly the failures re-asked
+        records = [json.loads(x) for x in (cycle / "sft" / "records.jsonl").open()]
+        assert records and lines[k + 1]["sft"]["records"] == len(records)
+        for r in records:  # the training record keeps the original question: the hint never reaches training
+            assert r["question"] == manifest[r["sample_id"]]["question"] and "\nAnswer:" not in r["question"]
+            assert r["origin"] in ("answer", "rationalization") and r["cycle"] == k
+        assert (cycle / "model" / "model.safetensors").exists()
+        assert lines[k + 1]["eval"]["n"] == lines[0]["eval"]["n"] > 0
+        assert lines[k + 1]["model"] == (str(run_dir / "cycle_0" / "model") if k else lines[0]["model"])
+    report = (run_dir / "report.md").read_text()
+    assert "plots/yield_accuracy.png" in report and (run_dir / "plots" / "stage_time.png").stat().st_size > 1000
+
+    # the same config again: everything is marked done, nothing runs twice
+    stamp = (run_dir / "cycle_1" / "answers" / "_SUCCESS.json").stat().st_mtime_ns
+    run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full")))
+    assert (run_dir / "cycle_1" / "answers" / "_SUCCESS.json").stat().st_mtime_ns == stamp
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+    # a different config is refused with the keys that differ; runtime keys may change
+    with pytest.raises(ConfigError, match=r"different config \(train.lr: 0.001 → 0.01\).*--fork"):
+        run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.lr=1e-2")))
+    from vstar.driver import prepare_run_dir
+
+    prepare_run_dir(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.num_workers=2")))
+    forked = prepare_run_dir(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.lr=1e-2")), fork=True)
+    assert forked.name == "full-fork1" and yaml.safe_load((forked / "config.yaml").read_text())["train"]["lr"] == 0.01
+
+    # the curated data as LLaVA JSON
+    from vstar.cli import main
+
+    assert main(["export", str(run_dir), "--format", "llava"]) == 0
+    llava = json.loads((run_dir / "export" / "llava.json").read_text())
+    assert len(llava) == lines[2]["sft"]["records"] and llava[0]["conversations"][0]["value"].startswith("<video>\n")
+
+
+def driver(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vstar.cli", "run", str(EMBEDDED_DEFAULT), *args],
+        cwd=ROOT,
+        env=LOCAL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its local Ray with it
+    )
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the driver ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_a_driver_killed_in_every_stage_resumes_to_the_same_rows(tmp_path):
+    """SIGKILL the driver (and its local Ray) inside each stage in turn; rerunning the same command finishes the
+    run with every row exactly once. min_delta=1 also exercises the stop rule: one cycle, then stop."""
+    args = small(tmp_path, "killed", "run.max_cycles=2", "run.min_delta=1", "run.num_cpus=2")
+    run_dir = tmp_path / "runs" / "killed"
+    cycle = run_dir / "cycle_0"
+    stages = [
+        ("answers being written", lambda: any((cycle / "answers").glob("*.parquet"))),
+        ("rationales being written", lambda: any((cycle / "rationales").glob("*.parquet"))),
+        ("training checkpoints", lambda: any((cycle / "train").rglob("trainer_state.json"))),
+        ("eval answers being written", lambda: (cycle / "eval" / "answers").exists()),
+    ]
+    for what, ready in stages:
+        kill_when(driver(args), ready, what)
+        assert not (cycle / "eval" / "_SUCCESS.json").exists()
+    final = driver(args)
+    assert final.wait(timeout=600) == 0
+
+    answers = parquet_rows(cycle / "answers")
+    assert answers["sample_id"].is_unique and len(answers) == answers.attrs.get("n", len(answers))
+    manifest = [json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()]
+    assert sorted(answers["sample_id"]) == sorted(s["sample_id"] for s in manifest if s["split"] == "train")
+    rationales = parquet_rows(cycle / "rationales")
+    assert rationales["sample_id"].is_unique
+    assert set(rationales["sample_id"]) == set(answers.loc[answers["num_passed"] == 0, "sample_id"])
+    records = [json.loads(x) for x in (cycle / "sft" / "records.jsonl").open()]
+    passing = set(answers.loc[answers["num_passed"] > 0, "sample_id"]) | set(
+        rationales.loc[rationales["num_passed"] > 0, "sample_id"]
+    )
+    assert {r["sample_id"] for r in records} == passing
+    steps = [json.loads(x) for x in (cycle / "train" / "fit" / "steps.jsonl").open()]
+    assert steps[-1]["start_step"] > 0  # training resumed from its checkpoint
+    evals = parquet_rows(cycle / "eval" / "answers")
+    assert evals["sample_id"].is_unique
+    assert sorted(evals["sample_id"]) == sorted(s["sample_id"] for s in manifest if s["split"] == "test")
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["cycle"] for x in lines] == [-1, 0] and "run.min_delta 1" in lines[-1]["stop"]
+    assert not (run_dir / "cycle_1").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_demo_on_a_head_node(tmp_path):
+    """`ray start --head`, then the README's `ray job submit` line with the demo, made small."""
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    dashboard = free_port()
+    head = subprocess.Popen(
+        [
+            *ray,
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--temp-dir={tmp_path}/ray",
+        ],
+        # the job's `vstar` resolves on the head's PATH, as for a user whose virtualenv is active
+        env={**ENV, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # stopped by killing its process group: `ray stop` would stop the tests' Ray too
+    )
+    try:
+        args = [
+            "run.max_cycles=1",
+            "model.tiny_hint_steps=0",
+            "data.synth.num_videos=10",
+            "generate.max_new_tokens=8",
+            "eval.max_new_tokens=8",
+            f"run.root={tmp_path}/runs",
+            f"run.cache_dir={tmp_path}/cache",
+        ]
+        submit = [
+            *ray,
+            "job",
+            "submit",
+            f"--address=http://127.0.0.1:{dashboard}",
+            "--working-dir=.",
+            "--runtime-env=jobs/runtime_env.yaml",
+            "--",
+            "vstar",
+            "run",
+            "jobs/demo.yaml",
+            *args,
+        ]
+        deadline = time.monotonic() + 120
+        while True:  # the dashboard's job API comes up a little after the head
+            out = subprocess.run(submit, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+            if out.returncode == 0 or time.monotonic() > deadline or "succeeded" in out.stdout:
+                break
+            if "Failed to connect" not in out.stdout + out.stderr and "Connection refused" not in out.stderr:
+                break
+            time.sleep(2)
+        assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+        assert (tmp_path / "runs" / "demo" / "report.md").exists()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)

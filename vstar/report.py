@@ -1,0 +1,260 @@
+"""A run's report: `<run>/metrics.jsonl` (one line per cycle, written by the driver) → `<run>/report.md`.
+
+    vstar report runs/demo
+
+The report gives a summary (cycles run, best held-out accuracy, why the loop stopped), a table per
+cycle, held-out accuracy per task and per label type, time per stage, the top verifier failure reasons
+and two plots in `<run>/plots/`: `yield_accuracy.png` and `stage_time.png`. Line `cycle: -1` is the
+evaluation of the starting model ("base"). Any key may be missing from a line (a stopped or partial
+cycle); the tables show "–" for it.
+
+    >>> _pct(0.35), _pct(None), _get({"eval": {"accuracy": 0.35}}, "eval", "accuracy"), _get({"eval": None}, "eval", "n")
+    ('35.0%', '–', 0.35, None)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("vstar")
+
+DASH = "–"
+TOP_FAILURES = 10  # reasons listed per stage
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The lines of `<run_dir>/metrics.jsonl` in order; a malformed line is skipped with a warning."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = []
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError as e:
+            log.warning("%s line %d: skipped, not JSON (%s)", path, number, e)
+            continue
+        if not isinstance(line, dict):
+            log.warning("%s line %d: skipped, not a JSON object", path, number)
+            continue
+        lines.append(line)
+    return lines
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write `<run_dir>/report.md` and its plots in `<run_dir>/plots/`; return the report's path."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the driver writes it, one line per cycle (`vstar run`)")
+    lines = read_metrics(run_dir)
+    if not lines:
+        raise FileNotFoundError(f"{path} holds no readable metrics line: nothing to report")
+    (run_dir / "plots").mkdir(exist_ok=True)
+    plot_yield_accuracy(lines, run_dir / "plots" / "yield_accuracy.png")
+    plot_stage_time(lines, run_dir / "plots" / "stage_time.png")
+    sections = [
+        [f"# Video-STaR run `{run_dir.resolve().name}`", ""],
+        summary(lines),
+        cycle_table(lines),
+        accuracy_tables(lines),
+        stage_time_table(lines),
+        failure_table(lines),
+        [
+            "## Plots",
+            "",
+            "![Yield and held-out accuracy per cycle](plots/yield_accuracy.png)",
+            "",
+            "![Seconds per stage per cycle](plots/stage_time.png)",
+            "",
+        ],
+    ]
+    report = run_dir / "report.md"
+    report.write_text("\n".join(text for section in sections for text in section))
+    log.info("report: %s", report)
+    return report
+
+
+def summary(lines: list[dict[str, Any]]) -> list[str]:
+    cycles = [m for m in lines if m.get("cycle") != -1]
+    out = ["## Summary", "", f"- Cycles run: {len(cycles)}"]
+    scored = [m for m in lines if isinstance(_get(m, "eval", "accuracy"), (int, float))]
+    if scored:
+        best = max(scored, key=lambda m: m["eval"]["accuracy"])
+        text = f"- Best held-out accuracy: {_pct(best['eval']['accuracy'])} ({_label(best)})"
+        base = _get(lines[0], "eval", "accuracy") if lines[0].get("cycle") == -1 else None
+        if base is not None and best is not lines[0]:
+            text += f", {100 * (best['eval']['accuracy'] - base):+.1f} points over base ({_pct(base)})"
+        out.append(text)
+    else:
+        out.append("- Best held-out accuracy: none recorded")
+    stop = next((m["stop"] for m in reversed(lines) if m.get("stop")), None)
+    out.append(f"- Stopped: {stop}" if stop else "- Stopped: no reason recorded (max_cycles reached, or still running)")
+    return [*out, ""]
+
+
+def cycle_table(lines: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for m in lines:
+        origin = _get(m, "sft", "by_origin") or {}
+        records = _num(_get(m, "sft", "records"))
+        if origin:
+            records += " (" + ", ".join(f"{n} {name}" for name, n in origin.items()) + ")"
+        rows.append(
+            [
+                _label(m),
+                _yield(m, "answers"),
+                _yield(m, "rationales"),
+                records,
+                _num(_get(m, "train", "final_loss"), ".3f"),
+                _pct(_get(m, "eval", "accuracy")),
+                _seconds(_total_seconds(m)),
+            ]
+        )
+    header = ["Cycle", "Answer yield", "Rationalization yield", "SFT records", "Final loss", "Held-out acc.", "Time"]
+    return ["## Cycles", "", *_table(header, rows), ""]
+
+
+def accuracy_tables(lines: list[dict[str, Any]]) -> list[str]:
+    header = ["", *(_label(m) for m in lines)]
+    out = ["## Held-out accuracy", "", *_table(header, [["all", *(_pct(_get(m, "eval", "accuracy")) for m in lines)]])]
+    for key, title in [("by_task", "task"), ("by_label_type", "label type")]:
+        names = _keys(_get(m, "eval", key) for m in lines)
+        rows = [[name, *(_pct(_get(m, "eval", key, name)) for m in lines)] for name in names]
+        out += ["", f"### Per {title}", "", *(_table([title.capitalize(), *header[1:]], rows) if rows else ["–"])]
+    return [*out, ""]
+
+
+def stage_time_table(lines: list[dict[str, Any]]) -> list[str]:
+    stages = _stages(lines)
+    rows = [
+        [_label(m), *(_seconds(_get(m, "stage_seconds", s)) for s in stages), _seconds(_total_seconds(m))]
+        for m in lines
+    ]
+    return ["## Time per stage", "", *_table(["Cycle", *stages, "Total"], rows), ""]
+
+
+def failure_table(lines: list[dict[str, Any]]) -> list[str]:
+    """The most frequent verifier failure reasons of the last cycle that recorded any."""
+    last = next((m for m in reversed(lines) if m.get("verifier_failures")), None)
+    if last is None:
+        return ["## Top verifier failures", "", "No verifier failures recorded.", ""]
+    rows = []
+    for stage, reasons in last["verifier_failures"].items():
+        top = sorted((reasons or {}).items(), key=lambda kv: -kv[1])[:TOP_FAILURES]
+        rows += [[stage, str(n), reason.replace("|", "\\|").replace("\n", " ")] for reason, n in top]
+    return [f"## Top verifier failures ({_label(last)})", "", *_table(["Stage", "Count", "Reason"], rows), ""]
+
+
+def plot_yield_accuracy(lines: list[dict[str, Any]], path: Path) -> None:
+    # A bare Figure renders with Agg and leaves pyplot's global backend alone (matters in a notebook).
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for keys, name, style in [
+        (("answers", "yield"), "answer yield", "o-"),
+        (("rationales", "yield"), "rationalization yield", "s-"),
+        (("eval", "accuracy"), "held-out accuracy", "D-"),
+    ]:
+        xs = [x for x, m in enumerate(lines) if _get(m, *keys) is not None]
+        if xs:
+            ax.plot(xs, [_get(lines[x], *keys) for x in xs], style, label=name)
+    base = _get(lines[0], "eval", "accuracy") if lines[0].get("cycle") == -1 else None
+    if base is not None:
+        ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"base accuracy ({_pct(base)})")
+    ax.set_xticks(range(len(lines)), [_label(m) for m in lines])
+    ax.set_ylim(0, 1.02)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set(title="Yield and held-out accuracy per cycle", xlabel="cycle", ylabel="share of samples")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
+def plot_stage_time(lines: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    xs = range(len(lines))
+    bottom = [0.0] * len(lines)
+    for stage in _stages(lines):
+        heights = [_get(m, "stage_seconds", stage) or 0.0 for m in lines]
+        ax.bar(xs, heights, bottom=bottom, label=stage)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    for x, total in zip(xs, bottom, strict=True):
+        if total:
+            ax.annotate(_seconds(total), (x, total), ha="center", va="bottom", fontsize="small")
+    ax.set_xticks(xs, [_label(m) for m in lines])
+    ax.set(title="Time per stage per cycle", xlabel="cycle", ylabel="seconds")
+    ax.margins(y=0.1)
+    if any(bottom):
+        ax.legend(loc="upper left", fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
+def _get(line: dict[str, Any], *keys: str) -> Any:
+    """line[k1][k2]…, or None where a key is missing or a level is not a dict."""
+    value: Any = line
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _keys(dicts: Iterable[Any]) -> list[str]:
+    """The keys of the dicts, in order of first appearance."""
+    return list(dict.fromkeys(key for d in dicts if isinstance(d, dict) for key in d))
+
+
+def _stages(lines: list[dict[str, Any]]) -> list[str]:
+    """Every stage timed, in the order of the line that timed the most (base times only eval)."""
+    timed = [m["stage_seconds"] for m in lines if isinstance(m.get("stage_seconds"), dict)]
+    return _keys(sorted(timed, key=len, reverse=True))
+
+
+def _label(line: dict[str, Any]) -> str:
+    cycle = line.get("cycle")
+    return "base" if cycle == -1 else DASH if cycle is None else f"cycle {cycle}"
+
+
+def _total_seconds(line: dict[str, Any]) -> float | None:
+    stages = line.get("stage_seconds")
+    return sum(stages.values()) if isinstance(stages, dict) and stages else None
+
+
+def _yield(line: dict[str, Any], stage: str) -> str:
+    y, passed, samples = (_get(line, stage, k) for k in ("yield", "passed", "samples"))
+    if y is None:
+        return DASH
+    return f"{_pct(y)} ({passed}/{samples})" if passed is not None and samples is not None else _pct(y)
+
+
+def _pct(x: float | None) -> str:
+    return DASH if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, spec: str = "") -> str:
+    return DASH if x is None else format(x, spec)
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return DASH
+    if s < 59.95:
+        return f"{s:.1f} s"
+    minutes, seconds = divmod(int(s + 0.5), 60)  # half up; round() takes 66.5 to 66
+    return f"{minutes} min {seconds:02d} s"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]

@@ -17,7 +17,15 @@ def vstar(*args):
 def test_help_teaches():
     out = vstar("--help")
     assert out.returncode == 0
-    for text in ("vstar run", "vstar report", "vstar export", "vstar data synth", "vstar data validate", "vstar config", "train.lr=1e-5"):
+    for text in (
+        "vstar run",
+        "vstar report",
+        "vstar export",
+        "vstar data synth",
+        "vstar data validate",
+        "vstar config",
+        "train.lr=1e-5",
+    ):
         assert text in out.stdout
     synth = vstar("data", "synth", "--help").stdout
     for text in ("--out", "--num-videos", "--seed", "same seed gives the same labels and pixels", "| box       | box"):

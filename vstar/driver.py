@@ -87,8 +87,7 @@ def run(cfg: Config, fork: bool = False) -> Path:
         if reason:
             break
         previous = result
-    report = finish(run_dir)
-    log.info("report: %s", report)
+    finish(run_dir)
     return run_dir
 
 

@@ -218,11 +218,12 @@ def test_ray_job_submit_runs_the_demo_on_a_head_node(tmp_path):
             *args,
         ]
         deadline = time.monotonic() + 120
-        while True:  # the dashboard's job API comes up a little after the head
+        not_up_yet = ("Failed to connect", "Connection refused", "No available agent", "try again later")
+        while True:  # the dashboard's job API and its agent come up a little after the head
             out = subprocess.run(submit, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
-            if out.returncode == 0 or time.monotonic() > deadline or "succeeded" in out.stdout:
+            if out.returncode == 0 or time.monotonic() > deadline:
                 break
-            if "Failed to connect" not in out.stdout + out.stderr and "Connection refused" not in out.stderr:
+            if not any(text in out.stdout + out.stderr for text in not_up_yet):
                 break
             time.sleep(2)
         assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]

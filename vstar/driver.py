@@ -2,7 +2,7 @@
 
     vstar run                       # the embedded default: local Ray, synthetic videos, tiny offline VLM, 2 cycles
     vstar run jobs/demo.yaml data.num_frames=16
-    ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- vstar run jobs/kinetics700.yaml
+    ray job submit --address http://<head>:8265 --working-dir . --runtime-env jobs/runtime_env.yaml -- vstar run jobs/kinetics700.yaml
 
 Preparation: the resolved config saved in the run directory, the manifest validated (synthetic videos made on
 first use when none is given), the model located (the tiny VLM built on first use), every clip decoded once on

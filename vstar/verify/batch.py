@@ -119,7 +119,7 @@ def summarize(df: pd.DataFrame) -> dict:
                 per_type[lv["type"]] += 1
                 per_type_passed[lv["type"]] += lv["passed"]
                 if not lv["passed"]:
-                    reasons[re.sub(r"'[^']*'|\[[^\]]*\]|[-\d.]+", "_", lv["reason"])[:80]] += 1
+                    reasons[re.sub(r"'[^']*'|\[[^\]]*\]|-?\d+(?:\.\d+)?", "_", lv["reason"])[:80]] += 1
     return {
         "rows": len(df),
         "candidates": candidates,

@@ -1,0 +1,371 @@
+"""The serve app for real: Ray Serve on 127.0.0.1 with the tiny VLM, called with the official `openai` client
+(chat with a video, streaming and not) and with raw HTTP for every kind of bad request."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+openai = pytest.importorskip("openai")
+
+QUESTION = "What shape moves, and where does it go?"
+TIMEOUT_S = 6.0  # serve.request_timeout_s here: far above a 16-token answer, far below an 8000-token one
+MAX_BYTES = 200_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def media(synth_samples, tmp_path_factory):
+    """The allowed root: a good clip, a long one, a damaged one, an empty one and one over the byte limit."""
+    from vstar.data.synth import write_video
+
+    root = tmp_path_factory.mktemp("served")
+    good = root / "clip.mp4"
+    good.write_bytes(Path(synth_samples[0].video).read_bytes())
+    rng = np.random.default_rng(0)
+    write_video(root / "long.mp4", rng.integers(0, 255, (30, 32, 32, 3), dtype=np.uint8), fps=2.0)  # 15 s
+    (root / "damaged.mp4").write_bytes(good.read_bytes()[:200] + rng.bytes(3000))
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "big.mp4").write_bytes(rng.bytes(MAX_BYTES + 1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_vlm_dir, media):
+    from ray import serve as rserve
+
+    from vstar.config import load_config
+    from vstar.serve import serve
+
+    cfg = load_config(
+        None,
+        [
+            f"serve.port={free_port()}",
+            f"serve.allowed_roots=[{media}]",
+            "serve.allowed_domains=[127.0.0.1]",
+            f"serve.max_video_bytes={MAX_BYTES}",
+            "serve.max_frames=16",
+            "serve.max_duration_s=10",
+            f"serve.request_timeout_s={TIMEOUT_S}",
+        ],
+    )
+    url = serve(str(tiny_vlm_dir), cfg, blocking=False)
+    yield url
+    rserve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def video_message(url: str, question: str = QUESTION) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": question}],
+        }
+    ]
+
+
+def data_url(path: Path) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def post(url: str, body, timeout: float = 60) -> tuple[int, dict]:
+    """Raw HTTP: `body` bytes as they are, anything else as JSON. Returns (status, parsed JSON body)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def chat_body(model: str, url: str, **extra) -> dict:
+    return {"model": model, "messages": video_message(url), "max_tokens": 8, "temperature": 0, **extra}
+
+
+def test_health_and_models(server, client, tiny_vlm_dir):
+    with urllib.request.urlopen(f"{server}/health", timeout=30) as response:
+        assert json.loads(response.read()) == {"status": "ok", "model": str(tiny_vlm_dir)}
+    assert [m.id for m in client.models.list().data] == [str(tiny_vlm_dir)]
+
+
+def test_chat_with_a_data_url_answers_as_the_generation_backend_does(client, tiny_vlm_dir, media):
+    """Same frames (the shared sampler), same chat template, same greedy tokens as `HFBackend`."""
+    from vstar.data.frames import sample_frames
+    from vstar.generate.backends import HFBackend
+
+    reply = client.chat.completions.create(
+        model=str(tiny_vlm_dir), messages=video_message(data_url(media / "clip.mp4")), max_tokens=16, temperature=0
+    )
+    frames = sample_frames(str(media / "clip.mp4"), 8)
+    expected = HFBackend(str(tiny_vlm_dir), temperature=0, max_new_tokens=16).generate(
+        [QUESTION], [frames.array], [frames.meta]
+    )[0]
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == expected.candidates[0]
+    assert choice.finish_reason == ("stop" if expected.candidate_tokens[0] < 16 else "length")
+    assert reply.usage.completion_tokens == expected.candidate_tokens[0]
+    assert reply.usage.prompt_tokens == expected.prompt_tokens
+    assert reply.model == str(tiny_vlm_dir) and reply.object == "chat.completion"
+
+
+def test_streaming_with_a_file_path_gives_the_same_text(client, tiny_vlm_dir, media):
+    kwargs = dict(
+        model=str(tiny_vlm_dir), messages=video_message(str(media / "clip.mp4")), max_tokens=12, temperature=0
+    )
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1, "streamed in pieces"
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_is_server_sent_events_ending_with_done(server, tiny_vlm_dir, media):
+    body = chat_body(str(tiny_vlm_dir), str(media / "clip.mp4"), stream=True)
+    request = urllib.request.Request(
+        f"{server}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = [e for e in response.read().decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    payloads = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert {p["object"] for p in payloads} == {"chat.completion.chunk"}
+    assert payloads[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def bad_requests(model: str, media: Path) -> list[tuple[str, object, int, str | None, str]]:
+    """(case, body, status, error.param, a piece of error.message)."""
+    clip = str(media / "clip.mp4")
+    two_videos = video_message(clip)
+    two_videos[0]["content"].append({"type": "video_url", "video_url": {"url": clip}})
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]
+    return [
+        ("malformed JSON", b'{"model": "m", "messages": [', 400, None, "not valid JSON"),
+        ("not an object", b"[1, 2]", 400, None, "must be a JSON object"),
+        ("no model", {"messages": video_message(clip)}, 400, "model", "missing required field 'model'"),
+        ("no messages", {"model": model}, 400, "messages", "missing required field 'messages'"),
+        ("empty messages", {"model": model, "messages": []}, 400, "messages", "non-empty list"),
+        ("bad role", {"model": model, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0]", "role"),
+        ("unknown model", chat_body("gpt-9", clip), 404, "model", "not served here"),
+        ("no video", {"model": model, "messages": [{"role": "user", "content": "hi"}]}, 400, "messages", "no video"),
+        ("two videos", {"model": model, "messages": two_videos}, 400, "messages", "2 videos"),
+        ("image part", {"model": model, "messages": image}, 400, "messages[0].content[0]", "video_url part"),
+        ("n=2", chat_body(model, clip, n=2), 400, "n", "n=1"),
+        ("max_tokens=0", chat_body(model, clip, max_tokens=0), 400, "max_tokens", "must be in"),
+        ("temperature=5", chat_body(model, clip, temperature=5), 400, "temperature", "must be in"),
+        ("too many frames", chat_body(model, clip, num_frames=17), 400, "num_frames", "must be in [1, 16]"),
+        ("path outside roots", chat_body(model, "/etc/passwd"), 403, "messages", "allowed root"),
+        ("escape with ..", chat_body(model, f"{media}/../../etc/hostname"), 403, "messages", "allowed root"),
+        ("file:// outside roots", chat_body(model, "file:///etc/passwd"), 403, "messages", "allowed root"),
+        ("missing file", chat_body(model, str(media / "nope.mp4")), 400, "messages", "not a file"),
+        ("host not allow-listed", chat_body(model, "https://example.com/a.mp4"), 403, "messages", "allowed_domains"),
+        (
+            "localhost not allow-listed",
+            chat_body(model, "http://localhost:1/a.mp4"),
+            403,
+            "messages",
+            "allowed_domains",
+        ),
+        ("unsupported scheme", chat_body(model, "ftp://127.0.0.1/a.mp4"), 400, "messages", "scheme"),
+        ("bad data URL", chat_body(model, "data:text/plain,hello"), 400, "messages", "data URL"),
+        ("bad base64", chat_body(model, "data:video/mp4;base64,@@@@"), 400, "messages", "base64"),
+        ("too large data URL", chat_body(model, data_url(media / "big.mp4")), 413, "messages", "limit is 200000"),
+        ("too large file", chat_body(model, str(media / "big.mp4")), 413, "messages", "limit is 200000"),
+        ("too long video", chat_body(model, str(media / "long.mp4")), 400, "messages", "lasts 15.0 s"),
+        ("damaged video", chat_body(model, str(media / "damaged.mp4")), 422, "messages", "could not be decoded"),
+        ("empty video", chat_body(model, str(media / "empty.mp4")), 422, "messages", "empty file"),
+        (
+            "damaged data URL",
+            chat_body(model, data_url(media / "damaged.mp4")),
+            422,
+            "messages",
+            "could not be decoded",
+        ),
+    ]
+
+
+def test_bad_requests_get_a_4xx_with_an_openai_error_and_the_server_serves_on(server, tiny_vlm_dir, media):
+    for case, body, status, param, message in bad_requests(str(tiny_vlm_dir), media):
+        got, reply = post(f"{server}/v1/chat/completions", body)
+        assert got == status, (case, reply)
+        error = reply["error"]
+        assert set(error) == {"message", "type", "param", "code"}, case
+        assert error["param"] == param and message in error["message"], (case, error)
+        assert error["type"] == {403: "permission_error", 404: "not_found_error"}.get(status, "invalid_request_error")
+    got, reply = post(f"{server}/v1/nothing-here", {})
+    assert got == 404 and "Not Found" in reply["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="no video"):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0).chat.completions.create(
+            model=str(tiny_vlm_dir), messages=[{"role": "user", "content": "hi"}]
+        )
+    got, reply = post(f"{server}/v1/chat/completions", chat_body(str(tiny_vlm_dir), str(media / "clip.mp4")))
+    assert got == 200 and reply["usage"]["completion_tokens"] == 8
+
+
+@pytest.fixture(scope="module")
+def web(media):
+    """A local web server over the allowed root, with a redirect to elsewhere and a missing file."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(media), **kwargs)
+
+        def do_GET(self):
+            if self.path == "/redirect.mp4":
+                self.send_response(302)
+                self.send_header("Location", "http://example.com/x.mp4")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_an_allow_listed_host_is_fetched_with_the_byte_limit(server, tiny_vlm_dir, web):
+    model = str(tiny_vlm_dir)
+    got, reply = post(f"{server}/v1/chat/completions", chat_body(model, f"{web}/clip.mp4"))
+    assert got == 200 and reply["choices"][0]["message"]["content"]
+    for path, status, message in [
+        ("big.mp4", 413, "limit is 200000"),
+        ("nope.mp4", 400, "HTTP 404"),
+        ("redirect.mp4", 400, "HTTP 302"),  # not followed: it could lead anywhere
+    ]:
+        got, reply = post(f"{server}/v1/chat/completions", chat_body(model, f"{web}/{path}"))
+        assert got == status and message in reply["error"]["message"], (path, reply)
+
+
+def test_concurrent_requests_with_a_bad_one_all_complete(server, tiny_vlm_dir, media):
+    model, clip = str(tiny_vlm_dir), str(media / "clip.mp4")
+    bodies = [chat_body(model, clip, max_tokens=10) for _ in range(6)]
+    bodies[2] = chat_body(model, str(media / "damaged.mp4"))
+    bodies[4] = chat_body(model, clip, max_tokens=5, temperature=0.8)  # another sampling setting in the batch
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(lambda b: post(f"{server}/v1/chat/completions", b), bodies))
+    assert results[2][0] == 422 and "could not be decoded" in results[2][1]["error"]["message"]
+    good = [r for i, r in enumerate(results) if i != 2]
+    assert [status for status, _ in good] == [200] * 5
+    greedy_tokens = [r["usage"]["completion_tokens"] for i, (_, r) in enumerate(results) if i not in (2, 4)]
+    assert greedy_tokens == [10] * 4  # the tiny random model never ends on its own when greedy
+    assert 1 <= results[4][1]["usage"]["completion_tokens"] <= 5
+    greedy = {r["choices"][0]["message"]["content"] for i, (_, r) in enumerate(results) if i not in (2, 4)}
+    assert len(greedy) == 1, "the same greedy request gives the same answer, whatever it was batched with"
+
+
+def test_a_request_past_the_timeout_gets_504_and_the_server_serves_on(server, tiny_vlm_dir, media):
+    model, clip = str(tiny_vlm_dir), str(media / "clip.mp4")
+    start = time.monotonic()
+    got, reply = post(f"{server}/v1/chat/completions", chat_body(model, clip, max_tokens=8000, ignore_eos=True))
+    assert got == 504 and reply["error"]["type"] == "timeout_error", reply
+    assert time.monotonic() - start < TIMEOUT_S + 5
+    start = time.monotonic()
+    got, reply = post(f"{server}/v1/chat/completions", chat_body(model, clip))
+    assert got == 200 and reply["usage"]["completion_tokens"] == 8
+    assert time.monotonic() - start < TIMEOUT_S, "the timed-out generation was stopped, not left running"
+
+
+def test_a_stream_past_the_timeout_ends_with_an_error_event(client, tiny_vlm_dir, media):
+    stream = client.chat.completions.create(
+        model=str(tiny_vlm_dir),
+        messages=video_message(str(media / "clip.mp4")),
+        max_tokens=8000,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    pieces = []
+    with pytest.raises(openai.APIError, match="request_timeout_s"):
+        for c in stream:
+            pieces.append(c.choices[0].delta.content)
+    assert any(pieces), "text was streamed before the timeout"
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation(server, tiny_vlm_dir, media):
+    model, clip = str(tiny_vlm_dir), str(media / "clip.mp4")
+    body = chat_body(model, clip, max_tokens=8000, ignore_eos=True, stream=True)
+    request = urllib.request.Request(
+        f"{server}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    response = urllib.request.urlopen(request, timeout=60)
+    assert response.readline().startswith(b"data: ")
+    response.close()
+    # Had the 8000 tokens gone on, this request would wait for their batch to end and time out.
+    got, reply = post(f"{server}/v1/chat/completions", chat_body(model, clip))
+    assert got == 200 and reply["usage"]["completion_tokens"] == 8
+
+
+def test_a_run_directory_serves_its_best_cycle(tmp_path, caplog):
+    from vstar.serve import resolve_model
+
+    run = tmp_path / "run"
+    for k in (0, 1, 2):
+        (run / f"cycle_{k}" / "model").mkdir(parents=True)
+    lines = [
+        {"cycle": -1, "model": "base-model", "eval": {"accuracy": 0.2}},
+        {"cycle": 0, "eval": {"accuracy": 0.5}},
+        {"cycle": 1, "eval": {"accuracy": 0.4}},
+        {"cycle": 2},  # not evaluated (stopped part way)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with caplog.at_level("INFO", logger="vstar"):
+        assert resolve_model(str(run)) == str(run / "cycle_0" / "model")
+    assert "serving cycle 0" in caplog.text
+    lines[0]["eval"]["accuracy"] = 0.9
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert resolve_model(str(run)) == "base-model"
+    assert resolve_model("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    (run / "metrics.jsonl").write_text(json.dumps({"cycle": -1, "model": "m"}) + "\n")
+    with pytest.raises(ValueError, match="no evaluated cycle"):
+        resolve_model(str(run))
+
+
+def test_serve_yaml_is_a_valid_serve_deploy_config(tiny_vlm_dir):
+    """What `serve deploy jobs/serve.yaml` checks (Ray Serve's own schema), then the app its builder makes."""
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+    from ray.serve.scripts import import_attr
+
+    path = Path(__file__).parents[1] / "jobs" / "serve.yaml"
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (app,) = config.applications
+    assert config.http_options.host == "127.0.0.1" or config.http_options.host == "0.0.0.0"
+    args = {**app.args, "model": str(tiny_vlm_dir), "config": None}
+    built = call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), args)
+    assert isinstance(built, Application)
+    with pytest.raises(ValueError, match="app args take"):
+        call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), {"modle": "x"})

@@ -1,0 +1,268 @@
+"""The Ray Serve app: an OpenAI-compatible chat endpoint that answers about a video.
+
+    vstar serve runs/demo                          # the run's best cycle, at http://127.0.0.1:8000/v1
+    vstar serve runs/demo/cycle_1/model serve.port=8080 'serve.allowed_roots=[/data/videos]'
+    serve deploy jobs/serve.yaml                   # on a cluster: see that file's header
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    client.chat.completions.create(model="runs/demo", max_tokens=64, messages=[{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "file:///data/videos/a.mp4"}},
+        {"type": "text", "text": "What happens in the video?"}]}])
+
+Routes: `POST /v1/chat/completions` (`stream: true` → server-sent chunks ending with `data: [DONE]`),
+`GET /v1/models`, `GET /health`. One deployment, `ChatServer`: its FastAPI routes validate the request
+(`protocol`), fetch and decode the video with the project's frame sampler (`video`), then hand a `Job` to
+`_generate`, which `@serve.batch` runs together with the replica's other pending jobs on one engine
+(`engine`: transformers on CPU, vLLM on GPU). A refused request gets a 4xx OpenAI error body, a request
+running past `serve.request_timeout_s` a 504; neither touches the other requests in its batch.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations (`request: Request`) at runtime.
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from ray import serve as rserve
+from ray.serve import Application
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, StreamingResponse
+
+from vstar.config import Config, DataConfig, GenerateConfig, ServeConfig, load_config
+from vstar.serve.engine import ENGINES, Delta, Job
+from vstar.serve.protocol import APIError, chunk, completion, new_id, parse_chat_request, sse, usage_chunk
+from vstar.serve.video import load_video
+
+log = logging.getLogger("vstar")
+replica_log = logging.getLogger("ray.serve")  # what a replica logs to Serve's log files
+APP_NAME = "vstar"
+
+# Module-level helpers of the deployment are defined before it: Serve pickles the ingress class with the module
+# globals that exist when the decorators run.
+
+
+async def _collect(pieces) -> tuple[str, Delta]:
+    text = []
+    async for delta in pieces:
+        text.append(delta.text)
+        if delta.finish_reason:
+            return "".join(text), delta
+    raise RuntimeError("the engine ended without a finish reason")
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)
+
+
+def _cancel(job: Job | None) -> None:
+    if job is not None:
+        job.cancelled = True
+
+
+def _error(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+api = FastAPI(title="vstar", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@api.exception_handler(HTTPException)
+async def _route_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """An unknown route or method gets the same OpenAI error body as every other refusal."""
+    return _error(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
+
+
+@rserve.deployment
+@rserve.ingress(api)
+class ChatServer:
+    def __init__(
+        self,
+        model: str,
+        model_id: str,
+        backend: str,
+        engine_kwargs: dict,
+        gen: GenerateConfig,
+        data: DataConfig,
+        limits: ServeConfig,
+        max_batch_size: int,
+        batch_wait_s: float,
+    ):
+        self.engine = ENGINES[backend](model, **engine_kwargs)
+        self.model_id, self.gen, self.data, self.limits = model_id, gen, data, limits
+        self.created = int(time.time())
+        self._generate.set_max_batch_size(max_batch_size)
+        self._generate.set_batch_wait_timeout_s(batch_wait_s)
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok", "model": self.model_id}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        card = {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "vstar"}
+        return {"object": "list", "data": [card]}
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        deadline = time.monotonic() + self.limits.request_timeout_s
+        job = None
+        try:
+            req = parse_chat_request(await request.body(), self.model_id, self.gen, self.data, self.limits.max_frames)
+            left = _left(deadline)
+            frames = await asyncio.wait_for(
+                asyncio.to_thread(load_video, req.video_url, req.num_frames, self.limits, self.data, left), left
+            )
+            prompt = self.engine.prompt(req.messages)
+            job = Job(prompt, frames.array, frames.meta, req.max_tokens, req.temperature, req.top_p, req.ignore_eos)
+            pieces = self._generate(job)
+            if req.stream:  # wait for the first piece here, so a request stuck in the queue still gets a 504
+                first = await asyncio.wait_for(pieces.__anext__(), _left(deadline))
+                events = self._events(req.model, req.include_usage, job, first, pieces, deadline)
+                return StreamingResponse(events, media_type="text/event-stream")
+            text, last = await asyncio.wait_for(_collect(pieces), _left(deadline))
+            return completion(new_id(), req.model, text, last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        except APIError as e:
+            replica_log.info("refused: %s", e)
+            return _error(e)
+        except asyncio.TimeoutError:
+            _cancel(job)
+            return _error(self._timeout())
+        except Exception as e:  # this request's batch failed: a 500 for it, the replica serves on
+            _cancel(job)
+            replica_log.exception("generation failed")
+            return _error(APIError(500, f"generation failed: {type(e).__name__}: {e}"))
+
+    async def _events(self, model: str, include_usage: bool, job: Job, delta: Delta, pieces, deadline: float):
+        """Server-sent chunks: the role, the text pieces, the finish reason, optionally the usage, [DONE].
+        A timeout or failure mid-stream becomes an `{"error": ...}` event (the status line has been sent)."""
+        ident = new_id()
+        try:
+            yield sse(chunk(ident, model, {"role": "assistant", "content": ""}))
+            while True:
+                if delta.text:
+                    yield sse(chunk(ident, model, {"content": delta.text}))
+                if delta.finish_reason:
+                    yield sse(chunk(ident, model, {}, delta.finish_reason))
+                    if include_usage:
+                        yield sse(usage_chunk(ident, model, delta.prompt_tokens, delta.completion_tokens))
+                    break
+                delta = await asyncio.wait_for(pieces.__anext__(), _left(deadline))
+        except asyncio.TimeoutError:
+            yield sse(self._timeout().body())
+        except Exception as e:
+            replica_log.exception("generation failed mid-stream")
+            yield sse(APIError(500, f"generation failed: {type(e).__name__}: {e}").body())
+        finally:  # also when the client went away: stop generating for it
+            pass
+        yield sse("[DONE]")
+
+    @rserve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # both set again from the config in __init__
+    async def _generate(self, jobs: list[Job]):
+        """The replica's pending jobs in one engine call; each step yields one item per job, and StopIteration
+        for a job that has finished (Serve's protocol for batched generators)."""
+        steps = self.engine.stream(jobs)
+        finished = [False] * len(jobs)
+        while (step := await asyncio.to_thread(next, steps, None)) is not None:
+            yield [StopIteration if done else d for done, d in zip(finished, step, strict=True)]
+            finished = [done or d.finish_reason is not None for done, d in zip(finished, step, strict=True)]
+
+    def _timeout(self) -> APIError:
+        return APIError(
+            504, f"the request took longer than serve.request_timeout_s ({self.limits.request_timeout_s:g} s)"
+        )
+
+
+# -- building and running the app --------------------------------------------------------------------------------
+
+
+def build_app(model: str, model_id: str, cfg: Config) -> Application:
+    """The bound app: `model` is the folder or hub id to load, `model_id` the name clients ask for."""
+    limits = cfg.serve
+    # Until ServeConfig has these fields (max_batch_size, batch_wait_s, max_replicas): their defaults.
+    max_batch_size = getattr(limits, "max_batch_size", 8)
+    batch_wait_s = getattr(limits, "batch_wait_s", 0.02)
+    max_replicas = getattr(limits, "max_replicas", None)
+    if max_replicas:  # autoscale on queued requests: a replica is busy with a full batch
+        replicas = {
+            "autoscaling_config": {
+                "min_replicas": limits.num_replicas,
+                "max_replicas": max_replicas,
+                "target_ongoing_requests": max_batch_size,
+            }
+        }
+    else:
+        replicas = {"num_replicas": limits.num_replicas}
+    engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.run.seed}
+    if cfg.generate.backend == "vllm":
+        engine_kwargs.update(tensor_parallel_size=cfg.generate.tensor_parallel_size, lora_path=cfg.generate.lora_path)
+    deployment = ChatServer.options(
+        # room for the next batch's requests to fetch and decode their videos while one batch generates
+        max_ongoing_requests=4 * max_batch_size,
+        ray_actor_options={"num_cpus": 1, "num_gpus": cfg.generate.num_gpus_per_actor},
+        **replicas,
+    )
+    return deployment.bind(
+        model,
+        model_id,
+        cfg.generate.backend,
+        engine_kwargs,
+        cfg.generate,
+        cfg.data,
+        limits,
+        max_batch_size,
+        batch_wait_s,
+    )
+
+
+def app_builder(args: dict) -> Application:
+    """The import path of `serve deploy` (jobs/serve.yaml). `args`: `model` (a model folder, hub id or run
+    directory, as for `vstar serve`), optional `config` (a vstar YAML) and `overrides` (["serve.max_frames=16"])."""
+    unknown = set(args) - {"model", "config", "overrides"}
+    if unknown or "model" not in args:
+        raise ValueError(f"app args take model (required), config and overrides; got {sorted(args)}")
+    cfg = load_config(args.get("config"), list(args.get("overrides", [])))
+    return build_app(resolve_model(args["model"]), args["model"], cfg)
+
+
+def resolve_model(model_or_run: str) -> str:
+    """A model folder or hub id as it is; a run directory (it has metrics.jsonl) → the model of the cycle with
+    the best held-out accuracy (the later cycle on a tie; cycle -1 is the starting model)."""
+    from vstar.report import read_metrics
+
+    run = Path(model_or_run)
+    if not (run / "metrics.jsonl").is_file():
+        return model_or_run
+    evaluated = [x for x in read_metrics(run) if isinstance((x.get("eval") or {}).get("accuracy"), (int, float))]
+    if not evaluated:
+        raise ValueError(f"{run}/metrics.jsonl has no evaluated cycle to serve")
+    best = max(evaluated, key=lambda x: (x["eval"]["accuracy"], x["cycle"]))
+    model = best["model"] if best["cycle"] == -1 else str(run / f"cycle_{best['cycle']}" / "model")
+    if best["cycle"] != -1 and not Path(model).is_dir():
+        raise ValueError(f"{model} does not exist: the best cycle's model is missing from the run")
+    scores = ", ".join(f"{x['cycle']}: {x['eval']['accuracy']:.3f}" for x in evaluated)
+    log.info("%s: serving cycle %d, the best held-out accuracy (%s) → %s", run, best["cycle"], scores, model)
+    return model
+
+
+def serve(model_or_run: str, cfg: Config, blocking: bool = True) -> str:
+    """Deploy the app on Ray Serve at cfg.serve.host:port and return its base URL (http://host:port).
+
+    `model_or_run`: a model folder, hub id or run directory (its best cycle); it is also the model name clients
+    send. Joins the cluster at `run.ray_address` or starts a local Ray. `blocking`: serve until Ctrl-C, then
+    delete the app; otherwise return at once (the caller ends it with `ray.serve.shutdown()`)."""
+    from vstar.dataset import init_ray
+
+    model = resolve_model(model_or_run)
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    rserve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    rserve.run(build_app(model, model_or_run, cfg), name=APP_NAME, route_prefix="/")
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    log.info("serving %s at %s/v1 (OpenAI chat completions with video; GET /health)", model_or_run, url)
+    if blocking:
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            rserve.delete(APP_NAME)
+    return url

@@ -1,0 +1,220 @@
+"""The OpenAI chat-completions protocol as vstar speaks it: a request body → `ChatRequest`, results → JSON.
+
+No Ray and no model here, so every rule tests in microseconds. A bad request raises `APIError`, which
+carries the HTTP status and the OpenAI error body `{"error": {"message", "type", "param", "code"}}`.
+
+    >>> body = b'''{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": [
+    ...     {"type": "video_url", "video_url": {"url": "/videos/a.mp4"}}, {"type": "text", "text": "What moves?"}]}]}'''
+    >>> req = parse_chat_request(body, "m", GenerateConfig(), DataConfig(), max_frames=32)
+    >>> req.video_url, req.max_tokens, req.num_frames, req.messages[0]["content"]
+    ('/videos/a.mp4', 8, 8, [{'type': 'video'}, {'type': 'text', 'text': 'What moves?'}])
+    >>> parse_chat_request(b'{"model": "m"}', "m", GenerateConfig(), DataConfig(), 32)
+    Traceback (most recent call last):
+    vstar.serve.protocol.APIError: 400 messages: missing required field 'messages'
+
+Extensions to the OpenAI request: `num_frames` (frames sampled from the video; default `data.num_frames`,
+at most `serve.max_frames`) and, as in vLLM's server, `ignore_eos` (generate exactly `max_tokens`: benchmarks). One video per request, in a user message; image and audio parts are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from vstar.config import DataConfig, GenerateConfig
+
+ROLES = ("system", "user", "assistant")
+ERROR_TYPES = {403: "permission_error", 404: "not_found_error", 500: "server_error", 504: "timeout_error"}
+
+
+class APIError(Exception):
+    """A request the server refuses, or could not finish: an HTTP status and an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(f"{status} {param or '-'}: {message}")
+        self.status, self.message, self.param = status, message, param
+
+    def body(self) -> dict:
+        kind = ERROR_TYPES.get(self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status}}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[dict]  # for the chat template: a video part is {"type": "video"}
+    video_url: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    num_frames: int
+    ignore_eos: bool
+    stream: bool
+    include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
+
+
+def parse_chat_request(
+    body: bytes, model_id: str, gen: GenerateConfig, data: DataConfig, max_frames: int
+) -> ChatRequest:
+    """Validate a POST /v1/chat/completions body. Defaults come from `gen` and `data`; raises APIError."""
+    try:
+        req = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(req, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {type(req).__name__}")
+    for field in ("model", "messages"):
+        if field not in req:
+            raise APIError(400, f"missing required field '{field}'", field)
+    if req["model"] != model_id:
+        raise APIError(404, f"model {req['model']!r} is not served here; GET /v1/models lists {model_id!r}", "model")
+    messages, videos = _messages(req["messages"])
+    if not videos:
+        raise APIError(400, "no video: put one video_url part in a user message", "messages")
+    if len(videos) > 1:
+        raise APIError(400, f"{len(videos)} videos in the request; this server takes one", "messages")
+    if req.get("n", 1) != 1:
+        raise APIError(400, "only n=1 is supported", "n")
+    stream = _get(req, "stream", bool, False)
+    options = _get(req, "stream_options", dict, {}) or {}
+    return ChatRequest(
+        model=model_id,
+        messages=messages,
+        video_url=videos[0],
+        max_tokens=_number(req, "max_completion_tokens", _number(req, "max_tokens", gen.max_new_tokens, 1), 1),
+        temperature=float(_number(req, "temperature", gen.temperature, 0, 2)),
+        top_p=float(_number(req, "top_p", gen.top_p, 0, 1, open_low=True)),
+        num_frames=_number(req, "num_frames", data.num_frames, 1, max_frames),
+        ignore_eos=_get(req, "ignore_eos", bool, False),
+        stream=stream,
+        include_usage=bool(stream and options.get("include_usage")),
+    )
+
+
+def _messages(raw: Any) -> tuple[list[dict], list[str]]:
+    """OpenAI messages → chat-template messages, and the video URLs in them (in order)."""
+    if not isinstance(raw, list) or not raw:
+        raise APIError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
+    out, videos = [], []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise APIError(400, f"{where}: needs a role, one of {', '.join(ROLES)}", where)
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append({"role": m["role"], "content": content})
+            continue
+        if not isinstance(content, list):
+            raise APIError(400, f"{where}.content: must be a string or a list of parts", f"{where}.content")
+        parts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            at = f"{where}.content[{j}]"
+            if kind == "text" and isinstance(part.get("text"), str):
+                parts.append({"type": "text", "text": part["text"]})
+            elif kind == "video_url" and m["role"] == "user":
+                ref = part.get("video_url")
+                url = ref.get("url") if isinstance(ref, dict) else ref
+                if not isinstance(url, str) or not url:
+                    raise APIError(400, f"{at}: video_url needs a url", at)
+                videos.append(url)
+                parts.append({"type": "video"})
+            else:
+                raise APIError(400, f"{at}: expected a text part, or a video_url part in a user message", at)
+        out.append({"role": m["role"], "content": parts})
+    return out, videos
+
+
+def _get(req: dict, key: str, kind: type, default):
+    value = req.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise APIError(400, f"'{key}' must be a {kind.__name__}", key)
+    return value
+
+
+def _number(req: dict, key: str, default, low=None, high=None, open_low=False):
+    """An int (when `default` is one) or a float in [low, high] ((low, high] with `open_low`)."""
+    value = req.get(key)
+    if value is None:
+        return default
+    kind = int if isinstance(default, int) else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise APIError(400, f"'{key}' must be {'an integer' if kind is int else 'a number'}", key)
+    if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
+        bounds = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'}]"
+        raise APIError(400, f"'{key}' must be in {bounds}, got {value}", key)
+    return value
+
+
+# -- responses ------------------------------------------------------------------------------------------------
+
+
+def new_id() -> tuple[str, int]:
+    """A completion id and its creation time."""
+    return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion(
+    ident: tuple[str, int], model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> dict:
+    """The non-streaming response."""
+    return {
+        "id": ident[0],
+        "object": "chat.completion",
+        "created": ident[1],
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def chunk(ident: tuple[str, int], model: str, delta: dict, finish_reason: str | None = None) -> dict:
+    """One streamed piece: `delta` is {"role": ...} first, then {"content": ...}, then {} with the finish reason."""
+    return {
+        "id": ident[0],
+        "object": "chat.completion.chunk",
+        "created": ident[1],
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
+
+
+def usage_chunk(ident: tuple[str, int], model: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    """The last chunk when the client asked for `stream_options.include_usage`: no choices, the token counts."""
+    return {
+        "id": ident[0],
+        "object": "chat.completion.chunk",
+        "created": ident[1],
+        "model": model,
+        "choices": [],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def sse(obj: dict | str) -> str:
+    """A server-sent event: `data: <json>` and a blank line; the stream ends with `sse("[DONE]")`.
+
+    >>> sse("[DONE]")
+    'data: [DONE]\\n\\n'
+    """
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"

@@ -112,7 +112,7 @@ def main() -> None:
     from vstar.config import load_config
     from vstar.data.synth import synthesize
     from vstar.models import build_tiny_vlm
-    from vstar.serve import serve
+    from vstar.serve.app import serve
 
     work = Path(tempfile.mkdtemp(prefix="vstar-bench-serve-"))
     synthesize(work / "synth", num_videos=8, seed=0)

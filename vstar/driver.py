@@ -97,7 +97,7 @@ def run(cfg: Config, fork: bool = False) -> Path:
 def prepare_run_dir(cfg: Config, fork: bool = False) -> Path:
     """Create the run directory and save the resolved config; refuse a different config on an existing run
     (keys in RUNTIME_KEYS may differ). With `fork`, a run that exists gets a sibling `<name>-fork<N>`."""
-    run_dir = Path(cfg.run.dir)
+    run_dir = Path(cfg.run.dir).resolve()  # absolute: Ray workers may run in another working directory
     saved = run_dir / "config.yaml"
     if saved.exists():
         changed = config_changes(yaml.safe_load(saved.read_text()) or {}, cfg.model_dump(mode="json"))

@@ -154,7 +154,7 @@ class ChatServer:
             replica_log.exception("generation failed mid-stream")
             yield sse(APIError(500, f"generation failed: {type(e).__name__}: {e}").body())
         finally:  # also when the client went away: stop generating for it
-            pass
+            job.cancelled = True
         yield sse("[DONE]")
 
     @rserve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # both set again from the config in __init__

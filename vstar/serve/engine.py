@@ -243,11 +243,12 @@ class VLLMEngine:
         seed: int = 0,
         tensor_parallel_size: int = 1,
         lora_path: str | None = None,
+        **llm_kwargs,
     ):
         from vstar.generate.backends import VLLMBackend
 
         self.backend = VLLMBackend(
-            model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, lora_path=lora_path, seed=seed
+            model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, lora_path=lora_path, seed=seed, **llm_kwargs
         )
         self.processor = self.backend.processor
 

@@ -138,8 +138,13 @@ def test_chat_with_a_data_url_answers_as_the_generation_backend_does(client, tin
 
 
 def test_streaming_with_a_file_path_gives_the_same_text(client, tiny_vlm_dir, media):
+    # 200 tokens (ignore_eos): long enough to arrive in several pieces (steps that pile up are sent as one)
     kwargs = dict(
-        model=str(tiny_vlm_dir), messages=video_message(str(media / "clip.mp4")), max_tokens=12, temperature=0
+        model=str(tiny_vlm_dir),
+        messages=video_message(str(media / "clip.mp4")),
+        max_tokens=200,
+        temperature=0,
+        extra_body={"ignore_eos": True},
     )
     whole = client.chat.completions.create(**kwargs)
     chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
@@ -206,6 +211,7 @@ def bad_requests(model: str, media: Path) -> list[tuple[str, object, int, str | 
         ("bad base64", chat_body(model, "data:video/mp4;base64,@@@@"), 400, "messages", "base64"),
         ("too large data URL", chat_body(model, data_url(media / "big.mp4")), 413, "messages", "limit is 200000"),
         ("too large file", chat_body(model, str(media / "big.mp4")), 413, "messages", "limit is 200000"),
+        ("too large body", chat_body(model, "data:video/mp4;base64," + "A" * 1_600_000), 413, None, "the request has"),
         ("too long video", chat_body(model, str(media / "long.mp4")), 400, "messages", "lasts 15.0 s"),
         ("damaged video", chat_body(model, str(media / "damaged.mp4")), 422, "messages", "could not be decoded"),
         ("empty video", chat_body(model, str(media / "empty.mp4")), 422, "messages", "empty file"),
@@ -233,7 +239,8 @@ def test_bad_requests_get_a_4xx_with_an_openai_error_and_the_server_serves_on(se
         openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0).chat.completions.create(
             model=str(tiny_vlm_dir), messages=[{"role": "user", "content": "hi"}]
         )
-    got, reply = post(f"{server}/v1/chat/completions", chat_body(str(tiny_vlm_dir), str(media / "clip.mp4")))
+    octets = data_url(media / "clip.mp4").replace("video/mp4", "application/octet-stream")
+    got, reply = post(f"{server}/v1/chat/completions", chat_body(str(tiny_vlm_dir), octets))
     assert got == 200 and reply["usage"]["completion_tokens"] == 8
 
 

@@ -16,6 +16,7 @@ Start here:
   vstar run jobs/demo.yaml train.lr=1e-5 data.num_frames=16
                                        a config file plus dotted overrides; rerun the same to resume
   vstar report runs/demo               report.md with plots from the run's metrics.jsonl
+  vstar serve runs/demo                chat with the run's best model: OpenAI-compatible, with video
   vstar export runs/demo --format llava   the curated data as LLaVA/ShareGPT JSON
   vstar config                         every config key with its default
   vstar data synth --out data/synth    write synthetic labeled videos and their manifest
@@ -67,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run directory exists: start a new one, <run.name>-fork<N>, with this config instead of resuming",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a model or a run's best cycle: OpenAI-compatible chat with video (Ray Serve)",
+        description=_doc("vstar.serve.app"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model", help="model folder, hub id, or run directory (serves its cycle with the best held-out accuracy)"
+    )
+    p.add_argument("config", nargs="?", help="YAML config; for a run directory its config.yaml by default")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--host", help="bind address (default: serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "report",
@@ -239,6 +255,17 @@ def cmd_run(args) -> int:
 
     run_dir = run(resolved_config(args, EMBEDDED_DEFAULT), fork=args.fork)
     print(f"report: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from pathlib import Path
+
+    from vstar.serve.app import serve
+
+    args.overrides += [f"serve.host={args.host}"] * bool(args.host) + [f"serve.port={args.port}"] * bool(args.port)
+    run_cfg = Path(args.model) / "config.yaml"  # a run directory: the frames and backend it was trained with
+    serve(args.model, resolved_config(args, run_cfg if run_cfg.is_file() else None), blocking=True)
     return 0
 
 

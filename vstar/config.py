@@ -158,6 +158,11 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     num_replicas: int = Field(1, ge=1)
+    max_replicas: int | None = Field(
+        None, ge=1, description="autoscale between num_replicas and this many; None: fixed"
+    )
+    max_batch_size: int = Field(8, ge=1, description="requests a replica generates together (@serve.batch)")
+    batch_wait_s: float = Field(0.02, ge=0, description="how long a replica waits to fill a batch")
     max_video_bytes: int = Field(64 * 2**20, ge=1)
     max_frames: int = Field(32, ge=1)
     max_duration_s: float = Field(600.0, gt=0)

@@ -108,6 +108,11 @@ class ChatServer:
         deadline = time.monotonic() + self.limits.request_timeout_s
         job = None
         try:
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.limits.max_video_bytes * 4 // 3 + 2**20:  # base64, + the text
+                raise APIError(
+                    413, f"the request has {length} bytes; videos are limited to {self.limits.max_video_bytes}"
+                )
             req = parse_chat_request(await request.body(), self.model_id, self.gen, self.data, self.limits.max_frames)
             left = _left(deadline)
             frames = await asyncio.wait_for(
@@ -180,9 +185,9 @@ def build_app(model: str, model_id: str, cfg: Config) -> Application:
     """The bound app: `model` is the folder or hub id to load, `model_id` the name clients ask for."""
     limits = cfg.serve
     # Until ServeConfig has these fields (max_batch_size, batch_wait_s, max_replicas): their defaults.
-    max_batch_size = getattr(limits, "max_batch_size", 8)
-    batch_wait_s = getattr(limits, "batch_wait_s", 0.02)
-    max_replicas = getattr(limits, "max_replicas", None)
+    max_batch_size = limits.max_batch_size
+    batch_wait_s = limits.batch_wait_s
+    max_replicas = limits.max_replicas
     if max_replicas:  # autoscale on queued requests: a replica is busy with a full batch
         replicas = {
             "autoscaling_config": {

@@ -32,16 +32,15 @@ from vstar.config import DataConfig, ServeConfig
 from vstar.data.frames import Frames, VideoDecodeError, sample_frames
 from vstar.serve.protocol import APIError
 
-DATA_URL = re.compile(r"data:(video/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 PARAM = "messages"  # the video lives in the messages: every error here names them
-FETCH_TIMEOUT_S = 30.0
 CHUNK = 1 << 20
 
 
 def load_video(url: str, num_frames: int, limits: ServeConfig, data: DataConfig, timeout_s: float) -> Frames:
     """Fetch or locate the video, check its size, sample `num_frames` frames, check its duration."""
     with tempfile.TemporaryDirectory(prefix="vstar-serve-") as tmp:
-        path = local_path(url, limits, tmp)
+        path = local_path(url, limits, tmp, timeout_s)
         size = os.path.getsize(path)
         if size > limits.max_video_bytes:
             raise APIError(413, f"the video has {size} bytes; the limit is {limits.max_video_bytes}", PARAM)
@@ -61,14 +60,14 @@ def load_video(url: str, num_frames: int, limits: ServeConfig, data: DataConfig,
     return frames
 
 
-def local_path(url: str, limits: ServeConfig, tmp: str) -> str:
+def local_path(url: str, limits: ServeConfig, tmp: str, timeout_s: float) -> str:
     """A local file holding the video: the allowed path itself, or a file written into `tmp`."""
     if url[:5].lower() == "data:":
         return _write(_data_url_bytes(url, limits.max_video_bytes), tmp)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
         check_host(url, limits.allowed_domains)
-        return _write(fetch(url, limits.max_video_bytes), tmp)
+        return _write(fetch(url, limits.max_video_bytes, timeout_s), tmp)
     if scheme in ("", "file"):
         path = check_path(url.removeprefix("file://"), limits.allowed_roots)
         if not os.path.isfile(path):
@@ -114,11 +113,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def fetch(url: str, max_bytes: int) -> bytes:
-    """GET `url`, at most `max_bytes` (a 413 beyond), no redirects."""
+def fetch(url: str, max_bytes: int, timeout_s: float) -> bytes:
+    """GET `url`, at most `max_bytes` (a 413 beyond), no redirects, each socket operation within `timeout_s`."""
     opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with opener.open(url, timeout=FETCH_TIMEOUT_S) as response:
+        with opener.open(url, timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
                 raise APIError(413, f"the video has {length} bytes; the limit is {max_bytes}", PARAM)

@@ -107,3 +107,9 @@ def test_cluster_yaml_passes_the_ray_autoscaler_schema():
     config = yaml.safe_load((Path(__file__).parents[1] / "cluster.yaml").read_text())
     validate_config(prepare_config(config))
     assert config["head_node_type"] in config["available_node_types"]
+
+
+def test_the_demo_job_is_the_embedded_default():
+    from vstar.config import EMBEDDED_DEFAULT
+
+    assert load_config(Path(__file__).parents[1] / "jobs" / "demo.yaml") == load_config(EMBEDDED_DEFAULT)

@@ -163,6 +163,15 @@ def test_a_driver_killed_in_every_stage_resumes_to_the_same_rows(tmp_path):
     assert not (run_dir / "cycle_1").exists()
 
 
+AGENT_PORTS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "ray-client-server-port",
+)
+
+
 def free_port() -> int:
     import socket
 
@@ -186,6 +195,8 @@ def test_ray_job_submit_runs_the_demo_on_a_head_node(tmp_path):
             f"--port={free_port()}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            # the tests' own Ray already holds the default agent ports on this machine
+            *(f"--{name}={free_port()}" for name in AGENT_PORTS),
             f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}",  # short: Unix socket paths are limited
         ],
         # the job's `vstar` resolves on the head's PATH, as for a user whose virtualenv is active

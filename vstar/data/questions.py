@@ -29,6 +29,17 @@ FRAMINGS = (
 )
 
 # Task banks: wording for the synthetic tasks (vstar data synth).
+BOX_QUESTIONS = [
+    "Where is {subject} at {at} of the video? Give its box as [x1, y1, x2, y2], normalized to 0-1.",
+    "At {at} of the video, what is the bounding box of {subject}? Answer [x1, y1, x2, y2] from 0 to 1.",
+    "Locate {subject} at {at} of the clip as a box [x1, y1, x2, y2] in normalized coordinates.",
+    "Give the position of {subject} at {at} of the video as [x1, y1, x2, y2] (fractions of the frame).",
+    "What box [x1, y1, x2, y2] encloses {subject} at {at} of the video? Use coordinates between 0 and 1.",
+    "At {at} of the video, where exactly is {subject}? Answer with a normalized box [x1, y1, x2, y2].",
+    "Find {subject} at {at} of the clip and give its box [x1, y1, x2, y2], normalized.",
+    "Draw a box around {subject} at {at} of the video: [x1, y1, x2, y2] with values from 0 to 1.",
+]
+
 TASK_BANKS = {
     "direction": [
         "Which way does {subject} move?",
@@ -70,16 +81,7 @@ TASK_BANKS = {
         "Over what part of the clip is {subject} shown? Give start and end as fractions of the clip.",
         "Find the interval in which {subject} is visible, from 0 (start) to 1 (end).",
     ],
-    "box": [
-        "Where is {subject} at {at} of the video? Give its box as [x1, y1, x2, y2], normalized to 0-1.",
-        "At {at} of the video, what is the bounding box of {subject}? Answer [x1, y1, x2, y2] from 0 to 1.",
-        "Locate {subject} at {at} of the clip as a box [x1, y1, x2, y2] in normalized coordinates.",
-        "Give the position of {subject} at {at} of the video as [x1, y1, x2, y2] (fractions of the frame).",
-        "What box [x1, y1, x2, y2] encloses {subject} at {at} of the video? Use coordinates between 0 and 1.",
-        "At {at} of the video, where exactly is {subject}? Answer with a normalized box [x1, y1, x2, y2].",
-        "Find {subject} at {at} of the clip and give its box [x1, y1, x2, y2], normalized.",
-        "Draw a box around {subject} at {at} of the video: [x1, y1, x2, y2] with values from 0 to 1.",
-    ],
+    "box": BOX_QUESTIONS,
     "order": [
         "In what order do the shapes appear?",
         "List the shapes in the order in which they first appear.",
@@ -181,16 +183,7 @@ TASK_BANKS = {
         "Tell me what {subject} is.",
         "Which kind of thing is {subject}?",
     ],
-    "star_box": [
-        "Where is {subject} at {at} of the video? Give its box as [x1, y1, x2, y2], normalized to 0-1.",
-        "At {at} of the video, what is the bounding box of {subject}? Answer [x1, y1, x2, y2] from 0 to 1.",
-        "Locate {subject} at {at} of the clip as a box [x1, y1, x2, y2] in normalized coordinates.",
-        "Give the position of {subject} at {at} of the video as [x1, y1, x2, y2] (fractions of the frame).",
-        "What box [x1, y1, x2, y2] encloses {subject} at {at} of the video? Use coordinates between 0 and 1.",
-        "At {at} of the video, where exactly is {subject}? Answer with a normalized box [x1, y1, x2, y2].",
-        "Find {subject} at {at} of the clip and give its box [x1, y1, x2, y2], normalized.",
-        "Draw a box around {subject} at {at} of the video: [x1, y1, x2, y2] with values from 0 to 1.",
-    ],
+    "star_box": BOX_QUESTIONS,  # STAR's boxes are asked the same way
     "star_same": [
         "Consider {subject}. Are they the same kind of object?",
         "Look at {subject}. Do both boxes hold the same kind of object?",

@@ -102,6 +102,7 @@ def test_curate_answers_rationales_errors(rows):
         "by_task": {"motion": 2},
         "dropped": {"duplicate": 1, "cap_sample": 0, "cap_video": 0, "cap_label": 0},
         "mixed_in": 0,
+        "carried": 0,
     }
 
 
@@ -291,3 +292,19 @@ def test_no_hint_and_only_passing_rows(specs, per_video, per_sample, seed):
         if r["error"] is None
     )
     assert len(records) + sum(stats["dropped"].values()) - stats["dropped"]["duplicate"] == distinct
+
+
+def test_carry_forward_keeps_earlier_records_of_samples_that_failed_now():
+    now = frame(row("v1", ["Answer: left"], [True]))
+
+    def earlier(sample_id, answer, origin):
+        return {"sample_id": sample_id, "answer": answer, "origin": origin, "cycle": 0, "video": f"{sample_id}.mp4",
+                "task": "motion", "labels": DIRECTION, "label_types": ["class"]}  # fmt: skip
+
+    previous = [earlier("v1", "old v1", "answer"), earlier("v2", "old v2", "rationalization"), earlier("m", "x", "mix")]
+    records, stats = curate(now, None, 1, CurateConfig(), previous=previous)
+    assert [(r["sample_id"], r["answer"], r["cycle"]) for r in records] == [
+        ("v1", "Answer: left", 1),  # this cycle's record wins
+        ("v2", "old v2", 0),  # carried, with the cycle that verified it
+    ]
+    assert stats["carried"] == 1 and stats["by_origin"] == {"answer": 1, "rationalization": 1}

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from vstar.config import EMBEDDED_DEFAULT, ConfigError, load_config
+from vstar.schema import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AUTH_MODE": "disabled"}
@@ -32,7 +33,7 @@ def small(tmp_path: Path, name: str, *more: str) -> list[str]:
         "data.synth.num_videos=10",
         "generate.max_new_tokens=12",
         "eval.max_new_tokens=12",
-        "model.tiny_hint_steps=40",
+        "pretrain.steps=40",
         *more,
     ]
 
@@ -91,6 +92,41 @@ def test_two_cycles_end_to_end(ray_local, tmp_path):
     assert main(["export", str(run_dir), "--format", "llava"]) == 0
     llava = json.loads((run_dir / "export" / "llava.json").read_text())
     assert len(llava) == lines[2]["sft"]["records"] and llava[0]["conversations"][0]["value"].startswith("<video>\n")
+
+
+@pytest.mark.slow
+def test_ablation_arms(ray_local, tmp_path):
+    """run.arm: the paper's ablations are the same loop with a stage left out, or the labels as answers."""
+    from vstar.driver import run
+    from vstar.verify.render import render_labels
+
+    def arm(name, *more):
+        run_dir = run(
+            load_config(EMBEDDED_DEFAULT, small(tmp_path, name, f"run.arm={name}", "run.max_cycles=1", *more))
+        )
+        return run_dir, [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    run_dir, lines = arm("label-as-answer")
+    samples = {json.loads(x)["sample_id"]: json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()}
+    records = [json.loads(x) for x in (run_dir / "cycle_0" / "sft" / "records.jsonl").open()]
+    assert sorted(r["sample_id"] for r in records) == sorted(k for k, s in samples.items() if s["split"] == "train")
+    for r in records:
+        assert r["origin"] == "label" and r["question"] == samples[r["sample_id"]]["question"]
+        assert r["answer"] == "Answer: " + render_labels(Sample.model_validate(samples[r["sample_id"]]).labels)
+    assert not (run_dir / "cycle_0" / "answers").exists() and lines[1]["eval"]["n"] > 0
+
+    run_dir, lines = arm("rationales-only")
+    assert lines[1]["answers"]["skipped"] and not list((run_dir / "cycle_0" / "answers").glob("*.parquet"))
+    asked = parquet_rows(run_dir / "cycle_0" / "rationales")["sample_id"]
+    assert sorted(asked) == sorted(k for k, s in samples.items() if s["split"] == "train")  # every sample
+    assert {r["origin"] for r in map(json.loads, (run_dir / "cycle_0" / "sft" / "records.jsonl").open())} <= {
+        "rationalization"
+    }
+
+    run_dir, lines = arm("answers-only")
+    assert lines[1]["rationales"]["skipped"] and lines[1]["answers"]["samples"] == len(asked)
+    sft = run_dir / "cycle_0" / "sft" / "records.jsonl"
+    assert {json.loads(x)["origin"] for x in sft.open()} <= {"answer"}
 
 
 def _text(path: Path) -> str:
@@ -208,7 +244,7 @@ def test_ray_job_submit_runs_the_demo_on_a_head_node(tmp_path):
     try:
         args = [
             "run.max_cycles=1",
-            "model.tiny_hint_steps=0",
+            "pretrain.steps=0",
             "data.synth.num_videos=10",
             "generate.max_new_tokens=8",
             "eval.max_new_tokens=8",

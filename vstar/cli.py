@@ -15,6 +15,9 @@ Start here:
   vstar run                            the embedded default: local Ray, synthetic videos, tiny offline VLM
   vstar run jobs/demo.yaml train.lr=1e-5 data.num_frames=16
                                        a config file plus dotted overrides; rerun the same to resume
+  vstar run jobs/miniature.yaml run.arm=rationales-only
+                                       the miniature experiment's base and one of its arms (README)
+  vstar pretrain jobs/miniature.yaml   train (and cache) the tiny VLM's base model alone
   vstar report runs/demo               report.md with plots from the run's metrics.jsonl
   vstar serve runs/demo                chat with the run's best model: OpenAI-compatible, with video
   vstar export runs/demo --format llava   the curated data as LLaVA/ShareGPT JSON
@@ -68,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run directory exists: start a new one, <run.name>-fork<N>, with this config instead of resuming",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="train the tiny VLM's base model (pretrain.*) and print its folder; cached, `vstar run` reuses it",
+        description=_doc("vstar.pretrain"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="YAML config; omit for the embedded default")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
         "serve",
@@ -131,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, default=48, help="frames per video (default: 48)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second (default: 8)")
     p.add_argument("--size", type=int, default=112, help="frame height and width in pixels (default: 112)")
+    p.add_argument("--max-shapes", type=int, default=3, choices=[1, 2, 3], help="shapes per video at most (default: 3)")
+    p.add_argument(
+        "--min-visible",
+        type=float,
+        default=0.45,
+        help="part of the clip each shape is visible at least (default: 0.45)",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = data.add_parser(
@@ -258,6 +278,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from vstar.config import EMBEDDED_DEFAULT
+    from vstar.driver import prepare_model
+
+    cfg = resolved_config(args, EMBEDDED_DEFAULT)
+    if cfg.model.path or not cfg.pretrain.steps:
+        print("vstar: nothing to pretrain: set pretrain.steps > 0 and leave model.path empty", file=sys.stderr)
+        return 2
+    print(prepare_model(cfg))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from pathlib import Path
 
@@ -373,7 +405,17 @@ def cmd_verify(args) -> int:
 def cmd_synth(args) -> int:
     from vstar.data.synth import synthesize
 
-    manifest = synthesize(args.out, args.num_videos, args.seed, args.num_frames, args.fps, args.size, progress=True)
+    manifest = synthesize(
+        args.out,
+        args.num_videos,
+        args.seed,
+        args.num_frames,
+        args.fps,
+        args.size,
+        True,
+        args.max_shapes,
+        args.min_visible,
+    )
     print(f"wrote {args.num_videos} videos and {manifest}")
     return 0
 

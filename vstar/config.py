@@ -42,6 +42,11 @@ class RunConfig(_Section):
     min_delta: float = Field(
         0.01, ge=-1, le=1, description="stop when held-out accuracy rose less than this (-1: never stop early)"
     )
+    arm: Literal["full", "answers-only", "rationales-only", "label-as-answer"] = Field(
+        "full",
+        description="full Video-STaR, or a paper ablation: answer generation only, label rationalization only, "
+        "or training directly on the labels ('Answer: <label>')",
+    )
 
     @property
     def dir(self) -> str:
@@ -58,11 +63,14 @@ class SynthConfig(_Section):
     num_frames: int = Field(48, ge=8, description="frames per synthetic video")
     fps: float = Field(8.0, gt=0)
     size: int = Field(112, ge=56, description="frame height and width in pixels")
+    max_shapes: int = Field(3, ge=1, le=3, description="shapes per video at most (1: one shape, no order task)")
+    min_visible: float = Field(0.45, gt=0, le=1, description="a shape is visible for at least this part of the clip")
 
 
 class DataConfig(_Section):
     manifest: str | None = Field(None, description="JSONL, Parquet or CSV of samples; None: synthetic videos")
     synth: SynthConfig = SynthConfig()
+    tasks: list[str] | None = Field(None, description="keep only the samples of these tasks; None: all")
     num_frames: int = Field(8, ge=1, description="frames sampled uniformly per video (the paper used 8)")
     frame_size: int | None = Field(None, ge=16, description="resize so the longer side is this; None: native")
     decode_backend: Literal["auto", "decord", "pyav"] = "auto"
@@ -72,10 +80,27 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     path: str | None = Field(None, description="HF folder or hub id; None: a tiny random VLM built offline")
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_5_vl"
-    tiny_hint_steps: int = Field(
-        0, ge=0, description="tiny VLM only: steps teaching it to use a hint (vstar.pretrain); 0: random weights"
+    tiny_width: int = Field(
+        64, ge=32, multiple_of=32, description="tiny VLM only: text width (heads of 32; the vision tower half as wide)"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class PretrainConfig(_Section):
+    """The tiny VLM's base model (vstar.pretrain): trained from random weights before the cycles, on synthetic
+    videos of data.synth's world drawn with another seed (10000 + run.seed) than the run's."""
+
+    steps: int = Field(0, ge=0, description="optimizer steps; 0: the cycles start from random weights")
+    num_videos: int = Field(500, ge=1, description="synthetic videos in the pool")
+    tasks: list[str] = Field([], description="tasks taught from the pixels: the answer prompt → caption + label")
+    hint_tasks: list[str] = Field(
+        [], description="tasks whose rationalization prompts are taught: the hinted (true) label is copied"
+    )
+    hint_words: float = Field(
+        0.0, ge=0, description="generic hint-copy records per video: a random label word hinted on a generic question"
+    )
+    lr: float = Field(1e-3, gt=0)
+    global_batch_size: int = Field(32, ge=1)
 
 
 class GenerateConfig(_Section):
@@ -118,6 +143,9 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    max_steps: int | None = Field(
+        None, ge=1, description="optimizer steps per cycle (epochs repeat as needed); None: train.epochs"
+    )
     init_from: Literal["base", "previous"] = "base"
     lora: LoraConfig = LoraConfig()
     freeze_vision: bool = True
@@ -127,6 +155,9 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs a training worker reserves; leave some for decoding")
     max_failures: int = Field(3, ge=0)
+    shuffle_buffer: int = Field(
+        0, ge=0, description="rows of decoded frames each worker shuffles in every epoch, reseeded per epoch (0: off)"
+    )
     cache_decoded: bool = Field(
         False, description="decode the videos once and keep the frames in Ray's object store for every epoch"
     )
@@ -146,6 +177,9 @@ class CurateConfig(_Section):
     )
     mix_with: str | None = Field(None, description="JSONL of existing SFT records (or LLaVA JSON) mixed in")
     mix_ratio: float = Field(0.0, ge=0, description="mixed-in records per curated record (0.05: 5% replay)")
+    carry_forward: bool = Field(
+        False, description="a sample with no verified record this cycle keeps its record of the last cycle"
+    )
 
 
 class EvalConfig(_Section):
@@ -175,6 +209,7 @@ class Config(_Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     generate: GenerateConfig = GenerateConfig()
     verify: VerifyConfig = VerifyConfig()
     curate: CurateConfig = CurateConfig()

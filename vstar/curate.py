@@ -14,7 +14,7 @@ One SFT record per kept answer (JSON types only; the trainer reads sample_id, vi
 question, answer):
 
     {sample_id, video, start_s, end_s, frame_indices, question, answer,
-     origin: answer|rationalization|mix, cycle, task, label_types: [type per label], labels: [label dicts]}
+     origin: answer|rationalization|mix|label, cycle, task, label_types: [type per label], labels: [label dicts]}
 """
 
 from __future__ import annotations
@@ -45,16 +45,20 @@ def curate(
     cfg: CurateConfig,
     seed: int = 0,
     mix: list[dict] | None = None,
+    previous: list[dict] | None = None,
 ) -> tuple[list[dict], dict]:
-    """The SFT records of one cycle, sorted by (sample_id, origin, answer), and their stats."""
+    """The SFT records of one cycle, sorted by (sample_id, origin, answer), and their stats. `previous`: the
+    last cycle's records, whose samples without a record now are carried forward (curate.carry_forward)."""
     dropped = {"duplicate": 0, "cap_sample": 0, "cap_video": 0, "cap_label": 0}
     pool = candidate_records(answers, "answer", cycle, dropped)
     if rationales is not None:
         pool += candidate_records(rationales, "rationalization", cycle, dropped)
     rng = random.Random(seed)
     kept = _cap(pool, cfg, rng, dropped)
-    mixed = _mix(mix or [], round(cfg.mix_ratio * len(kept)), cycle, rng)
-    records = sorted(kept + mixed, key=_order)
+    have = {r["sample_id"] for r in kept}
+    carried = [r for r in previous or [] if r["origin"] != "mix" and r["sample_id"] not in have]
+    mixed = _mix(mix or [], round(cfg.mix_ratio * len(kept + carried)), cycle, rng)
+    records = sorted(kept + carried + mixed, key=_order)
     stats = {
         "records": len(records),
         "by_origin": _count(r["origin"] for r in records),
@@ -62,8 +66,36 @@ def curate(
         "by_task": _count(r["task"] for r in records),
         "dropped": dropped,
         "mixed_in": len(mixed),
+        "carried": len(carried),
     }
     return records, stats
+
+
+def label_records(samples: list, cycle: int) -> list[dict]:
+    """The label-as-answer baseline (run.arm): every training sample's question answered with its labels
+    ("Answer: <label>"), no model in the loop; the upper bound of what the labels alone can teach."""
+    from vstar.verify.render import render_labels
+
+    records = []
+    for s in samples:
+        labels = [label.model_dump(mode="json") for label in s.labels]
+        records.append(
+            {
+                "sample_id": s.sample_id,
+                "video": s.video,
+                "start_s": s.start_s,
+                "end_s": s.end_s,
+                "frame_indices": None,
+                "question": s.question,
+                "answer": f"Answer: {render_labels(s.labels)}",
+                "origin": "label",
+                "cycle": cycle,
+                "task": s.task,
+                "label_types": [label["type"] for label in labels],
+                "labels": labels,
+            }
+        )
+    return sorted(records, key=_order)
 
 
 def candidate_records(frame: pd.DataFrame, origin: str, cycle: int, dropped: dict) -> list[dict]:

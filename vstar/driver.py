@@ -71,9 +71,12 @@ def run(cfg: Config, fork: bool = False) -> Path:
     model = base
     for k in range(cfg.run.max_cycles):
         cycle = run_dir / f"cycle_{k}"
-        generate_answers(cfg, model, train_set, cycle / "answers")
-        rationalize(cfg, model, train_set, cycle / "answers", cycle / "rationales")
-        sft = curate_records(cfg, k, cycle / "answers", cycle / "rationales", cycle / "sft")
+        if cfg.run.arm == "label-as-answer":
+            sft = label_sft(cfg, k, train_set, cycle / "sft")
+        else:
+            generate_answers(cfg, model, train_set, cycle / "answers")
+            rationalize(cfg, model, train_set, cycle / "answers", cycle / "rationales")
+            sft = curate_records(cfg, k, cycle / "answers", cycle / "rationales", cycle / "sft")
         if not sft["records"]:
             stop_cycle(cycle, "no verified answer or rationale to train on")
             write_metrics(run_dir)
@@ -148,6 +151,10 @@ def prepare_manifest(cfg: Config, run_dir: Path) -> list[Sample]:
         return read_samples(out / "samples.jsonl")
     source = Path(cfg.data.manifest) if cfg.data.manifest else synthetic_manifest(cfg)
     report = load_manifest(source)
+    if cfg.data.tasks is not None:
+        kept = [s for s in report.samples if s.task in cfg.data.tasks]
+        log.info("data.tasks %s: %d of %d samples kept", cfg.data.tasks, len(kept), len(report.samples))
+        report.samples = kept
     report.samples = [assign_question(s, cfg.run.seed) for s in report.samples]
     for rejected in report.rejected:
         log.warning("rejected %s", rejected.message)
@@ -159,35 +166,40 @@ def prepare_manifest(cfg: Config, run_dir: Path) -> list[Sample]:
     return read_samples(samples_path)
 
 
-def synthetic_manifest(cfg: Config) -> Path:
+def synthetic_manifest(cfg: Config, num_videos: int | None = None, seed: int | None = None) -> Path:
+    """data.synth's videos (or `num_videos` of them drawn with `seed`), written to the cache on first use."""
     from vstar.data.synth import synthesize
 
     s = cfg.data.synth
-    out = cfg.run.cache / "synth" / f"n{s.num_videos}-seed{s.seed}-f{s.num_frames}-fps{s.fps:g}-{s.size}px"
+    n, seed = num_videos or s.num_videos, s.seed if seed is None else seed
+    name = f"n{n}-seed{seed}-f{s.num_frames}-fps{s.fps:g}-{s.size}px"
+    name += f"-shapes{s.max_shapes}" if s.max_shapes != 3 else ""
+    name += f"-visible{s.min_visible:g}" if s.min_visible != 0.45 else ""
+    out = cfg.run.cache / "synth" / name
     if not (out / "manifest.jsonl").exists():
-        log.info("writing %d synthetic videos to %s", s.num_videos, out)
-        synthesize(out, s.num_videos, s.seed, s.num_frames, s.fps, s.size, progress=True)
+        log.info("writing %d synthetic videos to %s", n, out)
+        synthesize(out, n, seed, s.num_frames, s.fps, s.size, True, s.max_shapes, s.min_visible)
     return out / "manifest.jsonl"
 
 
 def prepare_model(cfg: Config) -> str:
-    """The configured model path or hub id; with none, the tiny offline VLM (built on first use)."""
+    """The configured model path or hub id; with none, the tiny offline VLM (built on first use, then trained
+    by the `pretrain` recipe when pretrain.steps > 0; both cached)."""
     if cfg.model.path:
         return cfg.model.path
     from vstar.models import build_tiny_vlm
+    from vstar.models.tiny import tiny_config_kwargs
 
-    path = cfg.run.cache / "models" / f"tiny-{cfg.model.tiny_family}-v1"
+    m = cfg.model
+    path = cfg.run.cache / "models" / f"tiny-{m.tiny_family}-w{m.tiny_width}-seed{cfg.run.seed}-v2"
     if not (path / "config.json").exists():
-        log.info("building the tiny offline %s VLM in %s", cfg.model.tiny_family, path)
-        build_tiny_vlm(path, family=cfg.model.tiny_family, seed=cfg.run.seed)
-    if not cfg.model.tiny_hint_steps:
+        log.info("building the tiny offline %s VLM in %s", m.tiny_family, path)
+        build_tiny_vlm(path, family=m.tiny_family, seed=cfg.run.seed, **tiny_config_kwargs(m.tiny_width))
+    if not cfg.pretrain.steps:
         return str(path)
-    from vstar.pretrain import hint_tuned_tiny_vlm
+    from vstar.pretrain import pretrained_base
 
-    tuned = path.with_name(f"{path.name}-hint{cfg.model.tiny_hint_steps}-seed{cfg.run.seed}")
-    if not (tuned / "config.json").exists():
-        hint_tuned_tiny_vlm(cfg, str(path), tuned)
-    return str(tuned)
+    return str(pretrained_base(cfg, path))
 
 
 def check_videos(cfg: Config, samples: list[Sample], run_dir: Path) -> None:
@@ -235,17 +247,37 @@ def split(cfg: Config, samples: list[Sample]) -> tuple[list[Sample], list[Sample
 
 
 def generate_answers(cfg: Config, model: str, samples: list[Sample], out: Path) -> dict:
-    """Step 1+2: K candidate answers per training sample, verified. Returns the stage's stats."""
+    """Step 1+2: K candidate answers per training sample, verified. Returns the stage's stats.
+    Skipped (no rows) in the rationales-only arm."""
+    if cfg.run.arm == "rationales-only":
+        return skip_stage(out, model, "run.arm rationales-only")
     return _generate(cfg, model, samples, "answer", out)
 
 
 def rationalize(cfg: Config, model: str, samples: list[Sample], answers: Path, out: Path) -> dict:
-    """Step 3: the samples whose answers all failed (and decoded), asked again with the label as a hint."""
+    """Step 3: the samples whose answers all failed (and decoded), asked again with the label as a hint; in the
+    rationales-only arm every sample, in the answers-only arm none."""
     if done(out):
         return done(out)
-    rows = _rows(answers)
-    failed = set(rows[(rows["num_passed"] == 0) & rows["error"].isna()]["sample_id"])
-    return _generate(cfg, model, [s for s in samples if s.sample_id in failed], "rationalize", out)
+    if cfg.run.arm == "answers-only":
+        return skip_stage(out, model, "run.arm answers-only")
+    if cfg.run.arm != "rationales-only":
+        rows = _rows(answers)
+        failed = set(rows[(rows["num_passed"] == 0) & rows["error"].isna()]["sample_id"])
+        samples = [s for s in samples if s.sample_id in failed]
+    return _generate(cfg, model, samples, "rationalize", out)
+
+
+def label_sft(cfg: Config, k: int, samples: list[Sample], out: Path) -> dict:
+    """The label-as-answer arm's SFT records: every training sample answered with its labels."""
+    from vstar.curate import label_records, write_sft
+
+    if done(out):
+        return done(out)
+    records = label_records(samples, k)
+    write_sft(records, out)
+    log.info("cycle %d: %d label-as-answer SFT records", k, len(records))
+    return mark(out, {"records": len(records), "by_origin": {"label": len(records)}, "seconds": 0.0})
 
 
 def curate_records(cfg: Config, k: int, answers: Path, rationales: Path, out: Path) -> dict:
@@ -256,7 +288,11 @@ def curate_records(cfg: Config, k: int, answers: Path, rationales: Path, out: Pa
         return done(out)
     start = time.perf_counter()
     mix = read_mix(cfg.curate.mix_with) if cfg.curate.mix_with else None
-    records, stats = curate(_rows(answers), _rows(rationales), k, cfg.curate, cfg.run.seed, mix)
+    earlier = out.parent.with_name(f"cycle_{k - 1}") / "sft" / "records.jsonl"
+    previous = None
+    if cfg.curate.carry_forward and k and earlier.exists():
+        previous = [json.loads(line) for line in earlier.read_text().splitlines() if line.strip()]
+    records, stats = curate(_rows(answers), _rows(rationales), k, cfg.curate, cfg.run.seed, mix, previous)
     write_sft(records, out)
     stats["seconds"] = time.perf_counter() - start
     log.info("cycle %d: %d SFT records %s", k, stats["records"], stats["by_origin"])
@@ -274,6 +310,7 @@ def finetune(cfg: Config, init: str, cycle: Path) -> str:
     records = read_sft(cycle / "sft" / "records.jsonl")
     start = time.perf_counter()
     steps_per_epoch = -(-len(records) // cfg.train.global_batch_size)
+    total = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     result = train(
         records,
         init,
@@ -282,7 +319,8 @@ def finetune(cfg: Config, init: str, cycle: Path) -> str:
         cfg.data,
         out,
         "fit",
-        checkpoint_every=max(1, steps_per_epoch // 4),
+        max_steps=cfg.train.max_steps,
+        checkpoint_every=max(1, total // 4),
         seed=cfg.run.seed,
     )
     if result.error:
@@ -348,6 +386,16 @@ def stop_reason(cfg: Config, k: int, before: float, after: float) -> str | None:
     if k + 1 >= cfg.run.max_cycles:
         return f"run.max_cycles {cfg.run.max_cycles} reached"
     return None
+
+
+def skip_stage(out: Path, model: str, why: str) -> dict:
+    """Mark a generation stage that an arm leaves out: no rows, the stats of an empty stage."""
+    if done(out):
+        return done(out)
+    log.info("%s: skipped (%s)", out.name, why)
+    stats = {"model": model, "samples": 0, "passed": 0, "yield": 0.0, "errors": 0, "candidates": 0}
+    stats |= {"seconds": 0.0, "rows_per_s": None, "label_pass_rate": {}, "top_failure_reasons": [], "skipped": why}
+    return mark(out, stats)
 
 
 def stop_cycle(cycle: Path, reason: str) -> None:

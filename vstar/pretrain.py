@@ -1,87 +1,155 @@
-"""A starting point for the offline demo: the tiny random VLM taught to use a hint, on videos of its own.
+"""The tiny VLM's base model: what Video-STaR starts from when no real checkpoint can be downloaded.
 
-    vstar run model.tiny_hint_steps=160      # built once, cached in ~/.cache/vstar/models
+    vstar pretrain jobs/miniature.yaml       # or implicitly: `vstar run` with pretrain.steps > 0
+    vstar run pretrain.steps=160             # the demo's hint warm-up
 
-Video-STaR starts from a model that can already answer a little; a random-weight model never passes the
-verifier, so the cycle would have nothing to train on. This recipe finetunes the tiny VLM (with vstar's own
-trainer) on rationalization prompts of synthetic videos drawn with another seed than the run's data: the
-question with its label as a hint, answered with "... Answer: <label>". The model learns the answer format and
-to copy the hint; it is not taught to read the labels from the pixels.
+Video-STaR needs a base that already answers in some format and can use a hint: rationalization then puts a
+label the base never says into an explanation, and the cycles teach it. This recipe trains the random tiny VLM
+(with vstar's own trainer, every weight, the vision tower included) on a pool of synthetic videos of the run's
+world drawn with another seed (10000 + run.seed), so the pool never coincides with the run's data:
+
+  answer records   pretrain.tasks: the answer prompt → "The video shows a red shape. Answer: <label>"; the
+                   caption (the first shape's colour) and the label are read off the pixels
+  hint records     pretrain.hint_tasks: the rationalization prompt (question + true label as a hint) → the same
+                   answer; the model learns to copy the hint into a grounded explanation
+  word records     pretrain.hint_words per video: a generic question hinted with a random label word of the
+                   world (every class value, the target's included) → the caption and that word; this is where
+                   the base learns to say words it is never taught to ground
+
+A task in none of the lists is never seen, so a task only in the hints (the miniature's direction) starts at 0%
+held-out: the experiment in README "Miniature Video-STaR" measures how far the cycles take it. The result is
+cached under <cache>/models by a digest of everything that shapes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
+import time
 from pathlib import Path
+
+import numpy as np
 
 from vstar.config import Config
 
 log = logging.getLogger("vstar")
 
 POOL_SEED = 10_000  # the pool's videos never coincide with the run's (synth seed 0 by default)
+GENERIC_QUESTIONS = (
+    "What is the answer?",
+    "Which word is the answer?",
+    "Give the answer.",
+    "What should the answer be?",
+)
 
 
-def hint_records(cfg: Config, folder: Path) -> list[dict]:
-    """Rationalization prompts of a pool of synthetic videos, answered with the label after "Answer:"."""
+def answer_text(caption: str, answer: str) -> str:
+    return f"The video shows {caption}. Answer: {answer}"
+
+
+def pool_records(cfg: Config) -> tuple[list[dict], dict[str, int]]:
+    """The pretraining records of the pool's videos, and how many of each kind."""
     from vstar.data.manifest import load_manifest
     from vstar.data.questions import assign_question
-    from vstar.data.synth import synthesize
-    from vstar.generate.prompts import rationalize_prompt
+    from vstar.driver import synthetic_manifest
+    from vstar.generate.prompts import answer_prompt, rationalize_prompt
+    from vstar.schema import Label
     from vstar.verify.render import render_labels
 
-    s = cfg.data.synth
-    if not (folder / "manifest.jsonl").exists():
-        synthesize(folder, s.num_videos, POOL_SEED + cfg.run.seed, s.num_frames, s.fps, s.size)
-    samples = [assign_question(x, cfg.run.seed) for x in load_manifest(folder / "manifest.jsonl").samples]
-    return [
-        {
-            "sample_id": x.sample_id,
-            "video": x.video,
-            "start_s": None,
-            "end_s": None,
-            "question": rationalize_prompt(x.question, x.labels),
-            "answer": f"The video shows it. Answer: {render_labels(x.labels)}",
-        }
-        for x in samples
+    p = cfg.pretrain
+    seed = POOL_SEED + cfg.run.seed
+    samples = [
+        assign_question(x, cfg.run.seed) for x in load_manifest(synthetic_manifest(cfg, p.num_videos, seed)).samples
     ]
+    words = sorted({str(c) for x in samples for label in x.labels for c in label.choices or ()})
+    by_video: dict[str, list] = {}
+    for x in samples:
+        by_video.setdefault(x.video, []).append(x)
+    rng = np.random.default_rng(seed)
+    records, counts = [], {"answer": 0, "hint": 0, "word": 0}
+
+    def add(kind: str, x, question: str, answer: str) -> None:
+        records.append({"sample_id": f"{x.sample_id}-{kind}{counts[kind]}", "video": x.video, "start_s": None,
+                        "end_s": None, "question": question, "answer": answer})  # fmt: skip
+        counts[kind] += 1
+
+    for group in by_video.values():
+        obj = next(x for x in group if x.task == "object")  # every synthetic video has one: its first shape
+        caption = f"a {obj.labels[0].value} shape"  # its colour: a tiny model at 56 px tells shapes apart poorly
+        for x in group:
+            if x.task in p.tasks:
+                add("answer", x, answer_prompt(x.question), answer_text(caption, render_labels(x.labels)))
+            if x.task in p.hint_tasks:
+                add("hint", x, rationalize_prompt(x.question, x.labels), answer_text(caption, render_labels(x.labels)))
+        n_words = int(p.hint_words) + int(rng.random() < p.hint_words % 1)
+        for _ in range(n_words):
+            word = str(rng.choice(words))
+            question = rationalize_prompt(
+                str(rng.choice(GENERIC_QUESTIONS)), [Label(name="answer", type="class", value=word)]
+            )
+            add("word", obj, question, answer_text(caption, word))
+    order = rng.permutation(len(records))
+    return [records[i] for i in order], counts
 
 
-def hint_tuned_tiny_vlm(cfg: Config, random_model: str, out: Path) -> Path:
-    """Finetune `random_model` for `model.tiny_hint_steps` steps on hint records; export to `out`."""
+def base_key(cfg: Config) -> str:
+    """A digest of everything that shapes the base: the recipe, the world, the frames, the seed."""
+    s = cfg.data.synth.model_dump(exclude={"num_videos", "seed"})
+    what = {
+        "pretrain": cfg.pretrain.model_dump(),
+        "synth": s,
+        "frames": [cfg.data.num_frames, cfg.data.frame_size],
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "seed": cfg.run.seed,
+        "version": 2,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def pretrained_base(cfg: Config, random_model: Path) -> Path:
+    """The base trained from `random_model` by the recipe (cached beside it; trained on first use)."""
+    out = random_model.with_name(f"{random_model.name}-base-{base_key(cfg)}")
+    if (out / "config.json").exists():
+        return out
     from vstar.dataset import init_ray
-    from vstar.train.launch import train
+    from vstar.train.launch import read_steps, train
 
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    p = cfg.pretrain
     work = out.with_name(f".{out.name}-work")
-    records = hint_records(cfg, cfg.run.cache / "synth" / f"hint-pool-seed{POOL_SEED + cfg.run.seed}")
+    records, counts = pool_records(cfg)
     train_cfg = cfg.train.model_copy(
         update={
-            "lr": 1e-3,
-            "epochs": 1,
-            "global_batch_size": 8,
+            "lr": p.lr,
+            "global_batch_size": p.global_batch_size,
             "warmup_ratio": 0.05,
+            "weight_decay": 0.0,
+            "freeze_vision": False,  # from scratch: the vision tower must learn to see
             "cache_decoded": True,
             "lora": cfg.train.lora.model_copy(update={"enabled": False}),
         }
     )
-    log.info(
-        "teaching the tiny VLM to use hints: %d steps on %d records → %s", cfg.model.tiny_hint_steps, len(records), out
-    )
+    log.info("pretraining the tiny VLM: %d steps on %d records %s → %s", p.steps, len(records), counts, out)
+    start = time.perf_counter()
     result = train(
-        records,
-        random_model,
-        work / "model",
-        train_cfg,
-        cfg.data,
-        work,
-        "hint",
-        max_steps=cfg.model.tiny_hint_steps,
-        checkpoint_every=10**6,
-        seed=cfg.run.seed,
-    )
+        records, str(random_model), work / "model", train_cfg, cfg.data, work, "base",
+        max_steps=p.steps, checkpoint_every=10**6, seed=cfg.run.seed,
+    )  # fmt: skip
     if result.error:
-        raise RuntimeError(f"hint training of the tiny VLM failed: {result.error}")
+        raise RuntimeError(f"pretraining the tiny VLM failed: {result.error}")
+    steps = read_steps(work, "base")
+    stats = {
+        "recipe": p.model_dump(),
+        "records": counts,
+        "steps": p.steps,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "seconds": time.perf_counter() - start,
+    }
+    (work / "model" / "vstar_pretrain.json").write_text(json.dumps(stats, indent=1))
+    shutil.copy(work / "base" / "steps.jsonl", work / "model" / "vstar_pretrain_steps.jsonl")  # the loss curve
     (work / "model").replace(out)
     shutil.rmtree(work, ignore_errors=True)
+    log.info("base model ready in %.0f s (final loss %s): %s", stats["seconds"], stats["final_loss"], out)
     return out

@@ -2,8 +2,8 @@
 
     vstar data synth --out data/synth --num-videos 48 --seed 0
 
-Each video shows 1–3 flat shapes (circle, square, triangle) of distinct colours on a dark background.
-Each shape is visible for a contiguous stretch of the video and moves in one direction while visible;
+Each video shows 1–3 flat shapes (`max_shapes`) (circle, square, triangle) of distinct colours on a dark background.
+Each shape is visible for a contiguous stretch of the video (at least `min_visible` of it) and moves in one direction while visible;
 shapes never overlap, so nothing is hidden.
 One video yields one sample per task, every label read off the same scene that was drawn:
 
@@ -82,12 +82,20 @@ class Scene:
         return sorted(self.shapes, key=lambda s: s.first)
 
 
-def make_scene(rng: np.random.Generator, video_id: str, num_frames: int, size: int, fps: float) -> Scene:
-    """Draw a random scene in which every label is visible: appearance times at least n/8 frames apart
-    (so the order shows in 8 uniformly sampled frames), every shape inside the picture while visible,
-    and no two shapes ever overlapping (nothing is hidden)."""
+def make_scene(
+    rng: np.random.Generator,
+    video_id: str,
+    num_frames: int,
+    size: int,
+    fps: float,
+    max_shapes: int = 3,
+    min_visible: float = 0.45,
+) -> Scene:
+    """Draw a random scene in which every label is visible: 1..max_shapes shapes, each visible for at least
+    `min_visible` of the clip, appearance times at least n/8 frames apart (so the order shows in 8 uniformly
+    sampled frames), every shape inside the picture while visible, and no two shapes ever overlapping."""
     while True:
-        shapes = _draw_shapes(rng, num_frames, size)
+        shapes = _draw_shapes(rng, num_frames, size, max_shapes, min_visible)
         if not _overlap(shapes):
             break
     main = shapes[0]
@@ -95,11 +103,11 @@ def make_scene(rng: np.random.Generator, video_id: str, num_frames: int, size: i
     return Scene(video_id, num_frames, size, fps, tuple(shapes), box_frame)
 
 
-def _draw_shapes(rng: np.random.Generator, n: int, size: int) -> list[Shape]:
-    k = int(rng.integers(1, 4))
+def _draw_shapes(rng: np.random.Generator, n: int, size: int, max_shapes: int, min_visible: float) -> list[Shape]:
+    k = int(rng.integers(1, max_shapes + 1))
     colors = rng.choice(list(COLORS), size=k, replace=False)
     while True:  # visibility windows whose appearance times are well apart
-        lengths = rng.integers(int(0.45 * n), n + 1, size=k)
+        lengths = rng.integers(min(n, int(min_visible * n)), n + 1, size=k)
         firsts = np.array([int(rng.integers(0, n - length + 1)) for length in lengths])
         if rng.random() < 0.3:  # spans that touch the clip's start or end must occur
             firsts[0], lengths[0] = 0, max(lengths[0], n // 2)
@@ -249,6 +257,8 @@ def synthesize(
     fps: float = 8.0,
     size: int = 112,
     progress: bool = False,
+    max_shapes: int = 3,
+    min_visible: float = 0.45,
 ) -> Path:
     """Write `num_videos` labeled videos and their manifest under `out`; return the manifest path."""
     from tqdm import tqdm
@@ -261,7 +271,8 @@ def synthesize(
     tmp = manifest.with_suffix(".jsonl.tmp")
     with tmp.open("w") as f:
         for i in tqdm(range(num_videos), desc="synth videos", unit="video", disable=not progress):
-            scene = make_scene(np.random.default_rng([seed, i]), f"synth{seed}-{i:05d}", num_frames, size, fps)
+            rng = np.random.default_rng([seed, i])
+            scene = make_scene(rng, f"synth{seed}-{i:05d}", num_frames, size, fps, max_shapes, min_visible)
             rel = f"videos/{scene.video_id}.mp4"
             write_video(out / rel, render(scene), fps)
             for sample in scene_samples(scene, rel, splits[i]):

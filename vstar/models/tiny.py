@@ -156,13 +156,31 @@ CORPUS_WORDS = [
 MIN_PIXELS, MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 64
 
 
+def _product_text() -> list[str]:
+    """The text vstar itself sends: the chat template's own words, every question bank under every framing,
+    the generation prompts and answers in their format, so each common word is one token (a tiny model's
+    sequences stay short)."""
+    from vstar.data.questions import FRAMINGS, TASK_BANKS, TYPE_BANKS
+    from vstar.generate.prompts import RATIONALIZE, STEP_BY_STEP
+
+    fields = dict(subject="the red circle", name="action", about=" of the person", at="0.50")
+    fields.update(about_q="the red circle", about_q_lower="the red circle")
+    cores = [q for bank in (*TASK_BANKS.values(), *TYPE_BANKS.values()) for q in bank]
+    lines = [STEP_BY_STEP, RATIONALIZE]
+    lines += [framing.format(q=core.format(**fields)) for core in cores for framing in FRAMINGS]
+    return lines
+
+
 def _corpus(n_lines: int = 3000, seed: int = 0):
     rng = np.random.default_rng(seed)
+    product = _product_text()
     for _ in range(n_lines):
         line = " ".join(rng.choice(CORPUS_WORDS, size=int(rng.integers(4, 16))))
         if rng.random() < 0.4:
             line += f" {rng.integers(0, 100)}.{rng.integers(0, 100)} [0.{rng.integers(0, 99)}, 0.{rng.integers(0, 99)}]"
         yield line.capitalize() + ("?" if rng.random() < 0.3 else ".")
+        question = product[int(rng.integers(len(product)))]
+        yield f"system\nYou are a helpful assistant.\nuser\n{question}\nassistant\nThe video shows {line.lower()}"
 
 
 def build_tokenizer(vocab_size: int = 1024):
@@ -273,6 +291,13 @@ def build_config(
         temporal_patch_size=2,
     )
     return Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+
+
+def tiny_config_kwargs(width: int) -> dict:
+    """`build_config` sizes for a text width: heads of 32 (vLLM's CPU backend), half as many KV heads, a vision
+    tower half as wide. Width 64 gives the defaults."""
+    heads = width // 32
+    return dict(hidden=width, heads=heads, kv_heads=max(1, heads // 2), vision_width=width // 2)
 
 
 def build_tiny_vlm(out_dir: str | os.PathLike, family: Family = "qwen2_5_vl", seed: int = 0, **config_kwargs) -> Path:

@@ -22,16 +22,22 @@ def collate(processor, questions: list[str], answers: list[str], videos, metas: 
     """Right-padded inputs of prompt + answer, with `labels` masked to the answer tokens."""
     tokenizer = processor.tokenizer
     end = "<|im_end|>"  # closes the assistant turn in Qwen's template; the model must learn to stop
+    targets = [a + end + "\n" for a in answers]
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
-        full = video_chat_inputs(processor, questions, videos, metas, answers=[a + end + "\n" for a in answers])
-        prompts = video_chat_inputs(processor, questions, videos, metas)
+        full = video_chat_inputs(processor, questions, videos, metas, answers=targets)
+        lengths = full["attention_mask"].sum(1).tolist()
+        answer_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+        ids = full["input_ids"].tolist()
+        if all(ids[i][n - len(a) : n] == a for i, (n, a) in enumerate(zip(lengths, answer_ids, strict=True))):
+            prompt_lengths = [n - len(a) for n, a in zip(lengths, answer_ids, strict=True)]
+        else:  # the answer's first token merged with the prompt's last: tokenize the prompts (videos again)
+            prompt_lengths = video_chat_inputs(processor, questions, videos, metas)["attention_mask"].sum(1).tolist()
     finally:
         tokenizer.padding_side = side
     labels = full["input_ids"].clone()
-    prompt_lengths = prompts["attention_mask"].sum(1)
-    for i, n in enumerate(prompt_lengths.tolist()):
+    for i, n in enumerate(prompt_lengths):
         labels[i, :n] = IGNORE
     labels[full["attention_mask"] == 0] = IGNORE
     full["labels"] = labels

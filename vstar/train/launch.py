@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
@@ -74,6 +75,7 @@ def train(
 ):
     """Finetune `init` on the records; export the result to `out`. Returns Ray Train's Result."""
     rows = [{k: r.get(k) for k in ("sample_id", "video", "start_s", "end_s", "question", "answer")} for r in records]
+    rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]  # curated records come sorted
     ds = decode_step(ray.data.from_items(rows), data)
     ds = ds.filter(lambda r: r["error"] is None)
     if train_cfg.cache_decoded:  # small data, several epochs: decode once instead of once an epoch
@@ -95,6 +97,7 @@ def train(
         num_samples=len(rows),
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
+        shuffle_buffer=train_cfg.shuffle_buffer,
         seed=seed,
     )
     workers = train_cfg.num_workers if train_cfg.min_workers is None else (train_cfg.min_workers, train_cfg.num_workers)

@@ -1,7 +1,8 @@
 """The per-worker training loop (runs inside Ray Train workers; `launch.py` starts it).
 
 Model from the initial checkpoint → optional LoRA on the language model → frozen vision tower (optional)
-→ FSDP2 `fully_shard` per decoder block and at the root (bf16 compute on GPU, fp32 on CPU) → AdamW with
+→ FSDP2 `fully_shard` per decoder block and at the root (bf16 compute on GPU, fp32 on CPU; a lone CPU worker
+trains the plain module, and its checkpoints still reshard onto any number of workers) → AdamW with
 warmup + cosine → steps of a fixed global batch (gradient accumulation recomputed from the number of
 workers) → sharded checkpoints with torch.distributed.checkpoint, reported to Ray Train → on resume the
 model, optimizer, scheduler and data position come back → at the end rank 0 writes a Hugging Face folder
@@ -77,9 +78,11 @@ def schedule(optimizer, total_steps: int, warmup_ratio: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _batches(shard_iter, micro: int):
-    """Micro-batches of decoded rows from this worker's dataset shard."""
-    yield from shard_iter.iter_batches(batch_size=micro, batch_format="numpy", drop_last=False)
+def _batches(shard_iter, micro: int, shuffle_buffer: int, seed: int):
+    """Micro-batches of decoded rows from this worker's dataset shard, shuffled in a buffer of `shuffle_buffer`
+    rows with `seed` when it is > 0 (the same seed gives the same order: a resumed epoch skips what it trained)."""
+    shuffle = {"local_shuffle_buffer_size": shuffle_buffer, "local_shuffle_seed": seed} if shuffle_buffer else {}
+    yield from shard_iter.iter_batches(batch_size=micro, batch_format="numpy", drop_last=False, **shuffle)
 
 
 def _inputs(processor, batch, device):
@@ -115,7 +118,8 @@ def train_loop(cfg: dict) -> None:
     if cfg["gradient_checkpointing"]:
         _inner(model).gradient_checkpointing_enable()
     model.train()
-    model = shard(model, device)
+    if world > 1 or device == "cuda":  # one CPU worker: FSDP2 would only add its hooks (~30% of a tiny step)
+        model = shard(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
@@ -144,7 +148,8 @@ def train_loop(cfg: dict) -> None:
     while step < total_steps:
         skip = (step % steps_per_epoch) * accum  # micro-batches of this epoch already trained on
         micro = 0
-        for batch in _batches(data, cfg["micro_batch_size"]):
+        epoch_seed = cfg["seed"] * 100_003 + step // steps_per_epoch + rank * 7919
+        for batch in _batches(data, cfg["micro_batch_size"], cfg["shuffle_buffer"], epoch_seed):
             if skip:
                 skip -= 1
                 continue

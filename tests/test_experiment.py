@@ -1,0 +1,77 @@
+"""Arms × seeds summaries (vstar.experiment) from run directories' metrics.jsonl."""
+
+import json
+
+import pytest
+
+from vstar.experiment import markdown_table, plot, read_run, summarize
+
+
+def write_run(root, name, accuracies, answer_yields, stop_early=False):
+    run = root / name
+    run.mkdir()
+    lines = [
+        {"cycle": -1, "model": str(root / "base"), "eval": {"accuracy": accuracies[0]}, "stage_seconds": {"eval": 2}}
+    ]
+    for k, (acc, y) in enumerate(zip(accuracies[1:], answer_yields, strict=True)):
+        lines.append(
+            {
+                "cycle": k,
+                "answers": {"yield": y},
+                "rationales": {"yield": 0.5},
+                "sft": {"records": 100 + k},
+                "eval": {"accuracy": acc},
+                "stage_seconds": {"answers": 10, "train": 50, "eval": 2},
+                "stop": None,
+            }
+        )
+    if stop_early:
+        lines.append({"cycle": len(lines) - 1, "answers": {"yield": 0.0}, "rationales": {"skipped": "arm"},
+                      "sft": {"records": 0}, "stage_seconds": {"answers": 5}, "stop": "no verified answer"})  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return run
+
+
+def test_summary_table_and_plot(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "vstar_pretrain.json").write_text(json.dumps({"seconds": 120.0}))
+    runs = [
+        read_run(write_run(tmp_path, "full-0", [0.0, 0.4, 0.6], [0.0, 0.5]), "full", 0),
+        read_run(write_run(tmp_path, "full-1", [0.0, 0.6, 0.8], [0.0, 0.7]), "full", 1),
+        read_run(write_run(tmp_path, "ans-0", [0.0], [], stop_early=True), "answers-only", 0),
+    ]
+    assert runs[0]["pretrain_seconds"] == 120.0
+    assert runs[2]["cycles"][1]["accuracy"] == 0.0  # stopped before training: still the base model
+    assert runs[2]["cycles"][1]["rationale_yield"] is None  # a skipped stage has no yield
+    s = summarize(runs)
+    full = s["full"]["cycles"]
+    assert [r["accuracy_mean"] for r in full] == pytest.approx([0.0, 0.5, 0.7])
+    assert (full[2]["accuracy_min"], full[2]["accuracy_max"]) == (0.6, 0.8)
+    assert full[2]["answer_yield"] == pytest.approx(0.6) and full[1]["records"] == 100
+    assert s["full"]["seconds"] == 2 + 62 + 62 and s["answers-only"]["seconds"] == 2 + 5
+    table = markdown_table(s)
+    assert "| full | 2 | 70% [60%–80%] | 60% | 50% | 101 | 1.0 min |" in table
+    assert "| full | base | 0% [0%–0%] | – | – | – | 2.0 min |" in table
+    assert "| answers-only | 1 | 0% | 0% | – | 0 | 0.1 min |" in table
+    assert plot(s, tmp_path / "p.png", chance=0.25).stat().st_size > 1000
+
+
+def test_readme_quotes_the_committed_results():
+    """The README's miniature table is the one benchmarks/miniature.py wrote from the committed results."""
+    from pathlib import Path
+
+    from vstar.experiment import TABLE_END, TABLE_START, with_table
+
+    root = Path(__file__).resolve().parents[1]
+    results = json.loads((root / "benchmarks" / "results" / "miniature.json").read_text())
+    table = markdown_table(results["summary"])
+    assert (root / "benchmarks" / "results" / "miniature.md").read_text() == table
+    readme = (root / "README.md").read_text()
+    assert with_table(readme, table) == readme and f"{TABLE_START}\n{table}{TABLE_END}" in readme
+    assert markdown_table(summarize(results["runs"])) == table  # the summary is the runs'
+    assert (
+        with_table("a\n" + TABLE_START + "\nold\n" + TABLE_END + "\nb", "new\n")
+        == f"a\n{TABLE_START}\nnew\n{TABLE_END}\nb"
+    )
+    with pytest.raises(ValueError):
+        with_table("no markers", table)

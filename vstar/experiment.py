@@ -1,0 +1,189 @@
+"""Arms × seeds of one config: the paper's ablations run as ordinary `vstar run`s, summarized into a table.
+
+    python benchmarks/miniature.py                       # jobs/miniature.yaml, 4 arms × 3 seeds → results
+    results = run_arms("jobs/miniature.yaml", ARMS, seeds=[0, 1, 2], root="runs/miniature")
+
+Each (arm, seed) is one run directory `<root>/<arm>-seed<seed>` made by `vstar.driver.run` with `run.arm`,
+`run.seed` and `data.synth.seed` set (so seeds differ in initial weights, pretraining pool, data and question
+wording); a finished run is read back, not rerun. `label-as-answer` runs one cycle: its training set is the same
+every cycle and each cycle restarts from the base, so more cycles would repeat it.
+
+`summarize` turns the runs' metrics.jsonl into per-arm, per-cycle figures: held-out accuracy (mean, min, max over
+seeds), answer and rationalization yield, SFT records and wall time; `markdown_table` and `plot` present them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+
+from vstar.config import load_config
+
+log = logging.getLogger("vstar")
+
+ARMS = ("full", "answers-only", "rationales-only", "label-as-answer")
+
+
+def run_arms(
+    config: str | Path, arms=ARMS, seeds=(0, 1, 2), root: str | Path = "runs/experiment", overrides=()
+) -> list[dict]:
+    """Run every arm for every seed (finished runs are read back); one result dict per run."""
+    from vstar.driver import run
+
+    results = []
+    for seed in seeds:
+        for arm in arms:
+            more = [f"run.arm={arm}", f"run.seed={seed}", f"data.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
+            more += [f"run.root={root}", *(["run.max_cycles=1"] if arm == "label-as-answer" else []), *overrides]
+            cfg = load_config(config, more)
+            log.info("experiment: arm %s, seed %d → %s", arm, seed, cfg.run.dir)
+            results.append(read_run(run(cfg), arm, seed))
+    return results
+
+
+def read_run(run_dir: Path, arm: str, seed: int) -> dict:
+    """One run's per-cycle figures from its metrics.jsonl (cycle 0 here = the base model); `seconds`: the
+    run's stages summed (the base's pretraining apart, in `pretrain_seconds`)."""
+    from vstar.report import read_metrics
+
+    lines = read_metrics(run_dir)
+    cycles = []
+    for line in lines:
+        answers, rationales = line.get("answers") or {}, line.get("rationales") or {}
+        cycles.append(
+            {
+                "cycle": line["cycle"] + 1,
+                "accuracy": (line.get("eval") or {}).get("accuracy"),
+                "answer_yield": None if answers.get("skipped") else answers.get("yield"),
+                "rationale_yield": None if rationales.get("skipped") else rationales.get("yield"),
+                "records": (line.get("sft") or {}).get("records"),
+                "seconds": sum((line.get("stage_seconds") or {}).values()),
+                "stop": line.get("stop"),
+            }
+        )
+    for prev, c in zip(cycles, cycles[1:], strict=False):
+        if c["accuracy"] is None and c["stop"]:  # stopped before training: the model is still the previous one
+            c["accuracy"] = prev["accuracy"]
+    base = lines[0].get("model", "") if lines else ""
+    pretrain = Path(base) / "vstar_pretrain.json"
+    return {
+        "arm": arm,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "cycles": cycles,
+        "pretrain_seconds": json.loads(pretrain.read_text())["seconds"] if pretrain.exists() else None,
+        "seconds": sum(c["seconds"] for c in cycles),
+    }
+
+
+def summarize(results: list[dict]) -> dict:
+    """Per arm and cycle: mean/min/max held-out accuracy over seeds, mean yields, records and seconds.
+    A run that stopped early (answers-only with nothing verified) keeps its last accuracy for later cycles:
+    that is the model it would serve."""
+    arms: dict[str, dict] = {}
+    for arm in dict.fromkeys(r["arm"] for r in results):
+        runs = [r for r in results if r["arm"] == arm]
+        depth = max(len(r["cycles"]) for r in runs)
+        rows = []
+        for k in range(depth):
+            per_seed = [_at(r["cycles"], k) for r in runs]
+            acc = [c["accuracy"] for c in per_seed if c.get("accuracy") is not None]
+            rows.append(
+                {
+                    "cycle": k,
+                    "accuracy_mean": statistics.fmean(acc) if acc else None,
+                    "accuracy_min": min(acc, default=None),
+                    "accuracy_max": max(acc, default=None),
+                    "accuracy_per_seed": acc,
+                    "answer_yield": _mean(c.get("answer_yield") for c in per_seed if c["cycle"] == k),
+                    "rationale_yield": _mean(c.get("rationale_yield") for c in per_seed if c["cycle"] == k),
+                    "records": _mean(c.get("records") for c in per_seed if c["cycle"] == k),
+                    "seconds": _mean(c.get("seconds") for c in per_seed if c["cycle"] == k),
+                }
+            )
+        arms[arm] = {
+            "seeds": [r["seed"] for r in runs],
+            "cycles": rows,
+            "seconds": _mean(r.get("seconds") for r in runs),
+            "pretrain_seconds": _mean(r.get("pretrain_seconds") for r in runs),
+        }
+    return arms
+
+
+def _at(cycles: list[dict], k: int) -> dict:
+    """Cycle k of a run, or its last one when it stopped before k (its model stays the same)."""
+    return cycles[k] if k < len(cycles) else {**cycles[-1], "cycle": cycles[-1]["cycle"]}
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def markdown_table(summary: dict) -> str:
+    """Accuracy per cycle per arm (mean [min–max] over seeds), yields, records and time (a cycle's stages; the
+    base's row: its pretraining), as a Markdown table."""
+    lines = [
+        "| arm | cycle | held-out accuracy, mean [min–max] | answer yield | rationalization yield | SFT records | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, s in summary.items():
+        for row in s["cycles"]:
+            k = row["cycle"]
+            acc = _pct(row["accuracy_mean"])
+            if row["accuracy_min"] is not None and len(row["accuracy_per_seed"]) > 1:
+                acc += f" [{_pct(row['accuracy_min'])}–{_pct(row['accuracy_max'])}]"
+            records = "–" if row["records"] is None else f"{row['records']:.0f}"
+            seconds = s["pretrain_seconds"] if k == 0 else row["seconds"]  # the base's row: its pretraining
+            seconds = "–" if seconds is None else f"{seconds / 60:.1f} min"
+            lines.append(
+                f"| {arm} | {'base' if k == 0 else k} | {acc} | {_pct(row['answer_yield'])} | "
+                f"{_pct(row['rationale_yield'])} | {records} | {seconds} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+TABLE_START, TABLE_END = "<!-- miniature-table -->", "<!-- /miniature-table -->"
+
+
+def with_table(text: str, table: str) -> str:
+    """`text` (the README) with `table` between its TABLE_START and TABLE_END markers."""
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {TABLE_START} ... {TABLE_END} markers")
+    return f"{text[:start]}{TABLE_START}\n{table}{text[end:]}"
+
+
+def plot(summary: dict, path: str | Path, chance: float | None = None) -> Path:
+    """Held-out accuracy per cycle, one line per arm, the seeds' range shaded; `chance` as a dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for arm, s in summary.items():
+        rows = [r for r in s["cycles"] if r["accuracy_mean"] is not None]
+        x = [r["cycle"] for r in rows]
+        ax.plot(x, [100 * r["accuracy_mean"] for r in rows], marker="o", label=arm)
+        ax.fill_between(x, [100 * r["accuracy_min"] for r in rows], [100 * r["accuracy_max"] for r in rows], alpha=0.15)
+    ax.set_xticks(range(max(len(s["cycles"]) for s in summary.values())))
+    ax.set_xlabel("cycle (0: base model)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 100)
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", lw=0.8, ls=":", label="chance")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

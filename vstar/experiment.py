@@ -114,7 +114,7 @@ def summarize(results: list[dict]) -> dict:
 
 def _at(cycles: list[dict], k: int) -> dict:
     """Cycle k of a run, or its last one when it stopped before k (its model stays the same)."""
-    return cycles[k] if k < len(cycles) else {**cycles[-1], "cycle": cycles[-1]["cycle"]}
+    return cycles[min(k, len(cycles) - 1)]
 
 
 def _mean(values) -> float | None:

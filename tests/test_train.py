@@ -14,7 +14,7 @@ from vstar.config import load_config
 from vstar.data.frames import sample_frames
 from vstar.data.questions import assign_question
 from vstar.generate.prompts import rationalize_prompt
-from vstar.train.collate import IGNORE, collate
+from vstar.train.collate import IGNORE, collate, label_words, weighted_loss
 from vstar.verify.render import render_labels
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # saves ~5 s a fit (FINDINGS §6)
@@ -63,6 +63,37 @@ def test_loss_mask_is_exactly_the_answer(tiny_vlm_dir, records):
     hinted = rationalize_prompt(records[0]["question"], records[0]["labels"])
     assert hinted not in tok.decode(batch["input_ids"][0])
     assert processor.tokenizer.padding_side == "left"  # restored for generation
+
+
+def test_label_loss_weight_falls_on_the_label_words(tiny_vlm_dir, records):
+    from vstar.models import load_vlm
+
+    model, processor = load_vlm(str(tiny_vlm_dir))
+    rows = [r for r in records if r["sample_id"].endswith("direction")][:2] + [
+        r for r in records if r["sample_id"].endswith("count")
+    ][:1]
+    assert len(rows) == 3
+    clips = [sample_frames(r["video"], 8) for r in rows]
+    args = (
+        [r["question"] for r in rows],
+        [r["answer"] for r in rows],
+        [c.array for c in clips],
+        [c.meta for c in clips],
+    )
+    words = [label_words(r["labels"]) for r in rows]
+    batch = collate(processor, *args, words, 4.0)
+    plain = collate(processor, *args)
+    assert torch.equal(batch["labels"], plain["labels"]) and "loss_weights" not in plain
+    w, labels, tok = batch["loss_weights"], batch["labels"], processor.tokenizer
+    for i, r in enumerate(rows):
+        assert ((w[i] > 0) == (labels[i] != IGNORE)).all()  # weights only where the loss is
+        heavy = tok.decode(batch["input_ids"][i][w[i] == 4.0]).strip()
+        assert heavy == (words[i][0] if words[i] else ""), (r["answer"], heavy)  # a count is a number: no word
+    with torch.no_grad():
+        out = model(**plain)
+        same = weighted_loss(out.logits, plain["labels"], (plain["labels"] != IGNORE).float())
+        heavier = weighted_loss(out.logits, batch["labels"], w)
+    assert torch.allclose(same, out.loss, atol=1e-5) and not torch.allclose(heavier, out.loss)
 
 
 @pytest.mark.slow

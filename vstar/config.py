@@ -147,6 +147,12 @@ class TrainConfig(_Section):
         None, ge=1, description="optimizer steps per cycle (epochs repeat as needed); None: train.epochs"
     )
     init_from: Literal["base", "previous"] = "base"
+    label_loss_weight: float = Field(
+        1.0,
+        gt=0,
+        description="loss weight of the answer tokens that spell a label's text value (class, step, QA answer); "
+        "the other answer tokens weigh 1. >1: a rationale's label word gets more of the gradient",
+    )
     lora: LoraConfig = LoraConfig()
     freeze_vision: bool = True
     gradient_checkpointing: bool = False

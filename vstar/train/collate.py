@@ -8,9 +8,19 @@ the video tokens and the padding never carry loss.
 
     batch = collate(processor, questions, answers, videos, metas)
     loss = model(**batch).loss
+
+A label word is one token of many in a rationale ("The video shows a red shape. Answer: left"): with
+`label_weight` > 1 and each record's `label_words` (its labels' text values), `collate` also returns
+`loss_weights`, `label_weight` on the answer tokens that spell a label word and 1 on the others, and the loss is
+their weighted mean (`weighted_loss`): the supervision that verified the answer gets its share of the gradient.
 """
 
 from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
 
 from vstar.data.frames import FrameMeta
 from vstar.models.load import video_chat_inputs
@@ -18,8 +28,17 @@ from vstar.models.load import video_chat_inputs
 IGNORE = -100
 
 
-def collate(processor, questions: list[str], answers: list[str], videos, metas: list[FrameMeta]) -> dict:
-    """Right-padded inputs of prompt + answer, with `labels` masked to the answer tokens."""
+def collate(
+    processor,
+    questions: list[str],
+    answers: list[str],
+    videos,
+    metas: list[FrameMeta],
+    label_words: list[list[str]] | None = None,
+    label_weight: float = 1.0,
+) -> dict:
+    """Right-padded inputs of prompt + answer, with `labels` masked to the answer tokens (and `loss_weights`
+    when `label_weight` != 1: see the module's docstring)."""
     tokenizer = processor.tokenizer
     end = "<|im_end|>"  # closes the assistant turn in Qwen's template; the model must learn to stop
     targets = [a + end + "\n" for a in answers]
@@ -28,9 +47,11 @@ def collate(processor, questions: list[str], answers: list[str], videos, metas: 
     try:
         full = video_chat_inputs(processor, questions, videos, metas, answers=targets)
         lengths = full["attention_mask"].sum(1).tolist()
-        answer_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+        tokenized = tokenizer(targets, add_special_tokens=False, return_offsets_mapping=label_weight != 1)
+        answer_ids = tokenized["input_ids"]
         ids = full["input_ids"].tolist()
-        if all(ids[i][n - len(a) : n] == a for i, (n, a) in enumerate(zip(lengths, answer_ids, strict=True))):
+        matched = all(ids[i][n - len(a) : n] == a for i, (n, a) in enumerate(zip(lengths, answer_ids, strict=True)))
+        if matched:
             prompt_lengths = [n - len(a) for n, a in zip(lengths, answer_ids, strict=True)]
         else:  # the answer's first token merged with the prompt's last: tokenize the prompts (videos again)
             prompt_lengths = video_chat_inputs(processor, questions, videos, metas)["attention_mask"].sum(1).tolist()
@@ -41,7 +62,56 @@ def collate(processor, questions: list[str], answers: list[str], videos, metas: 
         labels[i, :n] = IGNORE
     labels[full["attention_mask"] == 0] = IGNORE
     full["labels"] = labels
+    if label_weight != 1:
+        weights = (labels != IGNORE).float()
+        if matched:  # the answer's own tokenization lines up with the batch's: its offsets locate the words
+            for i, (n, words) in enumerate(zip(prompt_lengths, label_words or [[]] * len(answers), strict=True)):
+                for j in label_token_positions(answers[i], words, tokenized["offset_mapping"][i]):
+                    weights[i, n + j] = label_weight
+        full["loss_weights"] = weights
     return dict(full)
+
+
+def label_token_positions(answer: str, words: list[str], offsets: list[tuple[int, int]]) -> list[int]:
+    """Indices of the answer's tokens that overlap a whole-word, case-insensitive occurrence of a label word.
+
+    >>> label_token_positions("Answer: left", ["left"], [(0, 6), (6, 7), (7, 12)])
+    [2]
+    >>> label_token_positions("Leftover: left-hand", ["left"], [(0, 8), (8, 9), (9, 14), (14, 19)])
+    [2]
+    """
+    spans = [
+        m.span()
+        for w in words
+        if w.strip()
+        for m in re.finditer(rf"(?<!\w){re.escape(w.strip())}(?!\w)", answer, flags=re.IGNORECASE)
+    ]
+    return [j for j, (a, b) in enumerate(offsets) if b > a and any(a < e and s < b for s, e in spans)]
+
+
+def label_words(labels: list[dict]) -> list[str]:
+    """The text values of a record's labels (class names, sequence steps, QA answers); numbers, spans and boxes
+    are written in too many ways to be found as words.
+
+    >>> label_words([{"type": "class", "value": "left"}, {"type": "number", "value": 3.5},
+    ...              {"type": "sequence", "value": ["take off", "twist"]}])
+    ['left', 'take off', 'twist']
+    """
+    words = []
+    for label in labels or []:
+        value = label.get("value") if isinstance(label, dict) else getattr(label, "value", None)
+        values = value if isinstance(value, list) else [value]
+        words += [v for v in values if isinstance(v, str) and v.strip()]
+    return words
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, the weighted mean over the tokens that carry a label."""
+    logits, labels, weights = logits[:, :-1], labels[:, 1:], weights[:, 1:]
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                         reduction="none")  # fmt: skip
+    weights = weights.reshape(-1) * (labels.reshape(-1) != IGNORE)
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-8)
 
 
 def answer_token_count(batch: dict) -> int:

@@ -23,6 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from vstar.config import DataConfig, TrainConfig
 from vstar.dataset import decode_step
+from vstar.train.collate import label_words
 from vstar.train.loop import train_loop
 
 
@@ -74,7 +75,8 @@ def train(
     seed: int = 0,
 ):
     """Finetune `init` on the records; export the result to `out`. Returns Ray Train's Result."""
-    rows = [{k: r.get(k) for k in ("sample_id", "video", "start_s", "end_s", "question", "answer")} for r in records]
+    keys = ("sample_id", "video", "start_s", "end_s", "question", "answer")
+    rows = [{**{k: r.get(k) for k in keys}, "label_words": json.dumps(label_words(r.get("labels")))} for r in records]
     rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]  # curated records come sorted
     ds = decode_step(ray.data.from_items(rows), data)
     ds = ds.filter(lambda r: r["error"] is None)
@@ -98,6 +100,7 @@ def train(
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
         shuffle_buffer=train_cfg.shuffle_buffer,
+        label_loss_weight=train_cfg.label_loss_weight,
         seed=seed,
     )
     workers = train_cfg.num_workers if train_cfg.min_workers is None else (train_cfg.min_workers, train_cfg.num_workers)

@@ -33,7 +33,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from vstar.data.frames import FrameMeta, frames_of
 from vstar.models.load import load_vlm
-from vstar.train.collate import answer_token_count, collate
+from vstar.train.collate import answer_token_count, collate, weighted_loss
 
 
 def apply_lora(model, lora: dict):
@@ -85,7 +85,7 @@ def _batches(shard_iter, micro: int, shuffle_buffer: int, seed: int):
     yield from shard_iter.iter_batches(batch_size=micro, batch_format="numpy", drop_last=False, **shuffle)
 
 
-def _inputs(processor, batch, device):
+def _inputs(processor, batch, device, label_weight: float = 1.0):
     n = len(batch["sample_id"])
     videos = [frames_of({"frames": batch["frames"][i], "frames_shape": batch["frames_shape"][i]}) for i in range(n)]
     metas = [
@@ -97,7 +97,9 @@ def _inputs(processor, batch, device):
         )
         for i in range(n)
     ]
-    inputs = collate(processor, [str(q) for q in batch["question"]], [str(a) for a in batch["answer"]], videos, metas)
+    words = [json.loads(w) for w in batch["label_words"]] if "label_words" in batch else None
+    questions, answers = [str(q) for q in batch["question"]], [str(a) for a in batch["answer"]]
+    inputs = collate(processor, questions, answers, videos, metas, words, label_weight)
     return {k: v.to(device) for k, v in inputs.items()}
 
 
@@ -153,8 +155,8 @@ def train_loop(cfg: dict) -> None:
             if skip:
                 skip -= 1
                 continue
-            inputs = _inputs(processor, batch, device)
-            loss = model(**inputs).loss / accum
+            inputs = _inputs(processor, batch, device, cfg.get("label_loss_weight", 1.0))
+            loss = _loss(model, inputs) / accum
             loss.backward()
             losses.append(loss.item() * accum)
             seen += torch.tensor([inputs["input_ids"].shape[0], inputs["attention_mask"].sum().item()])
@@ -178,6 +180,15 @@ def train_loop(cfg: dict) -> None:
                 )
                 losses, clock = [], time.perf_counter()
     export(model, cfg, rank)
+
+
+def _loss(model, inputs: dict) -> torch.Tensor:
+    """The model's own mean over answer tokens, or the label-weighted mean when the batch carries weights."""
+    if "loss_weights" not in inputs:
+        return model(**inputs).loss
+    inputs = dict(inputs)
+    weights, labels = inputs.pop("loss_weights"), inputs.pop("labels")
+    return weighted_loss(model(**inputs).logits, labels, weights)
 
 
 def optimizer_step(params, optimizer, scheduler) -> float:

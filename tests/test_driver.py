@@ -94,6 +94,31 @@ def test_two_cycles_end_to_end(ray_local, tmp_path):
     assert len(llava) == lines[2]["sft"]["records"] and llava[0]["conversations"][0]["value"].startswith("<video>\n")
 
 
+def test_data_tasks_keeps_those_tasks_and_names_an_absent_one(synth_dir, tmp_path, caplog):
+    from vstar.driver import prepare_manifest
+
+    manifest = f"data.manifest={synth_dir / 'manifest.jsonl'}"
+    kept = prepare_manifest(load_config(None, [manifest, "data.tasks=[direction,nosuch]"]), tmp_path / "a")
+    assert kept and {s.task for s in kept} == {"direction"}
+    assert "data.tasks: no sample of task nosuch" in caplog.text
+    with pytest.raises(ValueError, match=r"data.tasks: no sample of task nosuch, other in .*manifest.jsonl \(its tasks: "):
+        prepare_manifest(load_config(None, [manifest, "data.tasks=[nosuch,other]"]), tmp_path / "b")
+
+
+def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path):
+    from vstar.driver import config_changes, saved_config
+
+    cfg = load_config(None, [])
+    saved = cfg.model_dump(mode="json")
+    del saved["train"]["label_loss_weight"]  # written by a vstar that had no such key: its default applies
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert config_changes(saved_config(tmp_path / "config.yaml", cfg), cfg.model_dump(mode="json")) == {}
+    changed = load_config(None, ["train.label_loss_weight=4"])
+    assert config_changes(saved_config(tmp_path / "config.yaml", cfg), changed.model_dump(mode="json")) == {
+        "train.label_loss_weight": (1.0, 4.0)
+    }
+
+
 @pytest.mark.slow
 def test_ablation_arms(ray_local, tmp_path):
     """run.arm: the paper's ablations are the same loop with a stage left out, or the labels as answers."""

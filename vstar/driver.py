@@ -16,6 +16,8 @@ held-out split. Then, for each cycle k (model_0 = the configured model):
   eval        model_{k+1} answers the held-out questions greedily; accuracy overall, per task, per label type
 
 and stops when held-out accuracy rose less than run.min_delta, or after run.max_cycles. Then report.md.
+run.arm picks the paper's ablations on the same loop: answers-only or rationales-only skip the other generation
+stage (its stats say `skipped`); label-as-answer trains on every training sample answered with its labels.
 
 Resume: every stage folder gets `_SUCCESS.json` last; a rerun of the same command skips finished stages, and
 inside a generation stage the samples already written, and training resumes from its last checkpoint. The run
@@ -103,7 +105,7 @@ def prepare_run_dir(cfg: Config, fork: bool = False) -> Path:
     run_dir = Path(cfg.run.dir).resolve()  # absolute: Ray workers may run in another working directory
     saved = run_dir / "config.yaml"
     if saved.exists():
-        changed = config_changes(yaml.safe_load(saved.read_text()) or {}, cfg.model_dump(mode="json"))
+        changed = config_changes(saved_config(saved, cfg), cfg.model_dump(mode="json"))
         if fork:
             n = 1
             while Path(f"{run_dir}-fork{n}").exists():
@@ -122,6 +124,16 @@ def prepare_run_dir(cfg: Config, fork: bool = False) -> Path:
     _write_atomic(saved, cfg.to_yaml())
     log.info("run %s: config saved to %s", cfg.run.name, saved)
     return run_dir
+
+
+def saved_config(path: Path, cfg: Config) -> dict:
+    """A run directory's config.yaml as this vstar reads it: keys added since it was written take their defaults
+    (they are not changes); a file this version cannot parse is compared as it is."""
+    saved = yaml.safe_load(path.read_text()) or {}
+    try:
+        return type(cfg).model_validate(saved).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError: a key this version no longer has is then reported changed
+        return saved
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
@@ -152,6 +164,12 @@ def prepare_manifest(cfg: Config, run_dir: Path) -> list[Sample]:
     source = Path(cfg.data.manifest) if cfg.data.manifest else synthetic_manifest(cfg)
     report = load_manifest(source)
     if cfg.data.tasks is not None:
+        present = sorted({s.task for s in report.samples})
+        if missing := [t for t in cfg.data.tasks if t not in present]:
+            msg = f"data.tasks: no sample of task {', '.join(missing)} in {source} (its tasks: {', '.join(present)})"
+            if len(missing) == len(cfg.data.tasks):
+                raise ValueError(msg)
+            log.warning(msg)
         kept = [s for s in report.samples if s.task in cfg.data.tasks]
         log.info("data.tasks %s: %d of %d samples kept", cfg.data.tasks, len(kept), len(report.samples))
         report.samples = kept
@@ -380,9 +398,13 @@ def stop_reason(cfg: Config, k: int, before: float, after: float) -> str | None:
     'held-out accuracy rose 0.003 < run.min_delta 0.01'
     >>> stop_reason(load_config(None, ["run.max_cycles=3"]), 2, 0.45, 0.60)
     'run.max_cycles 3 reached'
+    >>> stop_reason(load_config(None, ["run.max_cycles=3", "run.arm=label-as-answer"]), 0, 0.40, 0.90)
+    'run.arm label-as-answer trains once: its records and its starting model are the same every cycle'
     """
     if after - before < cfg.run.min_delta:
         return f"held-out accuracy rose {after - before:.3f} < run.min_delta {cfg.run.min_delta:g}"
+    if cfg.run.arm == "label-as-answer" and cfg.train.init_from == "base":
+        return "run.arm label-as-answer trains once: its records and its starting model are the same every cycle"
     if k + 1 >= cfg.run.max_cycles:
         return f"run.max_cycles {cfg.run.max_cycles} reached"
     return None

@@ -101,7 +101,9 @@ def test_data_tasks_keeps_those_tasks_and_names_an_absent_one(synth_dir, tmp_pat
     kept = prepare_manifest(load_config(None, [manifest, "data.tasks=[direction,nosuch]"]), tmp_path / "a")
     assert kept and {s.task for s in kept} == {"direction"}
     assert "data.tasks: no sample of task nosuch" in caplog.text
-    with pytest.raises(ValueError, match=r"data.tasks: no sample of task nosuch, other in .*manifest.jsonl \(its tasks: "):
+    with pytest.raises(
+        ValueError, match=r"data.tasks: no sample of task nosuch, other in .*manifest.jsonl \(its tasks: "
+    ):
         prepare_manifest(load_config(None, [manifest, "data.tasks=[nosuch,other]"]), tmp_path / "b")
 
 

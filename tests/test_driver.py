@@ -46,12 +46,13 @@ def parquet_rows(folder: Path) -> pd.DataFrame:
 def test_two_cycles_end_to_end(ray_local, tmp_path):
     from vstar.driver import run
 
-    cfg = load_config(EMBEDDED_DEFAULT, small(tmp_path, "full"))
-    run_dir = run(cfg)
+    run_dir = run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "run.max_cycles=1")))
+    assert (run_dir / "cycle_0" / "STOP").read_text() == "run.max_cycles 1 reached\n"
+    assert run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full"))) == run_dir  # resumed with 2 cycles
 
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["cycle"] for x in lines] == [-1, 0, 1]
-    assert lines[-1]["stop"] == "run.max_cycles 2 reached"
+    assert lines[1]["stop"] is None and lines[-1]["stop"] == "run.max_cycles 2 reached"  # the old stop is gone
     manifest = {json.loads(x)["sample_id"]: json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()}
     train_ids = {k for k, s in manifest.items() if s["split"] == "train"}
     for k in (0, 1):

@@ -88,6 +88,8 @@ def run(cfg: Config, fork: bool = False) -> Path:
         reason = stop_reason(cfg, k, previous["accuracy"], result["accuracy"])
         if reason:
             stop_cycle(cycle, reason)
+        else:  # resumed with a larger run.max_cycles: an earlier stop no longer holds
+            (cycle / "STOP").unlink(missing_ok=True)
         write_metrics(run_dir)
         if reason:
             break

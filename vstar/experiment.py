@@ -5,8 +5,8 @@
 
 Each (arm, seed) is one run directory `<root>/<arm>-seed<seed>` made by `vstar.driver.run` with `run.arm`,
 `run.seed` and `data.synth.seed` set (so seeds differ in initial weights, pretraining pool, data and question
-wording); a finished run is read back, not rerun. `label-as-answer` runs one cycle: its training set is the same
-every cycle and each cycle restarts from the base, so more cycles would repeat it.
+wording); a finished run is read back, not rerun. `label-as-answer` trains on the same records every cycle: from
+the base (train.init_from=base) the driver stops it after one, going on from the last model it runs every cycle.
 
 `summarize` turns the runs' metrics.jsonl into per-arm, per-cycle figures: held-out accuracy (mean, min, max over
 seeds), answer and rationalization yield, SFT records and wall time; `markdown_table` and `plot` present them.
@@ -36,7 +36,7 @@ def run_arms(
     for seed in seeds:
         for arm in arms:
             more = [f"run.arm={arm}", f"run.seed={seed}", f"data.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
-            more += [f"run.root={root}", *(["run.max_cycles=1"] if arm == "label-as-answer" else []), *overrides]
+            more += [f"run.root={root}", *overrides]
             cfg = load_config(config, more)
             log.info("experiment: arm %s, seed %d → %s", arm, seed, cfg.run.dir)
             results.append(read_run(run(cfg), arm, seed))

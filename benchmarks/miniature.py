@@ -5,7 +5,7 @@ experiment resumes where it stopped. Results go to `--out` (default benchmarks/r
 run's per-cycle figures and the summary), miniature.md (the table) and miniature.png; with the default `--out`
 the README's table is rewritten from them too.
 
-    . .venv/bin/activate && python benchmarks/miniature.py                     # 4 arms × 3 seeds, about 2 h on 2 cores
+    . .venv/bin/activate && python benchmarks/miniature.py                     # 4 arms × 3 seeds, ~5 h on 2 cores
     python benchmarks/miniature.py --seeds 0 --arms full label-as-answer       # one seed, two arms
     python benchmarks/miniature.py --table                                     # reprint the table from miniature.json
     python benchmarks/miniature.py train.max_steps=500                         # overrides apply to every run

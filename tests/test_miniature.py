@@ -2,9 +2,8 @@
 
 The base (vstar.pretrain) never sees a direction answered, so it starts near 0%; one cycle must beat it by
 at least 10 points of held-out accuracy. Known weakness: always saying some direction word is worth 25%
-(chance), so this bound also passes on format alone. The same seed-0 cycle reached 68% in one run and 29% in
-a CI run (the plateau escape is not reproducible run to run yet), so an above-chance bound is not asserted
-until the experiment is stable (issue 9's note).
+(chance), so this bound also passes on format alone. An above-chance bound waits for the 3-seed results to
+show how much cycle 1 varies (an earlier recipe gave 68% in one run and 29% in another; README).
 """
 
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from vstar.experiment import run_arms
 
 ROOT = Path(__file__).resolve().parents[1]
-CI_SIZED = ["train.cpus_per_worker=2", "run.max_cycles=1"]  # jobs/miniature.yaml's seed 0, one cycle: ~14 min
+CI_SIZED = ["train.cpus_per_worker=2", "run.max_cycles=1"]  # jobs/miniature.yaml's seed 0, one cycle: ~16 min
 
 
 @pytest.mark.slow
@@ -25,5 +24,5 @@ def test_one_cycle_teaches_the_label_the_base_never_learned(ray_local, tmp_path)
     assert base["accuracy"] < 0.15  # the base never learned the direction (it says one by chance at most)
     assert cycle["answer_yield"] < 0.25  # its answers pass by chance at most: rationalization must start the label
     assert cycle["rationale_yield"] > 0.30  # the hint is copied into an explanation
-    assert cycle["records"] > 0.5 * 800
+    assert cycle["records"] > 0.5 * 3200  # of the 3200 training videos
     assert cycle["accuracy"] >= base["accuracy"] + 0.10, result

@@ -12,6 +12,7 @@ model, optimizer, scheduler and data position come back → at the end rank 0 wr
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
@@ -103,10 +104,21 @@ def _inputs(processor, batch, device, label_weight: float = 1.0):
     return {k: v.to(device) for k, v in inputs.items()}
 
 
+def _quiet_report_log() -> None:
+    """Ray Train logs every report whole at INFO; ours carry the steps since the last one (launch.py writes them
+    to steps.jsonl), so that line would be kilobytes every 10 steps. Its logger is named by the file's path."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: the line stays
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(cfg: dict) -> None:
     """Ray Train entry point. `cfg` is plain data: init model path, hyperparameters, sizes, output folder."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _quiet_report_log()
     device = "cuda" if torch.cuda.is_available() and cfg["use_gpu"] else "cpu"
     if device == "cuda":
         torch.cuda.set_device(ctx.get_local_rank())

@@ -8,6 +8,7 @@ the README's table is rewritten from them too.
     . .venv/bin/activate && python benchmarks/miniature.py                     # 4 arms × 3 seeds, ~5 h on 2 cores
     python benchmarks/miniature.py --seeds 0 --arms full label-as-answer       # one seed, two arms
     python benchmarks/miniature.py --table                                     # reprint the table from miniature.json
+    python benchmarks/miniature.py --finished-only                             # the table of the runs finished so far
     python benchmarks/miniature.py train.max_steps=500                         # overrides apply to every run
 """
 
@@ -41,6 +42,9 @@ def main() -> None:
     parser.add_argument("--root", default="runs/miniature", help="run directories go here")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     parser.add_argument("--table", action="store_true", help="only reprint the table from <out>/miniature.json")
+    parser.add_argument(
+        "--finished-only", action="store_true", help="run nothing: summarize the arm × seed runs already finished"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     if args.table:
@@ -48,11 +52,12 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     start = time.perf_counter()
-    results = run_arms(args.config, args.arms, args.seeds, args.root, args.overrides)
+    results = run_arms(args.config, args.arms, args.seeds, args.root, args.overrides, args.finished_only)
     summary = summarize(results)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": "python benchmarks/miniature.py " + " ".join(args.overrides),
+        "runs": [f"{r['arm']}-seed{r['seed']}" for r in results],
         "config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT) else args.config,
         "seeds": args.seeds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -50,9 +50,9 @@ def test_summary_table_and_plot(tmp_path):
     assert full[2]["answer_yield"] == pytest.approx(0.6) and full[1]["records"] == 100
     assert s["full"]["seconds"] == 2 + 62 + 62 and s["answers-only"]["seconds"] == 2 + 5
     table = markdown_table(s)
-    assert "| full | 2 | 70% [60%–80%] | 60% | 50% | 101 | 1.0 min |" in table
-    assert "| full | base | 0% [0%–0%] | – | – | – | 2.0 min |" in table
-    assert "| answers-only | 1 | 0% | 0% | – | 0 | 0.1 min |" in table
+    assert "| full | 0, 1 | 2 | 70% [60%–80%] | 60% | 50% | 101 | 1.0 min |" in table
+    assert "| full | 0, 1 | base | 0% [0%–0%] | – | – | – | 2.0 min |" in table
+    assert "| answers-only | 0 | 1 | 0% | 0% | – | 0 | 0.1 min |" in table
     assert plot(s, tmp_path / "p.png", chance=0.25).stat().st_size > 1000
 
 
@@ -75,3 +75,32 @@ def test_readme_quotes_the_committed_results():
     )
     with pytest.raises(ValueError):
         with_table("no markers", table)
+
+
+def test_finished_only_reads_back_finished_runs_and_runs_nothing(tmp_path, caplog):
+    """--finished-only: a finished run under the same config is read, an unfinished or reconfigured one left out."""
+    from pathlib import Path
+
+    import yaml
+
+    from vstar.config import load_config
+    from vstar.experiment import run_arms
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "miniature.yaml"
+
+    def finished_run(arm, seed, **changes):
+        more = [f"run.arm={arm}", f"run.seed={seed}", f"data.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
+        cfg = load_config(job, [*more, f"run.root={tmp_path}", *(f"{k}={v}" for k, v in changes.items())])
+        run = write_run(tmp_path, f"{arm}-seed{seed}", [0.0, 0.5], [0.1])
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        (run / "report.md").write_text("# report\n")
+        return run
+
+    finished_run("full", 0)
+    write_run(tmp_path, "full-seed1", [0.0], [])  # no report: still running, or stopped
+    finished_run("full", 2, **{"train.lr": 1.0})  # another recipe
+    with caplog.at_level("INFO", logger="vstar"):
+        runs = run_arms(job, ["full", "label-as-answer"], [0, 1, 2], tmp_path, finished_only=True)
+    assert [(r["arm"], r["seed"]) for r in runs] == [("full", 0)]
+    assert runs[0]["cycles"][1]["accuracy"] == 0.5
+    assert "train.lr" in caplog.text and "label-as-answer, seed 1 left out" in caplog.text

@@ -27,9 +27,15 @@ ARMS = ("full", "answers-only", "rationales-only", "label-as-answer")
 
 
 def run_arms(
-    config: str | Path, arms=ARMS, seeds=(0, 1, 2), root: str | Path = "runs/experiment", overrides=()
+    config: str | Path,
+    arms=ARMS,
+    seeds=(0, 1, 2),
+    root: str | Path = "runs/experiment",
+    overrides=(),
+    finished_only: bool = False,
 ) -> list[dict]:
-    """Run every arm for every seed (finished runs are read back); one result dict per run."""
+    """Run every arm for every seed (finished runs are read back); one result dict per run. With
+    `finished_only`, nothing runs: the runs that finished under this config are read back, the others left out."""
     from vstar.driver import run
 
     results = []
@@ -38,9 +44,28 @@ def run_arms(
             more = [f"run.arm={arm}", f"run.seed={seed}", f"data.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
             more += [f"run.root={root}", *overrides]
             cfg = load_config(config, more)
+            if finished_only:
+                if finished(cfg):
+                    results.append(read_run(Path(cfg.run.dir), arm, seed))
+                else:
+                    log.info("experiment: arm %s, seed %d left out: no finished run in %s", arm, seed, cfg.run.dir)
+                continue
             log.info("experiment: arm %s, seed %d → %s", arm, seed, cfg.run.dir)
             results.append(read_run(run(cfg), arm, seed))
     return results
+
+
+def finished(cfg) -> bool:
+    """Whether cfg's run directory holds a run that finished (its report written) under the same config."""
+    from vstar.driver import config_changes, saved_config
+
+    run_dir = Path(cfg.run.dir)
+    if not (run_dir / "report.md").exists():
+        return False
+    changed = config_changes(saved_config(run_dir / "config.yaml", cfg), cfg.model_dump(mode="json"))
+    if changed:
+        log.warning("experiment: %s ran under another config (%s): left out", run_dir, ", ".join(changed))
+    return not changed
 
 
 def read_run(run_dir: Path, arm: str, seed: int) -> dict:
@@ -127,13 +152,15 @@ def _pct(x: float | None) -> str:
 
 
 def markdown_table(summary: dict) -> str:
-    """Accuracy per cycle per arm (mean [min–max] over seeds), yields, records and time (a cycle's stages; the
+    """Accuracy per cycle per arm (mean [min–max] over the arm's seeds), yields, records and time (a cycle's stages; the
     base's row: its pretraining), as a Markdown table."""
     lines = [
-        "| arm | cycle | held-out accuracy, mean [min–max] | answer yield | rationalization yield | SFT records | time |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | seeds | cycle | held-out accuracy, mean [min–max] | answer yield | rationalization yield | SFT records"
+        " | time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm, s in summary.items():
+        seeds = ", ".join(map(str, s["seeds"]))
         for row in s["cycles"]:
             k = row["cycle"]
             acc = _pct(row["accuracy_mean"])
@@ -143,7 +170,7 @@ def markdown_table(summary: dict) -> str:
             seconds = s["pretrain_seconds"] if k == 0 else row["seconds"]  # the base's row: its pretraining
             seconds = "–" if seconds is None else f"{seconds / 60:.1f} min"
             lines.append(
-                f"| {arm} | {'base' if k == 0 else k} | {acc} | {_pct(row['answer_yield'])} | "
+                f"| {arm} | {seeds} | {'base' if k == 0 else k} | {acc} | {_pct(row['answer_yield'])} | "
                 f"{_pct(row['rationale_yield'])} | {records} | {seconds} |"
             )
     return "\n".join(lines) + "\n"

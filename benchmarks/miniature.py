@@ -1,7 +1,9 @@
 """The miniature Video-STaR experiment: jobs/miniature.yaml's arms × seeds, then a table and a plot.
 
 Each (arm, seed) is an ordinary `vstar run` (vstar.experiment); finished runs are read back, so an interrupted
-experiment resumes where it stopped. Results go to `--out` (default benchmarks/results/): miniature.json (every
+experiment resumes where it stopped. The runs recorded in <out>/miniature.json under the same recipe stand for runs
+that --root lacks (--ignore-recorded: they don't), so the ~5 h matrix can be measured over several sessions or
+machines: each invocation adds its runs to those. Results go to `--out` (default benchmarks/results/): miniature.json (every
 run's per-cycle figures and the summary), miniature.md (the table) and miniature.png; with the default `--out`
 the README's table is rewritten from them too.
 
@@ -28,7 +30,15 @@ import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vstar.experiment import ARMS, markdown_table, plot, run_arms, summarize, with_table  # noqa: E402
+from vstar.experiment import (  # noqa: E402
+    ARMS,
+    markdown_table,
+    plot,
+    run_arms,
+    summarize,
+    with_recorded,
+    with_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +55,11 @@ def main() -> None:
     parser.add_argument(
         "--finished-only", action="store_true", help="run nothing: summarize the arm × seed runs already finished"
     )
+    parser.add_argument(
+        "--ignore-recorded",
+        action="store_true",
+        help="don't let the runs recorded in <out>/miniature.json stand for runs that --root lacks",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     if args.table:
@@ -52,7 +67,13 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     start = time.perf_counter()
-    results = run_arms(args.config, args.arms, args.seeds, args.root, args.overrides, args.finished_only)
+    recorded = [] if args.ignore_recorded or not (out / "miniature.json").exists() else (
+        json.loads((out / "miniature.json").read_text())["runs"])  # fmt: skip
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    results = run_arms(args.config, args.arms, args.seeds, args.root, args.overrides, args.finished_only, recorded)
+    for r in results:
+        r.setdefault("machine", machine)  # the recorded ones keep theirs
+    results = with_recorded(results, recorded, args.config, args.root, args.overrides)  # other arms' and seeds'
     summary = summarize(results)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -60,7 +81,7 @@ def main() -> None:
         "runs": [f"{r['arm']}-seed{r['seed']}" for r in results],
         "config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT) else args.config,
         "seeds": args.seeds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine,
         "invocation_seconds": time.perf_counter() - start,  # finished runs are read back, not rerun
     }
     (out / "miniature.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))

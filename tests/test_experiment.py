@@ -104,3 +104,39 @@ def test_finished_only_reads_back_finished_runs_and_runs_nothing(tmp_path, caplo
     assert [(r["arm"], r["seed"]) for r in runs] == [("full", 0)]
     assert runs[0]["cycles"][1]["accuracy"] == 0.5
     assert "train.lr" in caplog.text and "label-as-answer, seed 1 left out" in caplog.text
+
+
+def test_recorded_results_stand_for_runs_the_root_lacks(tmp_path, caplog):
+    """A result recorded in miniature.json (another session's run) counts when it matches the recipe and has every
+    cycle; one of another recipe, or cut short, does not; with_recorded keeps the other arms' and seeds' results."""
+    from pathlib import Path
+
+    import yaml
+
+    from vstar.experiment import arm_config, run_arms, with_recorded
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "miniature.yaml"
+    before, now = tmp_path / "session1", tmp_path / "session2"
+    before.mkdir()
+
+    def recorded(arm, seed, accuracies, **changes):
+        cfg = arm_config(job, arm, seed, before, [f"{k}={v}" for k, v in changes.items()])
+        run = write_run(before, f"{arm}-seed{seed}", accuracies, [0.1] * (len(accuracies) - 1))
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        (run / "report.md").write_text("# report\n")
+        return read_run(run, arm, seed)
+
+    runs = [
+        recorded("full", 0, [0.0, 0.5, 0.7, 0.9]),
+        recorded("full", 1, [0.0, 0.5]),  # one cycle of the 3 asked for
+        recorded("full", 2, [0.0, 0.6, 0.8, 0.9], **{"train.lr": 1.0}),  # another recipe
+        recorded("label-as-answer", 0, [0.0, 0.9, 0.95, 0.97], **{"run.cache_dir": tmp_path / "c"}),  # another place
+    ]
+    assert runs[0]["finished"] and runs[0]["config"]["train"]["lr"] == 5.0e-4
+    with caplog.at_level("INFO", logger="vstar"):
+        got = run_arms(job, ["full"], [0, 1, 2], now, finished_only=True, recorded=runs)
+    assert [(r["arm"], r["seed"]) for r in got] == [("full", 0)]
+    assert "the recorded result" in caplog.text and "full-seed2 ran under another config (train.lr)" in caplog.text
+    merged = with_recorded(got, runs, job, now)
+    assert [(r["arm"], r["seed"]) for r in merged] == [("full", 0), ("label-as-answer", 0)]
+    assert with_recorded(got, [{k: v for k, v in runs[3].items() if k != "config"}], job, now) == got  # no recipe

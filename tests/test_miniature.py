@@ -13,7 +13,7 @@ import pytest
 from vstar.experiment import run_arms
 
 ROOT = Path(__file__).resolve().parents[1]
-CI_SIZED = ["train.cpus_per_worker=2", "run.max_cycles=1"]  # jobs/miniature.yaml's seed 0, one cycle: ~16 min
+CI_SIZED = ["train.cpus_per_worker=2", "run.max_cycles=1"]  # jobs/miniature.yaml's seed 0, one cycle: ~21 min
 
 
 @pytest.mark.slow

@@ -131,7 +131,11 @@ def prepare_run_dir(cfg: Config, fork: bool = False) -> Path:
 def saved_config(path: Path, cfg: Config) -> dict:
     """A run directory's config.yaml as this vstar reads it: keys added since it was written take their defaults
     (they are not changes); a file this version cannot parse is compared as it is."""
-    saved = yaml.safe_load(path.read_text()) or {}
+    return normalized_config(yaml.safe_load(path.read_text()) or {}, cfg)
+
+
+def normalized_config(saved: dict, cfg: Config) -> dict:
+    """A saved config (dict) as this vstar reads it, for config_changes against cfg's."""
     try:
         return type(cfg).model_validate(saved).model_dump(mode="json")
     except ValueError:  # pydantic's ValidationError: a key this version no longer has is then reported changed

@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 from vstar.config import load_config
 
@@ -33,26 +36,40 @@ def run_arms(
     root: str | Path = "runs/experiment",
     overrides=(),
     finished_only: bool = False,
+    recorded=(),
 ) -> list[dict]:
     """Run every arm for every seed (finished runs are read back); one result dict per run. With
-    `finished_only`, nothing runs: the runs that finished under this config are read back, the others left out."""
+    `finished_only`, nothing runs: the runs that finished under this config are read back, the others left out.
+
+    `recorded`: results read back before (a committed miniature.json's `runs`, measured in another session or on
+    another machine). One of the same arm, seed and recipe stands for a run that `root` does not hold, so an
+    experiment longer than a machine's lease is finished piece by piece."""
     from vstar.driver import run
 
     results = []
     for seed in seeds:
         for arm in arms:
-            more = [f"run.arm={arm}", f"run.seed={seed}", f"data.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
-            more += [f"run.root={root}", *overrides]
-            cfg = load_config(config, more)
+            cfg = arm_config(config, arm, seed, root, overrides)
+            if finished_only and finished(cfg):
+                results.append(read_run(Path(cfg.run.dir), arm, seed))
+                continue
+            if not (Path(cfg.run.dir) / "config.yaml").exists() and (prior := recorded_run(recorded, arm, seed, cfg)):
+                log.info("experiment: arm %s, seed %d: the recorded result (finished %s) stands", arm, seed,
+                         prior.get("finished"))  # fmt: skip
+                results.append(prior)
+                continue
             if finished_only:
-                if finished(cfg):
-                    results.append(read_run(Path(cfg.run.dir), arm, seed))
-                else:
-                    log.info("experiment: arm %s, seed %d left out: no finished run in %s", arm, seed, cfg.run.dir)
+                log.info("experiment: arm %s, seed %d left out: no finished run in %s", arm, seed, cfg.run.dir)
                 continue
             log.info("experiment: arm %s, seed %d → %s", arm, seed, cfg.run.dir)
             results.append(read_run(run(cfg), arm, seed))
     return results
+
+
+def arm_config(config, arm: str, seed: int, root, overrides=()):
+    """The config of one (arm, seed) run: `<root>/<arm>-seed<seed>`, the seed setting weights and data alike."""
+    more = [f"run.arm={arm}", f"run.seed={seed}", f"data.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
+    return load_config(config, [*more, f"run.root={root}", *overrides])
 
 
 def finished(cfg) -> bool:
@@ -66,6 +83,42 @@ def finished(cfg) -> bool:
     if changed:
         log.warning("experiment: %s ran under another config (%s): left out", run_dir, ", ".join(changed))
     return not changed
+
+
+# Where a run's files go, not what it computes: a recorded result made under other paths still matches.
+PLACES = ("run.root", "run.cache_dir")
+
+
+def recorded_run(recorded, arm: str, seed: int, cfg) -> dict | None:
+    """The recorded result of `arm` and `seed` made under cfg's recipe (config keys in RUNTIME_KEYS and PLACES
+    may differ) with every cycle cfg asks for, or None. Results recorded without their config never match."""
+    from vstar.driver import config_changes, normalized_config
+
+    for r in recorded:
+        if (r.get("arm"), r.get("seed")) != (arm, seed) or not r.get("config"):
+            continue
+        changed = [k for k in config_changes(normalized_config(r["config"], cfg), cfg.model_dump(mode="json"))
+                   if k not in PLACES]  # fmt: skip
+        cycles = r.get("cycles") or []
+        complete = len(cycles) > cfg.run.max_cycles or bool(cycles and cycles[-1].get("stop"))
+        if changed:
+            log.info("experiment: the recorded %s-seed%d ran under another config (%s)", arm, seed, ", ".join(changed))
+        elif complete:
+            return r
+    return None
+
+
+def with_recorded(results: list[dict], recorded, config, root, overrides=()) -> list[dict]:
+    """`results` plus the recorded results of other arms and seeds that still match the recipe (a recorded run of
+    another recipe is dropped): the experiment so far, in run_arms' order (seed, then arm)."""
+    have = {(r["arm"], r["seed"]) for r in results}
+    more = []
+    for arm, seed in dict.fromkeys((r.get("arm"), r.get("seed")) for r in recorded):
+        if (arm, seed) in have or arm not in ARMS:
+            continue
+        if prior := recorded_run(recorded, arm, seed, arm_config(config, arm, seed, root, overrides)):
+            more.append(prior)
+    return sorted(results + more, key=lambda r: (r["seed"], ARMS.index(r["arm"])))
 
 
 def read_run(run_dir: Path, arm: str, seed: int) -> dict:
@@ -93,6 +146,7 @@ def read_run(run_dir: Path, arm: str, seed: int) -> dict:
             c["accuracy"] = prev["accuracy"]
     base = lines[0].get("model", "") if lines else ""
     pretrain = Path(base) / "vstar_pretrain.json"
+    report, config = run_dir / "report.md", run_dir / "config.yaml"
     return {
         "arm": arm,
         "seed": seed,
@@ -100,7 +154,13 @@ def read_run(run_dir: Path, arm: str, seed: int) -> dict:
         "cycles": cycles,
         "pretrain_seconds": json.loads(pretrain.read_text())["seconds"] if pretrain.exists() else None,
         "seconds": sum(c["seconds"] for c in cycles),
+        "finished": _mtime(report) if report.exists() else None,
+        "config": yaml.safe_load(config.read_text()) if config.exists() else None,  # the recipe, to match it later
     }
+
+
+def _mtime(path: Path) -> str:
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="minutes")
 
 
 def summarize(results: list[dict]) -> dict:

@@ -2,8 +2,8 @@
 
 The base (vstar.pretrain) never sees a direction answered, so it starts near 0%; one cycle must beat it by
 at least 10 points of held-out accuracy. Known weakness: always saying some direction word is worth 25%
-(chance), so this bound also passes on format alone. An above-chance bound waits for the 3-seed results to
-show how much cycle 1 varies (an earlier recipe gave 68% in one run and 29% in another; README).
+(chance), so this bound also passes on format alone. An above-chance bound would fail now and then: cycle 1
+of the full arm measured 28.5-54% over seeds 0-2 and two sessions (seed 0: 39.8% and 53.8%; README).
 """
 
 from pathlib import Path

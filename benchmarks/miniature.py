@@ -2,12 +2,12 @@
 
 Each (arm, seed) is an ordinary `vstar run` (vstar.experiment); finished runs are read back, so an interrupted
 experiment resumes where it stopped. The runs recorded in <out>/miniature.json under the same recipe stand for runs
-that --root lacks (--ignore-recorded: they don't), so the ~5 h matrix can be measured over several sessions or
+that --root lacks (--ignore-recorded: they don't), so the ~3.3 h matrix can be measured over several sessions or
 machines: each invocation adds its runs to those. Results go to `--out` (default benchmarks/results/): miniature.json (every
 run's per-cycle figures and the summary), miniature.md (the table) and miniature.png; with the default `--out`
 the README's table is rewritten from them too.
 
-    . .venv/bin/activate && python benchmarks/miniature.py                     # 4 arms × 3 seeds, ~5 h on 2 cores
+    . .venv/bin/activate && python benchmarks/miniature.py                     # 4 arms × 3 seeds, ~3.3 h on 2 cores
     python benchmarks/miniature.py --seeds 0 --arms full label-as-answer       # one seed, two arms
     python benchmarks/miniature.py --table                                     # reprint the table from miniature.json
     python benchmarks/miniature.py --finished-only                             # the table of the runs finished so far

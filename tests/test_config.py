@@ -32,6 +32,17 @@ def test_overrides_are_parsed_as_yaml_and_typed():
     assert cfg.model.path is None
 
 
+def test_the_cache_is_absolute_wherever_it_is_given(tmp_path, monkeypatch):
+    """Ray workers run in another working directory: a relative cache must not reach them relative."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None, ["run.cache_dir=runs/cache"]).run.cache == tmp_path / "runs" / "cache"
+    monkeypatch.setenv("VSTAR_CACHE", "vc")
+    assert load_config(None, []).run.cache == tmp_path / "vc"
+    monkeypatch.delenv("VSTAR_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load_config(None, ["run.cache_dir=~/c"]).run.cache == tmp_path / "home" / "c"
+
+
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text("train:\n  lr: 0.001\n  epochs: 2\ndata:\n  num_frames: 4\n")

@@ -54,7 +54,8 @@ class RunConfig(_Section):
 
     @property
     def cache(self) -> Path:
-        return Path(self.cache_dir or os.environ.get("VSTAR_CACHE") or Path.home() / ".cache" / "vstar")
+        path = Path(self.cache_dir or os.environ.get("VSTAR_CACHE") or Path.home() / ".cache" / "vstar")
+        return path.expanduser().absolute()  # Ray workers may run in another working directory
 
 
 class SynthConfig(_Section):

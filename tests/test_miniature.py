@@ -13,19 +13,22 @@ from the pixels only after ~500 steps on the chance plateau.
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from vstar.data.synth import splits_for
 from vstar.experiment import run_arms
 
 ROOT = Path(__file__).resolve().parents[1]
+VIDEOS = 2000
 CI_SIZED = [  # jobs/miniature.yaml's seed 0, one cycle, smaller: ~9 min
-    "data.synth.num_videos=2000",
+    f"data.synth.num_videos={VIDEOS}",
     "pretrain.steps=1000",
     "pretrain.num_videos=500",
     "train.cpus_per_worker=2",
     "run.max_cycles=1",
 ]
-TRAIN_VIDEOS = 1600  # 80% of data.synth.num_videos
+TRAIN_VIDEOS = splits_for(VIDEOS, np.random.default_rng()).count("train")  # 1600: the split rule's own count
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from vstar.data.adapters import CONVERTERS
-from vstar.data.manifest import load_manifest, write_report
+from vstar.data.manifest import load_manifest, write_manifest
 from vstar.data.questions import assign_question
 from vstar.data.synth import make_scene, render, write_video
 from vstar.verify import render_label, render_labels, verify
@@ -408,7 +408,7 @@ def test_generic_jsonl_and_written_manifest(tmp_path):
         [{"name": "balls", "type": "number", "value": 3.0}],
     ]
     # What `vstar data convert` writes is a manifest that loads back as the same samples.
-    manifest = write_report(report, tmp_path / "out")
+    manifest = write_manifest(report, tmp_path / "out")
     assert load_manifest(manifest).samples == report.samples
 
     (tmp_path / "bad.yaml").write_text("rows: t.jsonl\nvideo: path\nlabels:\n  balls: {type: number, unit: s}\n")

@@ -73,7 +73,7 @@ def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
             f"run.root={tmp_path}/runs",
             f"run.cache_dir={tmp_path}/cache",
             f"data.manifest={tmp_path}/s/m.jsonl",
-            "pretrain.steps=0",
+            "demo.pretrain.steps=0",
             "generate.max_new_tokens=8",
             "eval.max_new_tokens=8",
         ]
@@ -89,16 +89,16 @@ def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
     errors = [v for v in videos if v["error"]]
     assert len(errors) == 1 and "damaged.mp4" in errors[0]["error"]
     assert (tmp_path / "cache" / "models" / "tiny-qwen2_5_vl-w64-seed0-v2" / "model.safetensors").exists()
-    answers = pd.read_parquet(run / "cycle_0" / "answers")  # the damaged video's sample is an error row there
+    answers = pd.read_parquet(run / "cycle_1" / "answers")  # the damaged video's sample is an error row there
     assert "damaged.mp4" in answers.set_index("sample_id").loc["damaged-direction", "error"]
     # the loop stops with its reason: with no verified answer at all, after the first cycle (a random model
     # with the word-level tiny tokenizer may say a right label word by chance and train a cycle)
     [stop] = run.glob("cycle_*/STOP")
-    records = json.loads((run / "cycle_0" / "sft" / "_SUCCESS.json").read_text())["records"]
+    records = json.loads((run / "cycle_1" / "sft" / "_SUCCESS.json").read_text())["records"]
     if records == 0:
-        assert stop.parent.name == "cycle_0" and "no verified answer" in stop.read_text()
+        assert stop.parent.name == "cycle_1" and "no verified answer" in stop.read_text()
     else:
-        assert (run / "cycle_0" / "model" / "config.json").exists()
+        assert (run / "cycle_1" / "model" / "config.json").exists()
     assert (run / "report.md").exists()
 
 

@@ -55,7 +55,7 @@ def test_yaml_then_overrides(tmp_path):
     [
         (["train.lrr=1"], "train.lrr: unknown key (train takes: lr, epochs,"),
         (["trian.lr=1"], "trian: unknown key (the config takes: run, data, model,"),
-        (["data.synth.sized=1"], "data.synth.sized: unknown key (data.synth takes: num_videos,"),
+        (["demo.synth.sized=1"], "demo.synth.sized: unknown key (demo.synth takes: num_videos,"),
         (["train.lr=fast"], "train.lr: Input should be a valid number"),
         (["data.num_frames=0"], "data.num_frames: Input should be greater than or equal to 1 (got 0)"),
         (["generate.backend=tgi"], "generate.backend: Input should be 'hf' or 'vllm' (got 'tgi')"),

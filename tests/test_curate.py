@@ -13,17 +13,17 @@ from hypothesis import strategies as st
 
 from vstar.config import CurateConfig
 from vstar.curate import curate, export_llava, read_mix, to_llava, write_sft
-from vstar.generate.prompts import RATIONALIZE
-from vstar.generate.stage import SCHEMA
+from vstar.generate.prompts import RATIONALE
+from vstar.schema import GENERATED
 
 DIRECTION = [{"name": "direction", "type": "class", "value": "left"}]
 
 
 def row(sample_id, candidates, passed, *, kind="answer", video=None, labels=DIRECTION, error=None, question=None):
-    """One generate-stage row with every SCHEMA column, numpy lists as Parquet gives them back."""
+    """One generate-stage row with every GENERATED column, numpy lists as Parquet gives them back."""
     question = question or f"Which way does the circle move in {sample_id}?"
     hint = " / ".join(str(x["value"]) for x in labels)
-    prompt = f"{question}\nAnswer: {hint}\n{RATIONALIZE}" if kind == "rationalize" else f"{question} Explain."
+    prompt = f"{question}\nAnswer: {hint}\n{RATIONALE}" if kind == "rationale" else f"{question} Explain."
     values = dict(
         sample_id=sample_id,
         kind=kind,
@@ -51,12 +51,12 @@ def row(sample_id, candidates, passed, *, kind="answer", video=None, labels=DIRE
         passed=np.array(passed, dtype=bool),
         num_passed=sum(passed),
     )
-    assert list(values) == SCHEMA.names
+    assert list(values) == GENERATED.names
     return values
 
 
 def frame(*rows) -> pd.DataFrame:
-    return pd.DataFrame(list(rows), columns=SCHEMA.names)
+    return pd.DataFrame(list(rows), columns=GENERATED.names)
 
 
 @pytest.fixture
@@ -66,14 +66,14 @@ def rows():
         row("s2", ["up", "down"], [False, False]),
         row("s3", [], [], error="decode failed: timeout"),
     )
-    rationales = frame(row("s2", ["The circle goes left, so: Answer: left"], [True], kind="rationalize"))
+    rationales = frame(row("s2", ["The circle goes left, so: Answer: left"], [True], kind="rationale"))
     return answers, rationales
 
 
 def test_curate_answers_rationales_errors(rows):
     answers, rationales = rows
     records, stats = curate(answers, rationales, cycle=2, cfg=CurateConfig(max_per_sample=4))
-    assert [(r["sample_id"], r["origin"]) for r in records] == [("s1", "answer"), ("s2", "rationalization")]
+    assert [(r["sample_id"], r["origin"]) for r in records] == [("s1", "answer"), ("s2", "rationale")]
     s1, s2 = records
     assert s1["answer"] == "It moves  left."  # first of the two identical (up to whitespace) candidates
     assert s1 | {"answer": None} == {
@@ -93,11 +93,11 @@ def test_curate_answers_rationales_errors(rows):
     assert s2["question"] == rationales["question"][0]
     text = json.dumps(s2)
     assert rationales["prompt"][0] not in text and "\\nAnswer:" not in s2["question"]
-    assert RATIONALIZE not in text
+    assert RATIONALE not in text
     json.dumps(records, allow_nan=False)  # plain JSON types, no NaN
     assert stats == {
         "records": 2,
-        "by_origin": {"answer": 1, "rationalization": 1},
+        "by_origin": {"answer": 1, "rationale": 1},
         "by_label_type": {"class": 2},
         "by_task": {"motion": 2},
         "dropped": {"duplicate": 1, "cap_sample": 0, "cap_video": 0, "cap_label": 0},
@@ -224,7 +224,7 @@ def test_write_sft_export_llava_round_trip(rows, tmp_path):
     out, n = export_llava(run, tmp_path / "export" / "vstar.json")
     entries = json.loads(out.read_text())
     assert n == len(entries) == 2 and entries == to_llava(second)
-    assert [e["id"] for e in entries] == ["s1#answer#0", "s2#rationalization#0"]
+    assert [e["id"] for e in entries] == ["s1#answer#0", "s2#rationale#0"]
     assert entries[1]["conversations"] == [
         {"from": "human", "value": "<video>\n" + second[1]["question"]},
         {"from": "gpt", "value": second[1]["answer"]},
@@ -249,7 +249,7 @@ def test_export_llava_missing(tmp_path):
 
 LABEL = st.sampled_from(["left", "right", "up", "down"])
 ROW = st.tuples(
-    st.sampled_from(["answer", "rationalize"]),
+    st.sampled_from(["answer", "rationale"]),
     st.lists(
         st.tuples(st.sampled_from(["left", "goes left", " left ", "up", "Answer: left"]), st.booleans()), max_size=4
     ),
@@ -275,11 +275,11 @@ def test_no_hint_and_only_passing_rows(specs, per_video, per_sample, seed):
         for i, (kind, cands, err, value, video) in enumerate(specs)
     ]
     answers = frame(*[r for r in made if r["kind"] == "answer"])
-    rationales = frame(*[r for r in made if r["kind"] == "rationalize"])
+    rationales = frame(*[r for r in made if r["kind"] == "rationale"])
     cfg = CurateConfig(max_per_sample=per_sample, max_per_video=per_video or None)
     records, stats = curate(answers, rationales, cycle=0, cfg=cfg, seed=seed)
     passing = {(r["sample_id"], r["kind"]) for r in made if r["error"] is None and r["passed"].any()}
-    origin = {"answer": "answer", "rationalization": "rationalize"}
+    origin = {"answer": "answer", "rationale": "rationale"}
     for r in records:
         assert (r["sample_id"], origin[r["origin"]]) in passing
         assert (
@@ -301,10 +301,10 @@ def test_carry_forward_keeps_earlier_records_of_samples_that_failed_now():
         return {"sample_id": sample_id, "answer": answer, "origin": origin, "cycle": 0, "video": f"{sample_id}.mp4",
                 "task": "motion", "labels": DIRECTION, "label_types": ["class"]}  # fmt: skip
 
-    previous = [earlier("v1", "old v1", "answer"), earlier("v2", "old v2", "rationalization"), earlier("m", "x", "mix")]
+    previous = [earlier("v1", "old v1", "answer"), earlier("v2", "old v2", "rationale"), earlier("m", "x", "mix")]
     records, stats = curate(now, None, 1, CurateConfig(), previous=previous)
     assert [(r["sample_id"], r["answer"], r["cycle"]) for r in records] == [
         ("v1", "Answer: left", 1),  # this cycle's record wins
         ("v2", "old v2", 0),  # carried, with the cycle that verified it
     ]
-    assert stats["carried"] == 1 and stats["by_origin"] == {"answer": 1, "rationalization": 1}
+    assert stats["carried"] == 1 and stats["by_origin"] == {"answer": 1, "rationale": 1}

@@ -30,10 +30,10 @@ def small(tmp_path: Path, name: str, *more: str) -> list[str]:
         f"run.name={name}",
         f"run.root={tmp_path}/runs",
         f"run.cache_dir={tmp_path.parent}/driver-cache",  # shared by the tests of this module
-        "data.synth.num_videos=10",
+        "demo.synth.num_videos=10",
         "generate.max_new_tokens=12",
         "eval.max_new_tokens=12",
-        "pretrain.steps=40",
+        "demo.pretrain.steps=40",
         *more,
     ]
 
@@ -47,44 +47,46 @@ def test_two_cycles_end_to_end(ray_local, tmp_path):
     from vstar.driver import run
 
     run_dir = run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "run.max_cycles=1")))
-    assert (run_dir / "cycle_0" / "STOP").read_text() == "run.max_cycles 1 reached\n"
+    assert (run_dir / "cycle_1" / "STOP").read_text() == "run.max_cycles 1 reached\n"
     assert run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full"))) == run_dir  # resumed with 2 cycles
 
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [x["cycle"] for x in lines] == [-1, 0, 1]
+    assert [x["cycle"] for x in lines] == [0, 1, 2]
     assert lines[1]["stop"] is None and lines[-1]["stop"] == "run.max_cycles 2 reached"  # the old stop is gone
     manifest = {json.loads(x)["sample_id"]: json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()}
     train_ids = {k for k, s in manifest.items() if s["split"] == "train"}
-    for k in (0, 1):
+    for k in (1, 2):
         cycle = run_dir / f"cycle_{k}"
         answers = parquet_rows(cycle / "answers")
         assert sorted(answers["sample_id"]) == sorted(train_ids)  # every training sample once
         failed = set(answers.loc[answers["num_passed"] == 0, "sample_id"])
         assert set(parquet_rows(cycle / "rationales")["sample_id"]) == failed  # exactly the failures re-asked
         records = [json.loads(x) for x in (cycle / "sft" / "records.jsonl").open()]
-        assert records and lines[k + 1]["sft"]["records"] == len(records)
+        assert records and lines[k]["sft"]["records"] == len(records)
         for r in records:  # the training record keeps the original question: the hint never reaches training
             assert r["question"] == manifest[r["sample_id"]]["question"] and "\nAnswer:" not in r["question"]
-            assert r["origin"] in ("answer", "rationalization") and r["cycle"] == k
+            assert r["origin"] in ("answer", "rationale") and r["cycle"] == k
         assert (cycle / "model" / "model.safetensors").exists()
-        assert lines[k + 1]["eval"]["n"] == lines[0]["eval"]["n"] > 0
-        assert lines[k + 1]["model"] == (str(run_dir / "cycle_0" / "model") if k else lines[0]["model"])
+        assert lines[k]["eval"]["n"] == lines[0]["eval"]["n"] > 0
+        assert lines[k]["model"] == str(cycle / "model")  # the model its eval scored: model_k
+        generator = str(run_dir / "cycle_1" / "model") if k == 2 else lines[0]["model"]
+        assert lines[k]["answers"]["model"] == generator  # model_{k-1} answered
     report = (run_dir / "report.md").read_text()
     assert "plots/yield_accuracy.png" in report and (run_dir / "plots" / "stage_time.png").stat().st_size > 1000
 
     # the same config again: everything is marked done, nothing runs twice
-    stamp = (run_dir / "cycle_1" / "answers" / "_SUCCESS.json").stat().st_mtime_ns
+    stamp = (run_dir / "cycle_2" / "answers" / "_SUCCESS.json").stat().st_mtime_ns
     run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full")))
-    assert (run_dir / "cycle_1" / "answers" / "_SUCCESS.json").stat().st_mtime_ns == stamp
+    assert (run_dir / "cycle_2" / "answers" / "_SUCCESS.json").stat().st_mtime_ns == stamp
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
 
     # a different config is refused with the keys that differ; runtime keys may change
     with pytest.raises(ConfigError, match=r"different config \(train.lr: 0.001 → 0.01\).*--fork"):
         run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.lr=1e-2")))
-    from vstar.driver import prepare_run_dir
+    from vstar.storage import open_run
 
-    prepare_run_dir(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.num_workers=2")))
-    forked = prepare_run_dir(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.lr=1e-2")), fork=True)
+    open_run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.num_workers=2")))
+    forked = open_run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.lr=1e-2")), fork=True)
     assert forked.name == "full-fork1" and yaml.safe_load((forked / "config.yaml").read_text())["train"]["lr"] == 0.01
 
     # the curated data as LLaVA JSON
@@ -109,7 +111,7 @@ def test_data_tasks_keeps_those_tasks_and_names_an_absent_one(synth_dir, tmp_pat
 
 
 def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path):
-    from vstar.driver import config_changes, saved_config
+    from vstar.storage import config_changes, saved_config
 
     cfg = load_config(None, [])
     saved = cfg.model_dump(mode="json")
@@ -124,36 +126,37 @@ def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_ablation_arms(ray_local, tmp_path):
-    """run.arm: the paper's ablations are the same loop with a stage left out, or the labels as answers."""
+    """vstar.experiment's arms: the paper's ablations are the product's loop handed another SFT step, one with a
+    stage left out, or the labels as answers."""
     from vstar.driver import run
+    from vstar.experiment import ARMS
     from vstar.verify.render import render_labels
 
     def arm(name, *more):
-        run_dir = run(
-            load_config(EMBEDDED_DEFAULT, small(tmp_path, name, f"run.arm={name}", "run.max_cycles=1", *more))
-        )
+        cfg = load_config(EMBEDDED_DEFAULT, small(tmp_path, name, "run.max_cycles=1", *more))
+        run_dir = run(cfg, sft_step=ARMS[name])
         return run_dir, [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
     run_dir, lines = arm("label-as-answer")
     samples = {json.loads(x)["sample_id"]: json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()}
-    records = [json.loads(x) for x in (run_dir / "cycle_0" / "sft" / "records.jsonl").open()]
+    records = [json.loads(x) for x in (run_dir / "cycle_1" / "sft" / "records.jsonl").open()]
     assert sorted(r["sample_id"] for r in records) == sorted(k for k, s in samples.items() if s["split"] == "train")
     for r in records:
         assert r["origin"] == "label" and r["question"] == samples[r["sample_id"]]["question"]
         assert r["answer"] == "Answer: " + render_labels(Sample.model_validate(samples[r["sample_id"]]).labels)
-    assert not (run_dir / "cycle_0" / "answers").exists() and lines[1]["eval"]["n"] > 0
+    assert not (run_dir / "cycle_1" / "answers").exists() and lines[1]["eval"]["n"] > 0
 
     run_dir, lines = arm("rationales-only")
-    assert lines[1]["answers"]["skipped"] and not list((run_dir / "cycle_0" / "answers").glob("*.parquet"))
-    asked = parquet_rows(run_dir / "cycle_0" / "rationales")["sample_id"]
+    assert lines[1]["answers"]["skipped"] and not list((run_dir / "cycle_1" / "answers").glob("*.parquet"))
+    asked = parquet_rows(run_dir / "cycle_1" / "rationales")["sample_id"]
     assert sorted(asked) == sorted(k for k, s in samples.items() if s["split"] == "train")  # every sample
-    assert {r["origin"] for r in map(json.loads, (run_dir / "cycle_0" / "sft" / "records.jsonl").open())} <= {
-        "rationalization"
+    assert {r["origin"] for r in map(json.loads, (run_dir / "cycle_1" / "sft" / "records.jsonl").open())} <= {
+        "rationale"
     }
 
     run_dir, lines = arm("answers-only")
     assert lines[1]["rationales"]["skipped"] and lines[1]["answers"]["samples"] == len(asked)
-    sft = run_dir / "cycle_0" / "sft" / "records.jsonl"
+    sft = run_dir / "cycle_1" / "sft" / "records.jsonl"
     assert {json.loads(x)["origin"] for x in sft.open()} <= {"answer"}
 
 
@@ -190,7 +193,7 @@ def test_a_driver_killed_in_every_stage_resumes_to_the_same_rows(tmp_path):
         tmp_path, "killed", "run.max_cycles=2", "run.min_delta=1", "run.num_cpus=2", "train.global_batch_size=2"
     )
     run_dir = tmp_path / "runs" / "killed"
-    cycle = run_dir / "cycle_0"
+    cycle = run_dir / "cycle_1"
     stages = [
         ("answers being written", lambda: any((cycle / "answers").glob("*.parquet"))),
         ("rationales being written", lambda: any((cycle / "rationales").glob("*.parquet"))),
@@ -223,8 +226,8 @@ def test_a_driver_killed_in_every_stage_resumes_to_the_same_rows(tmp_path):
     assert evals["sample_id"].is_unique
     assert sorted(evals["sample_id"]) == sorted(s["sample_id"] for s in manifest if s["split"] == "test")
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [x["cycle"] for x in lines] == [-1, 0] and "run.min_delta 1" in lines[-1]["stop"]
-    assert not (run_dir / "cycle_1").exists()
+    assert [x["cycle"] for x in lines] == [0, 1] and "run.min_delta 1" in lines[-1]["stop"]
+    assert not (run_dir / "cycle_2").exists()
 
 
 AGENT_PORTS = (
@@ -272,8 +275,8 @@ def test_ray_job_submit_runs_the_demo_on_a_head_node(tmp_path):
     try:
         args = [
             "run.max_cycles=1",
-            "pretrain.steps=0",
-            "data.synth.num_videos=10",
+            "demo.pretrain.steps=0",
+            "demo.synth.num_videos=10",
             "generate.max_new_tokens=8",
             "eval.max_new_tokens=8",
             f"run.root={tmp_path}/runs",

@@ -11,22 +11,22 @@ def write_run(root, name, accuracies, answer_yields, stop_early=False):
     run = root / name
     run.mkdir()
     lines = [
-        {"cycle": -1, "model": str(root / "base"), "eval": {"accuracy": accuracies[0]}, "stage_seconds": {"eval": 2}}
+        {"cycle": 0, "model": str(root / "base"), "eval": {"accuracy": accuracies[0]}, "stage_seconds": {"eval": 2}}
     ]
-    for k, (acc, y) in enumerate(zip(accuracies[1:], answer_yields, strict=True)):
+    for k, (acc, y) in enumerate(zip(accuracies[1:], answer_yields, strict=True), start=1):
         lines.append(
             {
                 "cycle": k,
                 "answers": {"yield": y},
                 "rationales": {"yield": 0.5},
-                "sft": {"records": 100 + k},
+                "sft": {"records": 99 + k},
                 "eval": {"accuracy": acc},
                 "stage_seconds": {"answers": 10, "train": 50, "eval": 2},
                 "stop": None,
             }
         )
     if stop_early:
-        lines.append({"cycle": len(lines) - 1, "answers": {"yield": 0.0}, "rationales": {"skipped": "arm"},
+        lines.append({"cycle": len(lines), "answers": {"yield": 0.0}, "rationales": {"skipped": "arm"},
                       "sft": {"records": 0}, "stage_seconds": {"answers": 5}, "stop": "no verified answer"})  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return run
@@ -83,14 +83,12 @@ def test_finished_only_reads_back_finished_runs_and_runs_nothing(tmp_path, caplo
 
     import yaml
 
-    from vstar.config import load_config
-    from vstar.experiment import run_arms
+    from vstar.experiment import arm_config, run_arms
 
     job = Path(__file__).resolve().parents[1] / "jobs" / "miniature.yaml"
 
     def finished_run(arm, seed, **changes):
-        more = [f"run.arm={arm}", f"run.seed={seed}", f"data.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
-        cfg = load_config(job, [*more, f"run.root={tmp_path}", *(f"{k}={v}" for k, v in changes.items())])
+        cfg = arm_config(job, arm, seed, tmp_path, [f"{k}={v}" for k, v in changes.items()])
         run = write_run(tmp_path, f"{arm}-seed{seed}", [0.0, 0.5], [0.1])
         (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
         (run / "report.md").write_text("# report\n")

@@ -18,7 +18,7 @@ from vstar.config import load_config
 from vstar.data.frames import frames_row, sample_frames
 from vstar.data.questions import FRAMINGS, TASK_BANKS, TYPE_BANKS, assign_question
 from vstar.generate.backends import HFBackend
-from vstar.generate.prompts import STEP_BY_STEP, answer_prompt, rationalize_prompt
+from vstar.generate.prompts import STEP_BY_STEP, answer_prompt, rationale_prompt
 from vstar.generate.stage import GenerateActor, _objects, generate_stage, prompt_rows
 from vstar.schema import Sample
 
@@ -63,10 +63,10 @@ def test_the_hint_is_only_in_the_rationalization_prompt(questioned):
     sample = next(q for q in questioned if q.task == "span")
     label = sample.labels[0]
     hint = f"Answer: from {label.value[0]:.2f} to {label.value[1]:.2f} of the video"
-    answer, rational = prompt_rows([sample], "answer")[0], prompt_rows([sample], "rationalize")[0]
+    answer, rational = prompt_rows([sample], "answer")[0], prompt_rows([sample], "rationale")[0]
     assert answer["prompt"] == answer_prompt(sample.question) == f"{sample.question} {STEP_BY_STEP}"
     assert hint not in answer["prompt"] and hint in rational["prompt"]
-    assert rational["prompt"] == rationalize_prompt(sample.question, sample.labels)
+    assert rational["prompt"] == rationale_prompt(sample.question, sample.labels)
     assert answer["question"] == rational["question"] == sample.question  # the record keeps no hint
 
 
@@ -122,7 +122,7 @@ def test_stage_every_row_once_with_a_damaged_video(ray_local, tiny_vlm_dir, ques
     damaged.write_bytes(b"\x00" * 2048)
     bad = questioned[0].model_copy(update={"sample_id": "damaged", "video": str(damaged)})
     samples = questioned[:10] + [bad]
-    for mode in ("answer", "rationalize"):
+    for mode in ("answer", "rationale"):
         out = generate_stage(samples, mode, tmp_path / mode, str(tiny_vlm_dir), CFG.generate, CFG.data, CFG.verify)
         df = read_rows(out)
         assert sorted(df["sample_id"]) == sorted(s.sample_id for s in samples)

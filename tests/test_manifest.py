@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vstar.data.manifest import load_manifest, read_samples, write_report
+from vstar.data.manifest import load_manifest, read_samples, write_manifest
 
 GOOD = {
     "sample_id": "a",
@@ -95,7 +95,7 @@ def test_report_files_keep_good_rows_and_reasons(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps(BAD_ROWS[1][0]) + "\n")
     report = load_manifest(path)
-    out = write_report(report, tmp_path / "out")
+    out = write_manifest(report, tmp_path / "out")
     assert [s.sample_id for s in read_samples(out)] == ["a"]
     rejected = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     assert rejected[0]["where"] == f"{path} line 2"

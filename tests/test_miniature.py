@@ -1,6 +1,6 @@
 """The miniature Video-STaR experiment, CI-sized: one seed, one cycle of the full loop, through `vstar run`.
 
-The base (vstar.pretrain) never sees a direction answered, so it starts near 0%; one cycle must beat it by
+The base (vstar.demo.pretrain) never sees a direction answered, so it starts near 0%; one cycle must beat it by
 at least 10 points of held-out accuracy. Known weakness: always saying some direction word is worth 25%
 (chance), so this bound also passes on format alone. An above-chance bound would fail now and then: cycle 1
 of the full-sized arm measured 28.5-54% over seeds 0-2 and two sessions (README).
@@ -22,9 +22,9 @@ from vstar.experiment import run_arms
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = 2000
 CI_SIZED = [  # jobs/miniature.yaml's seed 0, one cycle, smaller: ~9 min
-    f"data.synth.num_videos={VIDEOS}",
-    "pretrain.steps=1000",
-    "pretrain.num_videos=500",
+    f"demo.synth.num_videos={VIDEOS}",
+    "demo.pretrain.steps=1000",
+    "demo.pretrain.num_videos=500",
     "train.cpus_per_worker=2",
     "run.max_cycles=1",
 ]

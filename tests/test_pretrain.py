@@ -1,17 +1,18 @@
-"""The tiny VLM's base recipe (vstar.pretrain): what the base is taught, and what it never sees."""
+"""The tiny VLM's base recipe (vstar.demo.pretrain): what the base is taught, and what it never sees."""
 
 import re
 
 from vstar.config import load_config
 from vstar.data.synth import DIRECTIONS
-from vstar.pretrain import base_key, pool_records
+from vstar.demo.pretrain import base_key, pool_records
 
 DIRECTION_WORD = re.compile(r"\b(" + "|".join(DIRECTIONS) + r")\b")
 
 
 def miniature(tmp_path, *more):
     return load_config(
-        "jobs/miniature.yaml", [f"run.cache_dir={tmp_path}", "pretrain.num_videos=40", "pretrain.hint_words=1.5", *more]
+        "jobs/miniature.yaml",
+        [f"run.cache_dir={tmp_path}", "demo.pretrain.num_videos=40", "demo.pretrain.hint_words=1.5", *more],
     )
 
 
@@ -36,6 +37,6 @@ def test_the_base_never_sees_a_direction_answered(tmp_path):
 
 def test_the_cache_key_follows_what_shapes_the_base(tmp_path):
     a = miniature(tmp_path)
-    assert base_key(a) == base_key(miniature(tmp_path, "train.cpus_per_worker=0.5", "data.synth.num_videos=10"))
-    for change in ("pretrain.steps=10", "run.seed=1", "data.synth.size=64", "data.num_frames=4"):
+    assert base_key(a) == base_key(miniature(tmp_path, "train.cpus_per_worker=0.5", "demo.synth.num_videos=10"))
+    for change in ("demo.pretrain.steps=10", "run.seed=1", "demo.synth.size=64", "data.num_frames=4"):
         assert base_key(a) != base_key(miniature(tmp_path, change)), change

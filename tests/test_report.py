@@ -7,7 +7,7 @@ import pytest
 from vstar.report import read_metrics, write_report
 
 BASE = {
-    "cycle": -1,
+    "cycle": 0,
     "model": "tiny",
     "eval": {"accuracy": 0.21, "n": 40, "by_task": {"direction": 0.3}, "by_label_type": {"class": 0.25}},
     "stage_seconds": {"eval": 3.1},
@@ -17,10 +17,10 @@ BASE = {
 def cycle(k, accuracy, stop=None):
     return {
         "cycle": k,
-        "model": f"runs/t/cycle{k - 1}/model",
+        "model": f"runs/t/cycle_{k}/model",
         "answers": {"samples": 200, "passed": 40, "yield": 0.2, "errors": 1, "candidates": 800, "seconds": 12.3},
         "rationales": {"samples": 160, "passed": 90, "yield": 0.5625, "errors": 0, "candidates": 640, "seconds": 9.0},
-        "sft": {"records": 130, "by_origin": {"answer": 40, "rationalization": 90}, "dropped": {"duplicate": 3}},
+        "sft": {"records": 130, "by_origin": {"answer": 40, "rationale": 90}, "dropped": {"duplicate": 3}},
         "train": {"steps": 12, "final_loss": 1.3, "seconds": 40.0, "samples_per_s": 3.2},
         "eval": {
             "accuracy": accuracy,
@@ -53,21 +53,21 @@ def test_report_names_the_numbers_and_draws_the_plots(tmp_path):
     import matplotlib.image
 
     stop = "held-out accuracy rose 0.004 < min_delta 0.01"
-    run = write_metrics(tmp_path / "demo", [BASE, cycle(0, 0.35), cycle(1, 0.354, stop)])
+    run = write_metrics(tmp_path / "demo", [BASE, cycle(1, 0.35), cycle(2, 0.354, stop)])
     path = write_report(run)
 
     assert path == run / "report.md"
     report = path.read_text()
     assert report.startswith("# Video-STaR run `demo`")
     assert "Cycles run: 2" in report
-    assert "Best held-out accuracy: 35.4% (cycle 1), +14.4 points over base (21.0%)" in report
+    assert "Best held-out accuracy: 35.4% (cycle 2), +14.4 points over base (21.0%)" in report
     assert f"Stopped: {stop}" in report
     assert row(report, "base") == ["base", "–", "–", "–", "–", "21.0%", "3.1 s"]
-    assert row(report, "cycle 0") == [
-        "cycle 0",
+    assert row(report, "cycle 1") == [
+        "cycle 1",
         "20.0% (40/200)",
         "56.2% (90/160)",
-        "130 (40 answer, 90 rationalization)",
+        "130 (40 answer, 90 rationale)",
         "1.300",
         "35.0%",
         "1 min 07 s",
@@ -76,7 +76,7 @@ def test_report_names_the_numbers_and_draws_the_plots(tmp_path):
     assert row(report, "direction") == ["direction", "30.0%", "45.0%", "45.4%"]
     assert row(report, "number") == ["number", "–", "50.0%", "50.0%"]
     assert "| Cycle | answers | rationales | curate | train | eval | Total |" in report
-    assert "## Top verifier failures (cycle 1)" in report
+    assert "## Top verifier failures (cycle 2)" in report
     assert row(report, "answers") == ["answers", "30", "class: no word matches 'left'"]
     assert "off \\| by 2" in report  # a | in a reason would split the table cell
 
@@ -89,22 +89,22 @@ def test_report_names_the_numbers_and_draws_the_plots(tmp_path):
 
 
 def test_malformed_line_is_skipped_with_a_warning(tmp_path, caplog):
-    run = write_metrics(tmp_path / "r", [BASE, '{"cycle": 0, "answers": ', "[1, 2]", "", cycle(1, 0.4)])
+    run = write_metrics(tmp_path / "r", [BASE, '{"cycle": 1, "answers": ', "[1, 2]", "", cycle(2, 0.4)])
     with caplog.at_level(logging.WARNING, logger="vstar"):
         lines = read_metrics(run)
-    assert [m["cycle"] for m in lines] == [-1, 1]
+    assert [m["cycle"] for m in lines] == [0, 2]
     assert f"{run / 'metrics.jsonl'} line 2" in caplog.text
     assert "line 3" in caplog.text
     report = write_report(run).read_text()
-    assert row(report, "cycle 1")[5] == "40.0%"
+    assert row(report, "cycle 2")[5] == "40.0%"
     assert "Cycles run: 1" in report
 
 
 def test_missing_sections_render_a_dash(tmp_path):
-    partial = {"cycle": 0, "answers": {"samples": 200, "passed": 40, "yield": 0.2}, "stop": "stopped by the user"}
+    partial = {"cycle": 1, "answers": {"samples": 200, "passed": 40, "yield": 0.2}, "stop": "stopped by the user"}
     run = write_metrics(tmp_path / "r", [BASE, partial, {"eval": None}])
     report = write_report(run).read_text()
-    assert row(report, "cycle 0") == ["cycle 0", "20.0% (40/200)", "–", "–", "–", "–", "–"]
+    assert row(report, "cycle 1") == ["cycle 1", "20.0% (40/200)", "–", "–", "–", "–", "–"]
     assert row(report, "–") == ["–"] * 7  # a line without even a cycle number
     assert "Stopped: stopped by the user" in report
     assert "No verifier failures recorded." in report

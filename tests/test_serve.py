@@ -345,23 +345,23 @@ def test_a_run_directory_serves_its_best_cycle(tmp_path, caplog):
     from vstar.serve.app import resolve_model
 
     run = tmp_path / "run"
-    for k in (0, 1, 2):
+    for k in (1, 2, 3):
         (run / f"cycle_{k}" / "model").mkdir(parents=True)
     lines = [
-        {"cycle": -1, "model": "base-model", "eval": {"accuracy": 0.2}},
-        {"cycle": 0, "eval": {"accuracy": 0.5}},
-        {"cycle": 1, "eval": {"accuracy": 0.4}},
-        {"cycle": 2},  # not evaluated (stopped part way)
+        {"cycle": 0, "model": "base-model", "eval": {"accuracy": 0.2}},
+        {"cycle": 1, "eval": {"accuracy": 0.5}},
+        {"cycle": 2, "eval": {"accuracy": 0.4}},
+        {"cycle": 3},  # not evaluated (stopped part way)
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     with caplog.at_level("INFO", logger="vstar"):
-        assert resolve_model(str(run)) == str(run / "cycle_0" / "model")
-    assert "serving cycle 0" in caplog.text
+        assert resolve_model(str(run)) == str(run / "cycle_1" / "model")
+    assert "serving cycle 1" in caplog.text
     lines[0]["eval"]["accuracy"] = 0.9
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert resolve_model(str(run)) == "base-model"
     assert resolve_model("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
-    (run / "metrics.jsonl").write_text(json.dumps({"cycle": -1, "model": "m"}) + "\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"cycle": 0, "model": "m"}) + "\n")
     with pytest.raises(ValueError, match="no evaluated cycle"):
         resolve_model(str(run))
 

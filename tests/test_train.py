@@ -13,7 +13,7 @@ import torch
 from vstar.config import load_config
 from vstar.data.frames import sample_frames
 from vstar.data.questions import assign_question
-from vstar.generate.prompts import rationalize_prompt
+from vstar.generate.prompts import rationale_prompt
 from vstar.train.collate import IGNORE, collate, label_words, weighted_loss
 from vstar.verify.render import render_labels
 
@@ -60,7 +60,7 @@ def test_loss_mask_is_exactly_the_answer(tiny_vlm_dir, records):
         prompt = tok.decode(ids[labels == IGNORE])
         assert r["question"] in prompt and "Answer: " + render_labels(r["labels"]) not in prompt
     # the hint of rationalization is never in a training input: records carry the question alone
-    hinted = rationalize_prompt(records[0]["question"], records[0]["labels"])
+    hinted = rationale_prompt(records[0]["question"], records[0]["labels"])
     assert hinted not in tok.decode(batch["input_ids"][0])
     assert processor.tokenizer.padding_side == "left"  # restored for generation
 

@@ -15,8 +15,7 @@ Start here:
   vstar run                            the embedded default: local Ray, synthetic videos, tiny offline VLM
   vstar run jobs/demo.yaml train.lr=1e-5 data.num_frames=16
                                        a config file plus dotted overrides; rerun the same to resume
-  vstar run jobs/miniature.yaml run.arm=rationales-only
-                                       the miniature experiment's base and one of its arms (README)
+  vstar run jobs/miniature.yaml        the miniature experiment's world and base, the full loop (README)
   vstar pretrain jobs/miniature.yaml   train (and cache) the tiny VLM's base model alone
   vstar report runs/demo               report.md with plots from the run's metrics.jsonl
   vstar serve runs/demo                chat with the run's best model: OpenAI-compatible, with video
@@ -27,7 +26,7 @@ Start here:
   vstar data convert star --annotations STAR_train.json --videos charades/ --out data/star
                                        Kinetics-700, FineDiving, STAR or your own CSV/JSONL → a manifest
   vstar verify ANSWERS.jsonl           verify answers against their labels; verdicts with reasons
-  vstar generate --mode answer         answer generation alone (rationalize: the hinted re-ask)
+  vstar generate --mode answer         answer generation alone (--mode rationale: the hinted re-ask)
   vstar train --data SFT.jsonl --out MODEL   finetune with Ray Train (FSDP2 workers, optional LoRA)
 """
 
@@ -74,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pretrain",
-        help="train the tiny VLM's base model (pretrain.*) and print its folder; cached, `vstar run` reuses it",
-        description=_doc("vstar.pretrain"),
+        help="train the demo's tiny VLM base (demo.pretrain.*) and print its folder; cached, `vstar run` reuses it",
+        description=_doc("vstar.demo.pretrain"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config; omit for the embedded default")
@@ -188,11 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument(
         "--mode",
-        choices=["answer", "rationalize"],
+        choices=["answer", "rationale"],
         default="answer",
-        help="answer: the question alone; rationalize: the question with its label as a hint",
+        help="answer: the question alone; rationale: the question with its label as a hint",
     )
-    p.add_argument("--out", help="output folder (default: <run>/cycle_0/answers or <run>/cycle_0/rationales)")
+    p.add_argument("--out", help="output folder (default: <run>/cycle_1/answers or <run>/cycle_1/rationales)")
     p.add_argument(
         "--failed-from", metavar="DIR", help="only the samples with no passing candidate in this earlier stage's output"
     )
@@ -233,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 GENERATE_HELP = """
 Examples:
-  vstar generate --mode answer data.synth.num_videos=8 generate.num_candidates=4
-  vstar generate --mode rationalize --failed-from runs/demo/cycle_0/answers
+  vstar generate --mode answer demo.synth.num_videos=8 generate.num_candidates=4
+  vstar generate --mode rationale --failed-from runs/demo/cycle_1/answers
   vstar generate jobs/demo.yaml generate.backend=vllm generate.num_gpus_per_actor=1 generate.num_actors=8
 """
 
@@ -280,24 +279,29 @@ def cmd_run(args) -> int:
 
 def cmd_pretrain(args) -> int:
     from vstar.config import EMBEDDED_DEFAULT
-    from vstar.driver import prepare_model
+    from vstar.demo import base_model
+    from vstar.driver import init_ray
 
     cfg = resolved_config(args, EMBEDDED_DEFAULT)
-    if cfg.model.path or not cfg.pretrain.steps:
-        print("vstar: nothing to pretrain: set pretrain.steps > 0 and leave model.path empty", file=sys.stderr)
+    if cfg.model.path or not cfg.demo.pretrain.steps:
+        print("vstar: nothing to pretrain: set demo.pretrain.steps > 0 and leave model.path empty", file=sys.stderr)
         return 2
-    print(prepare_model(cfg))
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    print(base_model(cfg))
     return 0
 
 
 def cmd_serve(args) -> int:
     from pathlib import Path
 
+    from vstar.driver import init_ray
     from vstar.serve.app import serve
 
     args.overrides += [f"serve.host={args.host}"] * bool(args.host) + [f"serve.port={args.port}"] * bool(args.port)
     run_cfg = Path(args.model) / "config.yaml"  # a run directory: the frames and backend it was trained with
-    serve(args.model, resolved_config(args, run_cfg if run_cfg.is_file() else None), blocking=True)
+    cfg = resolved_config(args, run_cfg if run_cfg.is_file() else None)
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    serve(args.model, cfg, blocking=True)
     return 0
 
 
@@ -325,35 +329,36 @@ def cmd_config(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import pandas as pd
+    from pathlib import Path
 
-    from vstar.dataset import init_ray
-    from vstar.driver import prepare_manifest, prepare_model, prepare_run_dir
+    from vstar.driver import init_ray, prepare_manifest, prepare_model
+    from vstar.generate.sampling import Sampling
     from vstar.generate.stage import generate_stage
+    from vstar.storage import Cycle, failed_ids, open_run, read_rows
 
     cfg = resolved_config(args)
-    run_dir = prepare_run_dir(cfg)
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    run_dir = open_run(cfg)
     samples = [s for s in prepare_manifest(cfg, run_dir) if s.split == args.split][: args.limit]
     if args.failed_from:
-        earlier = pd.read_parquet(args.failed_from, columns=["sample_id", "num_passed", "error"])
-        failed = set(earlier.loc[(earlier["num_passed"] == 0) & earlier["error"].isna(), "sample_id"])
+        failed = failed_ids(read_rows(Path(args.failed_from)))
         samples = [s for s in samples if s.sample_id in failed]
-    out = args.out or run_dir / "cycle_0" / ("answers" if args.mode == "answer" else "rationales")
-    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    cycle = Cycle(run_dir, 1)
+    out = Path(args.out) if args.out else cycle.answers if args.mode == "answer" else cycle.rationales
+    sampling = Sampling.from_config(cfg.generate, cfg.run.seed)
     generate_stage(
-        samples, args.mode, out, prepare_model(cfg), cfg.generate, cfg.data, cfg.verify, cfg.model.dtype, cfg.run.seed
+        samples, args.mode, out, prepare_model(cfg), cfg.generate, sampling, cfg.data, cfg.verify, cfg.model.dtype
     )
-    df = pd.read_parquet(out, columns=["sample_id", "num_passed", "error"])
+    rows = read_rows(out)
     print(
-        f"{args.mode}: {len(df)} rows in {out}: {int((df['num_passed'] > 0).sum())} with a passing candidate, "
-        f"{int(df['error'].notna().sum())} errors"
+        f"{args.mode}: {len(rows)} rows in {out}: {int((rows['num_passed'] > 0).sum())} with a passing candidate, "
+        f"{int(rows['error'].notna().sum())} errors"
     )
     return 0
 
 
 def cmd_train(args) -> int:
-    from vstar.dataset import init_ray
-    from vstar.driver import prepare_model
+    from vstar.driver import init_ray, prepare_model
     from vstar.train.launch import read_sft, train
 
     cfg = resolved_config(args)
@@ -382,8 +387,11 @@ def cmd_verify(args) -> int:
     import json
     from pathlib import Path
 
+    import ray
+
     from vstar.config import load_config
-    from vstar.dataset import init_ray, verified
+    from vstar.driver import init_ray
+    from vstar.generate.stage import verified
     from vstar.verify.batch import read_answers, summarize, write_jsonl
 
     cfg = load_config(None, args.overrides)
@@ -391,8 +399,6 @@ def cmd_verify(args) -> int:
     out = Path(args.out) if args.out else Path(args.answers).parent / "verified"
     out.mkdir(parents=True, exist_ok=True)
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
-    import ray
-
     result = verified(ray.data.from_pandas(df), cfg.verify).to_pandas()
     write_jsonl(result, out / "verified.jsonl")
     summary = summarize(result)
@@ -424,25 +430,25 @@ def cmd_convert(args) -> int:
     from pathlib import Path
 
     from vstar.data.adapters import CONVERTERS
-    from vstar.data.manifest import write_report
+    from vstar.data.manifest import write_manifest
 
     report = CONVERTERS[args.source](Path(args.annotations), Path(args.videos))
     for rejected in report.rejected:
         print(f"rejected {rejected.message}", file=sys.stderr)
     print(report.summary())
-    print(f"wrote {write_report(report, args.out)}")
+    print(f"wrote {write_manifest(report, args.out)}")
     return 0 if report.samples else 1  # missing videos are normal in these datasets; no sample at all is a failure
 
 
 def cmd_validate(args) -> int:
-    from vstar.data.manifest import load_manifest, write_report
+    from vstar.data.manifest import load_manifest, write_manifest
 
     report = load_manifest(args.manifest)
     for rejected in report.rejected:
         print(f"rejected {rejected.message}", file=sys.stderr)
     print(report.summary())
     if args.out:
-        print(f"wrote {write_report(report, args.out).parent}")
+        print(f"wrote {write_manifest(report, args.out).parent}")
     return 1 if report.rejected else 0
 
 

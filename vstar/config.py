@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-EMBEDDED_DEFAULT = Path(__file__).with_name("demo.yaml")  # `vstar run` with no CONFIG
+EMBEDDED_DEFAULT = Path(__file__).with_name("demo") / "demo.yaml"  # `vstar run` with no CONFIG
 
 
 class ConfigError(ValueError):
@@ -36,16 +36,11 @@ class RunConfig(_Section):
     ray_address: str | None = Field(None, description="Ray cluster address; None: RAY_ADDRESS, else a local Ray")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when there is no cluster")
     cache_dir: str | None = Field(
-        None, description="tiny models and synthetic videos; None: $VSTAR_CACHE or ~/.cache/vstar"
+        None, description="the demo's tiny models and synthetic videos; None: $VSTAR_CACHE or ~/.cache/vstar"
     )
     max_cycles: int = Field(3, ge=1, description="Video-STaR cycles at most (the paper ran about 3)")
     min_delta: float = Field(
         0.01, ge=-1, le=1, description="stop when held-out accuracy rose less than this (-1: never stop early)"
-    )
-    arm: Literal["full", "answers-only", "rationales-only", "label-as-answer"] = Field(
-        "full",
-        description="full Video-STaR, or a paper ablation: answer generation only, label rationalization only, "
-        "or training directly on the labels ('Answer: <label>')",
     )
 
     @property
@@ -69,8 +64,9 @@ class SynthConfig(_Section):
 
 
 class DataConfig(_Section):
-    manifest: str | None = Field(None, description="JSONL, Parquet or CSV of samples; None: synthetic videos")
-    synth: SynthConfig = SynthConfig()
+    manifest: str | None = Field(
+        None, description="JSONL, Parquet or CSV of samples; None: the demo's synthetic videos"
+    )
     tasks: list[str] | None = Field(None, description="keep only the samples of these tasks; None: all")
     num_frames: int = Field(8, ge=1, description="frames sampled uniformly per video (the paper used 8)")
     frame_size: int | None = Field(None, ge=16, description="resize so the longer side is this; None: native")
@@ -79,29 +75,42 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    path: str | None = Field(None, description="HF folder or hub id; None: a tiny random VLM built offline")
-    tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_5_vl"
-    tiny_width: int = Field(
-        64, ge=32, multiple_of=32, description="tiny VLM only: text width (heads of 32; the vision tower half as wide)"
-    )
+    path: str | None = Field(None, description="HF folder or hub id; None: the demo's tiny VLM (demo.*)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class PretrainConfig(_Section):
-    """The tiny VLM's base model (vstar.pretrain): trained from random weights before the cycles, on synthetic
-    videos of data.synth's world drawn with another seed (10000 + run.seed) than the run's."""
+    """The tiny VLM's base model (vstar.demo.pretrain): trained from random weights before the cycles, on synthetic
+    videos of demo.synth's world drawn with another seed (10000 + run.seed) than the run's. Every weight trains (the
+    vision tower too), without LoRA, the decoded frames cached; train.num_workers, micro_batch_size, cpus_per_worker
+    and use_gpu say how the work is spread."""
 
     steps: int = Field(0, ge=0, description="optimizer steps; 0: the cycles start from random weights")
     num_videos: int = Field(500, ge=1, description="synthetic videos in the pool")
     tasks: list[str] = Field([], description="tasks taught from the pixels: the answer prompt → caption + label")
     hint_tasks: list[str] = Field(
-        [], description="tasks whose rationalization prompts are taught: the hinted (true) label is copied"
+        [], description="tasks whose rationale prompts are taught: the hinted (true) label is copied"
     )
     hint_words: float = Field(
         0.0, ge=0, description="generic hint-copy records per video: a random label word hinted on a generic question"
     )
     lr: float = Field(1e-3, gt=0)
     global_batch_size: int = Field(32, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    shuffle_buffer: int = Field(0, ge=0, description="as train.shuffle_buffer, for the pretraining records")
+
+
+class DemoConfig(_Section):
+    """What the embedded default stands in for what a real run brings: synthetic labeled videos when data.manifest
+    is empty, and a tiny random VLM (built offline, then trained by the pretrain recipe) when model.path is empty.
+    Both are made on first use and cached under run.cache_dir."""
+
+    tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_5_vl"
+    tiny_width: int = Field(
+        64, ge=32, multiple_of=32, description="the tiny VLM's text width (heads of 32; the vision tower half as wide)"
+    )
+    synth: SynthConfig = SynthConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
 
 class GenerateConfig(_Section):
@@ -216,13 +225,13 @@ class Config(_Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    pretrain: PretrainConfig = PretrainConfig()
     generate: GenerateConfig = GenerateConfig()
     verify: VerifyConfig = VerifyConfig()
     curate: CurateConfig = CurateConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
+    demo: DemoConfig = DemoConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

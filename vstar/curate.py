@@ -1,20 +1,20 @@
 """Curate (step 4 of Video-STaR): verified answers and rationales → SFT records for the next finetune.
 
     records, stats = curate(answers, rationales, cycle=0, cfg=cfg.curate, seed=cfg.run.seed, mix=read_mix(path))
-    write_sft(records, "runs/demo/cycle_0/sft")            # → runs/demo/cycle_0/sft/records.jsonl
+    write_sft(records, "runs/demo/cycle_1/sft")            # → runs/demo/cycle_1/sft/records.jsonl
     export_llava("runs/demo", "vstar.json")                # the last cycle's records as LLaVA/ShareGPT JSON
 
-`answers` and `rationales` are the Parquet rows of the generate stage (`vstar.generate.stage.SCHEMA`).
+`answers` and `rationales` are the Parquet rows of the generate stage (`vstar.schema.GENERATED`).
 Every passing candidate of a row without `error` is a candidate record; duplicates (same answer up to
 whitespace) are dropped, then the caps (per sample and origin, per video, per label value) drop records
-chosen with a seeded shuffle. A record keeps the row's original `question`: the rationalization hint
+chosen with a seeded shuffle. A record keeps the row's original `question`: the rationale hint
 ("Answer: <label>") exists only in the prompt, and a record that would carry it raises.
 
 One SFT record per kept answer (JSON types only; the trainer reads sample_id, video, start_s, end_s,
 question, answer):
 
     {sample_id, video, start_s, end_s, frame_indices, question, answer,
-     origin: answer|rationalization|mix|label, cycle, task, label_types: [type per label], labels: [label dicts]}
+     origin: answer|rationale|mix|label, cycle (1, 2, ...), task, label_types: [type per label], labels: [label dicts]}
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 from collections import Counter
@@ -32,10 +31,11 @@ import numpy as np
 import pandas as pd
 
 from vstar.config import CurateConfig
+from vstar.storage import write_jsonl, write_text
 
 log = logging.getLogger("vstar")
 
-HINT = "\nAnswer:"  # how the rationalization prompt adds the label to the question (vstar.generate.prompts)
+HINT = "\nAnswer:"  # how the rationale prompt adds the label to the question (vstar.generate.prompts)
 
 
 def curate(
@@ -52,7 +52,7 @@ def curate(
     dropped = {"duplicate": 0, "cap_sample": 0, "cap_video": 0, "cap_label": 0}
     pool = candidate_records(answers, "answer", cycle, dropped)
     if rationales is not None:
-        pool += candidate_records(rationales, "rationalization", cycle, dropped)
+        pool += candidate_records(rationales, "rationale", cycle, dropped)
     rng = random.Random(seed)
     kept = _cap(pool, cfg, rng, dropped)
     have = {r["sample_id"] for r in kept}
@@ -69,33 +69,6 @@ def curate(
         "carried": len(carried),
     }
     return records, stats
-
-
-def label_records(samples: list, cycle: int) -> list[dict]:
-    """The label-as-answer baseline (run.arm): every training sample's question answered with its labels
-    ("Answer: <label>"), no model in the loop; the upper bound of what the labels alone can teach."""
-    from vstar.verify.render import render_labels
-
-    records = []
-    for s in samples:
-        labels = [label.model_dump(mode="json") for label in s.labels]
-        records.append(
-            {
-                "sample_id": s.sample_id,
-                "video": s.video,
-                "start_s": s.start_s,
-                "end_s": s.end_s,
-                "frame_indices": None,
-                "question": s.question,
-                "answer": f"Answer: {render_labels(s.labels)}",
-                "origin": "label",
-                "cycle": cycle,
-                "task": s.task,
-                "label_types": [label["type"] for label in labels],
-                "labels": labels,
-            }
-        )
-    return sorted(records, key=_order)
 
 
 def candidate_records(frame: pd.DataFrame, origin: str, cycle: int, dropped: dict) -> list[dict]:
@@ -140,7 +113,7 @@ def check_no_hint(record: dict, row: dict) -> None:
     """Raise unless the record's question is the row's original question, without the hint.
 
     Training on a question that already holds its answer would teach the model to read the answer
-    off the question; the hint belongs to the rationalization prompt only.
+    off the question; the hint belongs to the rationale prompt only.
 
     >>> check_no_hint({"sample_id": "s", "question": "Which way?"}, {"question": "Which way?"})
     >>> check_no_hint({"sample_id": "s", "question": "Which way?\\nAnswer: left"}, {"question": "Which way?"})
@@ -221,16 +194,8 @@ def _plain(x):
 
 
 def write_sft(records: list[dict], out_dir) -> Path:
-    """Write `<out_dir>/records.jsonl` under a temporary name, then move it in place; return its path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "records.jsonl"
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write `<out_dir>/records.jsonl` (atomically); return its path."""
+    return write_jsonl(Path(out_dir) / "records.jsonl", records)
 
 
 def read_mix(path) -> list[dict]:
@@ -329,12 +294,7 @@ def export_llava(run_dir, out_path, cycle: int | None = None) -> tuple[Path, int
     records_path = _sft_path(Path(run_dir), cycle)
     with records_path.open() as f:
         entries = to_llava([json.loads(line) for line in f if line.strip()])
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(entries, indent=1))
-    os.replace(tmp, out_path)
-    return out_path, len(entries)
+    return write_text(out_path, json.dumps(entries, indent=1)), len(entries)
 
 
 def _sft_path(run_dir: Path, cycle: int | None) -> Path:

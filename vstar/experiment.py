@@ -1,15 +1,24 @@
-"""Arms × seeds of one config: the paper's ablations run as ordinary `vstar run`s, summarized into a table.
+"""Arms × seeds of one config: the paper's ablations run through the product's loop, summarized into a table.
 
     python benchmarks/miniature.py                       # jobs/miniature.yaml, 4 arms × 3 seeds → results
     results = run_arms("jobs/miniature.yaml", ARMS, seeds=[0, 1, 2], root="runs/miniature")
 
-Each (arm, seed) is one run directory `<root>/<arm>-seed<seed>` made by `vstar.driver.run` with `run.arm`,
-`run.seed` and `data.synth.seed` set (so seeds differ in initial weights, pretraining pool, data and question
-wording); a finished run is read back, not rerun. `label-as-answer` trains on the same records every cycle: from
-the base (train.init_from=base) the driver stops it after one, going on from the last model it runs every cycle.
+An arm is the step that makes a cycle's SFT records, handed to `vstar.driver.run` (`sft_step`); the rest of the
+cycle (finetune, evaluate, the stop rule) is the product's:
+
+  full             Video-STaR (`vstar.driver.video_star_sft`): answers, the failures rationalized, curated
+  answers-only     answers alone, nothing rationalized (the rationales stage is marked `skipped`)
+  rationales-only  every sample rationalized, no answer generation (the answers stage is marked `skipped`)
+  label-as-answer  no model in the loop: every training sample answered "Answer: <label>" (the upper bound of
+                   what the labels alone teach). From the base (train.init_from=base) every cycle would train the
+                   same model on the same records, so it runs one cycle; going on from the last model, every cycle.
+
+Each (arm, seed) is one run directory `<root>/<arm>-seed<seed>` with `run.seed` and `demo.synth.seed` set (seeds
+differ in initial weights, pretraining pool, data and question wording); a finished run is read back, not rerun.
+The arm is in the run's name: resuming a run directory with another arm is the caller's mistake to avoid.
 
 `summarize` turns the runs' metrics.jsonl into per-arm, per-cycle figures: held-out accuracy (mean, min, max over
-seeds), answer and rationalization yield, SFT records and wall time; `markdown_table` and `plot` present them.
+seeds), answer and rationale yield, SFT records and wall time; `markdown_table` and `plot` present them.
 """
 
 from __future__ import annotations
@@ -22,11 +31,94 @@ from pathlib import Path
 
 import yaml
 
-from vstar.config import load_config
+from vstar.config import Config, load_config
+from vstar.storage import Cycle, done, mark, once
 
 log = logging.getLogger("vstar")
 
-ARMS = ("full", "answers-only", "rationales-only", "label-as-answer")
+
+# -- the arms: each makes a cycle's SFT records from (cfg, model_{k-1}, training samples, cycle k) --------------------
+
+
+def full(cfg: Config, model: str, samples: list, cycle: Cycle) -> dict:
+    from vstar.driver import video_star_sft
+
+    return video_star_sft(cfg, model, samples, cycle)
+
+
+def answers_only(cfg: Config, model: str, samples: list, cycle: Cycle) -> dict:
+    from vstar.driver import curate_records, generate
+
+    generate(cfg, model, samples, "answer", cycle.answers)
+    skip(cycle.rationales, model, "answers-only")
+    return curate_records(cfg, cycle)
+
+
+def rationales_only(cfg: Config, model: str, samples: list, cycle: Cycle) -> dict:
+    from vstar.driver import curate_records, generate
+
+    skip(cycle.answers, model, "rationales-only")
+    generate(cfg, model, samples, "rationale", cycle.rationales)
+    return curate_records(cfg, cycle)
+
+
+def label_as_answer(cfg: Config, model: str, samples: list, cycle: Cycle) -> dict:
+    from vstar.curate import write_sft
+
+    def step() -> dict:
+        records = label_records(samples, cycle.k)
+        write_sft(records, cycle.sft)
+        log.info("cycle %d: %d label-as-answer SFT records", cycle.k, len(records))
+        return {"records": len(records), "by_origin": {"label": len(records)}, "seconds": 0.0}
+
+    return once(cycle.sft, step)
+
+
+ARMS = {
+    "full": full,
+    "answers-only": answers_only,
+    "rationales-only": rationales_only,
+    "label-as-answer": label_as_answer,
+}
+
+
+def skip(stage: Path, model: str, arm: str) -> dict:
+    """Mark a generation stage the arm leaves out: no rows, an empty stage's stats, `skipped` naming the arm."""
+    if (stats := done(stage)) is not None:
+        return stats
+    log.info("%s: skipped (arm %s)", stage.name, arm)
+    stats = {"model": model, "samples": 0, "passed": 0, "yield": 0.0, "errors": 0, "candidates": 0}
+    stats |= {"label_pass_rate": {}, "top_failure_reasons": [], "seconds": 0.0, "rows_per_s": None, "skipped": arm}
+    return mark(stage, stats)
+
+
+def label_records(samples: list, cycle: int) -> list[dict]:
+    """Every training sample's question answered with its labels ("Answer: <label>"), as SFT records."""
+    from vstar.verify.render import render_labels
+
+    records = []
+    for s in samples:
+        labels = [label.model_dump(mode="json") for label in s.labels]
+        records.append(
+            {
+                "sample_id": s.sample_id,
+                "video": s.video,
+                "start_s": s.start_s,
+                "end_s": s.end_s,
+                "frame_indices": None,
+                "question": s.question,
+                "answer": f"Answer: {render_labels(s.labels)}",
+                "origin": "label",
+                "cycle": cycle,
+                "task": s.task,
+                "label_types": [label["type"] for label in labels],
+                "labels": labels,
+            }
+        )
+    return sorted(records, key=lambda r: (r["sample_id"], r["origin"], r["answer"]))
+
+
+# -- running arms × seeds ---------------------------------------------------------------------------------------------
 
 
 def run_arms(
@@ -62,19 +154,22 @@ def run_arms(
                 log.info("experiment: arm %s, seed %d left out: no finished run in %s", arm, seed, cfg.run.dir)
                 continue
             log.info("experiment: arm %s, seed %d → %s", arm, seed, cfg.run.dir)
-            results.append(read_run(run(cfg), arm, seed))
+            results.append(read_run(run(cfg, sft_step=ARMS[arm]), arm, seed))
     return results
 
 
-def arm_config(config, arm: str, seed: int, root, overrides=()):
+def arm_config(config, arm: str, seed: int, root, overrides=()) -> Config:
     """The config of one (arm, seed) run: `<root>/<arm>-seed<seed>`, the seed setting weights and data alike."""
-    more = [f"run.arm={arm}", f"run.seed={seed}", f"data.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
-    return load_config(config, [*more, f"run.root={root}", *overrides])
+    more = [f"run.seed={seed}", f"demo.synth.seed={seed}", f"run.name={arm}-seed{seed}"]
+    cfg = load_config(config, [*more, f"run.root={root}", *overrides])
+    if arm == "label-as-answer" and cfg.train.init_from == "base":  # every cycle would repeat the first
+        cfg.run.max_cycles = 1
+    return cfg
 
 
 def finished(cfg) -> bool:
     """Whether cfg's run directory holds a run that finished (its report written) under the same config."""
-    from vstar.driver import config_changes, saved_config
+    from vstar.storage import config_changes, saved_config
 
     run_dir = Path(cfg.run.dir)
     if not (run_dir / "report.md").exists():
@@ -92,7 +187,7 @@ PLACES = ("run.root", "run.cache_dir")
 def recorded_run(recorded, arm: str, seed: int, cfg) -> dict | None:
     """The recorded result of `arm` and `seed` made under cfg's recipe (config keys in RUNTIME_KEYS and PLACES
     may differ) with every cycle cfg asks for, or None. Results recorded without their config never match."""
-    from vstar.driver import config_changes, normalized_config
+    from vstar.storage import config_changes, normalized_config
 
     for r in recorded:
         if (r.get("arm"), r.get("seed")) != (arm, seed) or not r.get("config"):
@@ -118,12 +213,12 @@ def with_recorded(results: list[dict], recorded, config, root, overrides=()) -> 
             continue
         if prior := recorded_run(recorded, arm, seed, arm_config(config, arm, seed, root, overrides)):
             more.append(prior)
-    return sorted(results + more, key=lambda r: (r["seed"], ARMS.index(r["arm"])))
+    return sorted(results + more, key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
 
 
 def read_run(run_dir: Path, arm: str, seed: int) -> dict:
-    """One run's per-cycle figures from its metrics.jsonl (cycle 0 here = the base model); `seconds`: the
-    run's stages summed (the base's pretraining apart, in `pretrain_seconds`)."""
+    """One run's per-cycle figures from its metrics.jsonl (cycle 0: the base model); `seconds`: the run's stages
+    summed (the base's pretraining apart, in `pretrain_seconds`)."""
     from vstar.report import read_metrics
 
     lines = read_metrics(run_dir)
@@ -132,7 +227,7 @@ def read_run(run_dir: Path, arm: str, seed: int) -> dict:
         answers, rationales = line.get("answers") or {}, line.get("rationales") or {}
         cycles.append(
             {
-                "cycle": line["cycle"] + 1,
+                "cycle": line["cycle"],
                 "accuracy": (line.get("eval") or {}).get("accuracy"),
                 "answer_yield": None if answers.get("skipped") else answers.get("yield"),
                 "rationale_yield": None if rationales.get("skipped") else rationales.get("yield"),
@@ -144,7 +239,7 @@ def read_run(run_dir: Path, arm: str, seed: int) -> dict:
     for prev, c in zip(cycles, cycles[1:], strict=False):
         if c["accuracy"] is None and c["stop"]:  # stopped before training: the model is still the previous one
             c["accuracy"] = prev["accuracy"]
-    base = lines[0].get("model", "") if lines else ""
+    base = lines[0].get("model", "") if lines else ""  # cycle 0's model: the base
     pretrain = Path(base) / "vstar_pretrain.json"
     report, config = run_dir / "report.md", run_dir / "config.yaml"
     return {
@@ -215,7 +310,7 @@ def markdown_table(summary: dict) -> str:
     """Accuracy per cycle per arm (mean [min–max] over the arm's seeds), yields, records and time (a cycle's stages; the
     base's row: its pretraining), as a Markdown table."""
     lines = [
-        "| arm | seeds | cycle | held-out accuracy, mean [min–max] | answer yield | rationalization yield | SFT records"
+        "| arm | seeds | cycle | held-out accuracy, mean [min–max] | answer yield | rationale yield | SFT records"
         " | time |",
         "|---|---|---|---|---|---|---|---|",
     ]

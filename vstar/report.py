@@ -4,8 +4,8 @@
 
 The report gives a summary (cycles run, best held-out accuracy, why the loop stopped), a table per
 cycle, held-out accuracy per task and per label type, time per stage, the top verifier failure reasons
-and two plots in `<run>/plots/`: `yield_accuracy.png` and `stage_time.png`. Line `cycle: -1` is the
-evaluation of the starting model ("base"). Any key may be missing from a line (a stopped or partial
+and two plots in `<run>/plots/`: `yield_accuracy.png` and `stage_time.png`. Line `cycle: 0` is the
+base model ("base": its evaluation only). Any key may be missing from a line (a stopped or partial
 cycle); the tables show "–" for it.
 
     >>> _pct(0.35), _pct(None), _get({"eval": {"accuracy": 0.35}}, "eval", "accuracy"), _get({"eval": None}, "eval", "n")
@@ -80,13 +80,13 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def summary(lines: list[dict[str, Any]]) -> list[str]:
-    cycles = [m for m in lines if m.get("cycle") != -1]
+    cycles = [m for m in lines if m.get("cycle") != 0]
     out = ["## Summary", "", f"- Cycles run: {len(cycles)}"]
     scored = [m for m in lines if isinstance(_get(m, "eval", "accuracy"), (int, float))]
     if scored:
         best = max(scored, key=lambda m: m["eval"]["accuracy"])
         text = f"- Best held-out accuracy: {_pct(best['eval']['accuracy'])} ({_label(best)})"
-        base = _get(lines[0], "eval", "accuracy") if lines[0].get("cycle") == -1 else None
+        base = _get(lines[0], "eval", "accuracy") if lines[0].get("cycle") == 0 else None
         if base is not None and best is not lines[0]:
             text += f", {100 * (best['eval']['accuracy'] - base):+.1f} points over base ({_pct(base)})"
         out.append(text)
@@ -115,7 +115,7 @@ def cycle_table(lines: list[dict[str, Any]]) -> list[str]:
                 _seconds(_total_seconds(m)),
             ]
         )
-    header = ["Cycle", "Answer yield", "Rationalization yield", "SFT records", "Final loss", "Held-out acc.", "Time"]
+    header = ["Cycle", "Answer yield", "Rationale yield", "SFT records", "Final loss", "Held-out acc.", "Time"]
     return ["## Cycles", "", *_table(header, rows), ""]
 
 
@@ -159,13 +159,13 @@ def plot_yield_accuracy(lines: list[dict[str, Any]], path: Path) -> None:
     ax = fig.add_subplot()
     for keys, name, style in [
         (("answers", "yield"), "answer yield", "o-"),
-        (("rationales", "yield"), "rationalization yield", "s-"),
+        (("rationales", "yield"), "rationale yield", "s-"),
         (("eval", "accuracy"), "held-out accuracy", "D-"),
     ]:
         xs = [x for x, m in enumerate(lines) if _get(m, *keys) is not None]
         if xs:
             ax.plot(xs, [_get(lines[x], *keys) for x in xs], style, label=name)
-    base = _get(lines[0], "eval", "accuracy") if lines[0].get("cycle") == -1 else None
+    base = _get(lines[0], "eval", "accuracy") if lines[0].get("cycle") == 0 else None
     if base is not None:
         ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"base accuracy ({_pct(base)})")
     ax.set_xticks(range(len(lines)), [_label(m) for m in lines])
@@ -220,7 +220,7 @@ def _stages(lines: list[dict[str, Any]]) -> list[str]:
 
 def _label(line: dict[str, Any]) -> str:
     cycle = line.get("cycle")
-    return "base" if cycle == -1 else DASH if cycle is None else f"cycle {cycle}"
+    return "base" if cycle == 0 else DASH if cycle is None else f"cycle {cycle}"
 
 
 def _total_seconds(line: dict[str, Any]) -> float | None:

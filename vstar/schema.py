@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 LabelType = Literal["class", "number", "timestamp", "span", "box", "sequence", "text"]
@@ -167,3 +168,36 @@ class Sample(BaseModel):
         d = self.model_dump(exclude={"labels"})
         d["labels"] = [label.to_json() for label in self.labels]
         return d
+
+
+# The rows a generation stage writes (answers, rationales, eval answers; vstar.generate.stage), one schema for every
+# file: a file of rows without errors would otherwise type `error` null.
+GENERATED = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("kind", pa.string()),
+        ("task", pa.string()),
+        ("template_id", pa.string()),
+        ("video", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("question", pa.string()),
+        ("prompt", pa.string()),
+        ("labels", pa.string()),
+        ("candidates", pa.list_(pa.string())),
+        ("candidate_tokens", pa.list_(pa.int64())),
+        ("prompt_tokens", pa.int64()),
+        ("frame_indices", pa.list_(pa.int64())),
+        ("fps", pa.float64()),
+        ("total_frames", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("frame_width", pa.int64()),
+        ("frame_height", pa.int64()),
+        ("decode_backend", pa.string()),
+        ("model", pa.string()),
+        ("error", pa.string()),
+        ("verdicts", pa.string()),
+        ("passed", pa.list_(pa.bool_())),
+        ("num_passed", pa.int64()),
+    ]
+)

@@ -189,6 +189,17 @@ def sample_frames(
     raise VideoDecodeError(video, "; ".join(reasons))
 
 
+def decode_options(data) -> dict:
+    """`frames_row`'s keyword arguments from a `DataConfig`: the one place the decode keys are read, so every
+    stage that decodes (the video check, generation, training) samples the same frames."""
+    return {
+        "num_frames": data.num_frames,
+        "size": data.frame_size,
+        "backend": data.decode_backend,
+        "timeout_s": data.decode_timeout_s,
+    }
+
+
 def frames_row(
     row: dict, num_frames: int, size: int | None = None, backend: Backend = "auto", timeout_s: float | None = 30.0
 ) -> dict:

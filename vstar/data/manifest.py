@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vstar.schema import Sample
+from vstar.storage import write_jsonl, write_text
 
 FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -146,23 +147,14 @@ def load_manifest(path: str | os.PathLike) -> ManifestReport:
     return validate_rows(read_rows(path), base=path.resolve().parent)
 
 
-def write_report(report: ManifestReport, out_dir: str | os.PathLike) -> Path:
-    """Write `samples.jsonl` (the kept samples), `rejected.jsonl` (rows with reasons) and `summary.json`."""
+def write_manifest(report: ManifestReport, out_dir: str | os.PathLike) -> Path:
+    """Write `samples.jsonl` (the kept samples), `rejected.jsonl` (rows with reasons) and `summary.json`; return the
+    samples' path."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out_dir / "samples.jsonl", (s.to_json() for s in report.samples))
-    _write_jsonl(out_dir / "rejected.jsonl", ({**asdict(r), "message": r.message} for r in report.rejected))
+    write_jsonl(out_dir / "rejected.jsonl", ({**asdict(r), "message": r.message} for r in report.rejected))
     summary = {"samples": len(report.samples), "rejected": len(report.rejected), "text": report.summary()}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return out_dir / "samples.jsonl"
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")
-    tmp.replace(path)
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return write_jsonl(out_dir / "samples.jsonl", (s.to_json() for s in report.samples))
 
 
 def read_samples(path: str | os.PathLike) -> list[Sample]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from vstar.schema import Label, Sample
+from vstar.storage import atomic_write
 
 COLORS = {  # far apart in RGB so H.264 4:2:0 keeps them apart
     "red": (225, 35, 35),
@@ -268,8 +269,7 @@ def synthesize(
     rng = np.random.default_rng(seed)
     splits = splits_for(num_videos, rng)
     manifest = out / "manifest.jsonl"
-    tmp = manifest.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as f:
+    with atomic_write(manifest) as f:  # the manifest appears only once every video is written
         for i in tqdm(range(num_videos), desc="synth videos", unit="video", disable=not progress):
             rng = np.random.default_rng([seed, i])
             scene = make_scene(rng, f"synth{seed}-{i:05d}", num_frames, size, fps, max_shapes, min_visible)
@@ -277,5 +277,4 @@ def synthesize(
             write_video(out / rel, render(scene), fps)
             for sample in scene_samples(scene, rel, splits[i]):
                 f.write(json.dumps(sample.to_json()) + "\n")
-    tmp.replace(manifest)  # the manifest appears only once every video is written
     return manifest

@@ -1,13 +1,13 @@
 """Prompts for answer generation and label rationalization (steps 1 and 3 of Video-STaR).
 
-The answer prompt is the question plus a request to explain step by step; the rationalization prompt
+The answer prompt is the question plus a request to explain step by step; the rationale prompt
 adds the label as a hint ("Answer: <label>") and asks for the explanation that leads there. The hint
 exists only in the prompt: the record that goes to training keeps the original question.
 
 >>> from vstar.schema import Label
 >>> answer_prompt("Which way does the red circle move?")
 "Which way does the red circle move? Explain step by step how one arrives at the answer, then give the answer after 'Answer:'."
->>> print(rationalize_prompt("Which way does the red circle move?", [Label(name="direction", type="class", value="left")]))
+>>> print(rationale_prompt("Which way does the red circle move?", [Label(name="direction", type="class", value="left")]))
 Which way does the red circle move?
 Answer: left
 Explain step by step how one arrives at this answer from what the video shows, then give the answer after 'Answer:'.
@@ -19,7 +19,7 @@ from vstar.schema import Label
 from vstar.verify.render import render_labels
 
 STEP_BY_STEP = "Explain step by step how one arrives at the answer, then give the answer after 'Answer:'."
-RATIONALIZE = (
+RATIONALE = (
     "Explain step by step how one arrives at this answer from what the video shows, "
     "then give the answer after 'Answer:'."
 )
@@ -29,8 +29,8 @@ def answer_prompt(question: str) -> str:
     return f"{question} {STEP_BY_STEP}"
 
 
-def rationalize_prompt(question: str, labels: list[Label] | tuple[Label, ...]) -> str:
-    return f"{question}\nAnswer: {render_labels(labels)}\n{RATIONALIZE}"
+def rationale_prompt(question: str, labels: list[Label] | tuple[Label, ...]) -> str:
+    return f"{question}\nAnswer: {render_labels(labels)}\n{RATIONALE}"
 
 
-PROMPTS = {"answer": lambda question, labels: answer_prompt(question), "rationalize": rationalize_prompt}
+PROMPTS = {"answer": lambda question, labels: answer_prompt(question), "rationale": rationale_prompt}

@@ -1,14 +1,15 @@
-"""The generation stage on Ray Data: samples → decode frames (CPU tasks) → generate (an actor pool, the
-model loaded once per actor) → verify → Parquet files under `out_dir`.
+"""The Ray Data stages over samples: the generation stage — decode frames (CPU tasks) → generate (an actor pool,
+the model loaded once per actor) → verify → Parquet files under `out_dir` — and the video check and the verifier
+alone, which share its pieces.
 
-    vstar generate jobs/demo.yaml --mode answer --out runs/demo/cycle_0/answers
+    vstar generate jobs/demo.yaml --mode answer --out runs/demo/cycle_1/answers
 
 Every input row comes out once: with K candidates and their verdicts, or with an `error` (the video
 could not be decoded, or generation failed for that row). Resumable: a rerun skips the `sample_id`s
 already written, so nothing is generated twice; a file cut short by a kill is unreadable, removed, and
 its rows are generated again.
 
-Columns: sample_id, kind (answer/rationalize), task, template_id, question (never with the hint),
+Columns: sample_id, kind (answer/rationale), task, template_id, question (never with the hint),
 prompt, labels (JSON), candidates, candidate_tokens, prompt_tokens, frame_indices, fps, total_frames,
 duration_s, frame_width, frame_height, decode_backend, model, error, and from verification
 verdicts (JSON), passed, num_passed.
@@ -25,50 +26,18 @@ import pyarrow as pa
 import ray
 
 from vstar.config import DataConfig, GenerateConfig, VerifyConfig
-from vstar.data.frames import FrameMeta, frames_of
-from vstar.dataset import decode_step
+from vstar.data.frames import FrameMeta, decode_options, frames_of, frames_row
 from vstar.generate.backends import BACKENDS
 from vstar.generate.prompts import PROMPTS
-from vstar.schema import Sample
+from vstar.schema import GENERATED, Sample
 from vstar.verify.batch import verify_rows
 
 log = logging.getLogger("vstar")
 
-# The written rows, one schema for every file (a file of rows without errors would otherwise type `error` null).
-SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("kind", pa.string()),
-        ("task", pa.string()),
-        ("template_id", pa.string()),
-        ("video", pa.string()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("question", pa.string()),
-        ("prompt", pa.string()),
-        ("labels", pa.string()),
-        ("candidates", pa.list_(pa.string())),
-        ("candidate_tokens", pa.list_(pa.int64())),
-        ("prompt_tokens", pa.int64()),
-        ("frame_indices", pa.list_(pa.int64())),
-        ("fps", pa.float64()),
-        ("total_frames", pa.int64()),
-        ("duration_s", pa.float64()),
-        ("frame_width", pa.int64()),
-        ("frame_height", pa.int64()),
-        ("decode_backend", pa.string()),
-        ("model", pa.string()),
-        ("error", pa.string()),
-        ("verdicts", pa.string()),
-        ("passed", pa.list_(pa.bool_())),
-        ("num_passed", pa.int64()),
-    ]
-)
-
 
 def conform(table: pa.Table) -> pa.Table:
     """A batch in the written schema's column order and types."""
-    return pa.table([table.column(f.name).cast(f.type) for f in SCHEMA], schema=SCHEMA)
+    return pa.table([table.column(f.name).cast(f.type) for f in GENERATED], schema=GENERATED)
 
 
 class GenerateActor:
@@ -222,7 +191,7 @@ def generate_stage(
         backend_kwargs.update(tensor_parallel_size=gen.tensor_parallel_size, lora_path=gen.lora_path)
     rows = prompt_rows(todo, mode)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // gen.batch_size, 200)))
-    ds = decode_step(ds, data)
+    ds = ds.map(frames_row, fn_kwargs=decode_options(data))
     ds = ds.map_batches(
         GenerateActor,
         fn_constructor_args=(gen.backend, model, backend_kwargs),
@@ -232,7 +201,27 @@ def generate_stage(
         batch_format="numpy",
     )
     ds = ds.map(add_duration)
-    ds = ds.map_batches(verify_rows, batch_format="pandas", fn_kwargs={"cfg": verify})
+    ds = verified(ds, verify)
     ds = ds.map_batches(conform, batch_format="pyarrow")
     ds.write_parquet(str(out_dir))
     return out_dir
+
+
+def verified(ds: ray.data.Dataset, cfg: VerifyConfig) -> ray.data.Dataset:
+    """Answer rows (`labels` + `candidates` or `answer`) with `verdicts`, `passed` and `num_passed` added."""
+    return ds.map_batches(verify_rows, batch_format="pandas", batch_size=256, fn_kwargs={"cfg": cfg})
+
+
+def check_clips(samples: list[Sample], data: DataConfig) -> list[dict]:
+    """Decode every distinct clip of the samples once on Ray Data; one row per clip (video, clip bounds, frame
+    metadata and shape, `error`), the frames themselves left on the workers."""
+    clips: dict[tuple, Sample] = {}
+    for s in samples:  # the first sample of each clip names its row
+        clips.setdefault((s.video, s.start_s, s.end_s), s)
+    rows = [
+        {"sample_id": s.sample_id, "video": s.video, "start_s": s.start_s, "end_s": s.end_s} for s in clips.values()
+    ]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
+    ds = ds.map(frames_row, fn_kwargs=decode_options(data))
+    ds = ds.map(lambda r: {k: v for k, v in r.items() if k != "frames"})
+    return ds.take_all()

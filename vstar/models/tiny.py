@@ -161,12 +161,12 @@ def _product_text() -> list[str]:
     the generation prompts and answers in their format, so each common word is one token (a tiny model's
     sequences stay short)."""
     from vstar.data.questions import FRAMINGS, TASK_BANKS, TYPE_BANKS
-    from vstar.generate.prompts import RATIONALIZE, STEP_BY_STEP
+    from vstar.generate.prompts import RATIONALE, STEP_BY_STEP
 
     fields = dict(subject="the red circle", name="action", about=" of the person", at="0.50")
     fields.update(about_q="the red circle", about_q_lower="the red circle")
     cores = [q for bank in (*TASK_BANKS.values(), *TYPE_BANKS.values()) for q in bank]
-    lines = [STEP_BY_STEP, RATIONALIZE]
+    lines = [STEP_BY_STEP, RATIONALE]
     lines += [framing.format(q=core.format(**fields)) for core in cores for framing in FRAMINGS]
     return lines
 

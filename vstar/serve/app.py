@@ -232,7 +232,7 @@ def app_builder(args: dict) -> Application:
 
 def resolve_model(model_or_run: str) -> str:
     """A model folder or hub id as it is; a run directory (it has metrics.jsonl) → the model of the cycle with
-    the best held-out accuracy (the later cycle on a tie; cycle -1 is the starting model)."""
+    the best held-out accuracy (the later cycle on a tie; cycle 0 is the base model)."""
     from vstar.report import read_metrics
 
     run = Path(model_or_run)
@@ -242,8 +242,8 @@ def resolve_model(model_or_run: str) -> str:
     if not evaluated:
         raise ValueError(f"{run}/metrics.jsonl has no evaluated cycle to serve")
     best = max(evaluated, key=lambda x: (x["eval"]["accuracy"], x["cycle"]))
-    model = best["model"] if best["cycle"] == -1 else str(run / f"cycle_{best['cycle']}" / "model")
-    if best["cycle"] != -1 and not Path(model).is_dir():
+    model = best["model"] if best["cycle"] == 0 else str(run / f"cycle_{best['cycle']}" / "model")
+    if best["cycle"] != 0 and not Path(model).is_dir():
         raise ValueError(f"{model} does not exist: the best cycle's model is missing from the run")
     scores = ", ".join(f"{x['cycle']}: {x['eval']['accuracy']:.3f}" for x in evaluated)
     log.info("%s: serving cycle %d, the best held-out accuracy (%s) → %s", run, best["cycle"], scores, model)
@@ -254,12 +254,9 @@ def serve(model_or_run: str, cfg: Config, blocking: bool = True) -> str:
     """Deploy the app on Ray Serve at cfg.serve.host:port and return its base URL (http://host:port).
 
     `model_or_run`: a model folder, hub id or run directory (its best cycle); it is also the model name clients
-    send. Joins the cluster at `run.ray_address` or starts a local Ray. `blocking`: serve until Ctrl-C, then
+    send. Ray must be running (`vstar serve` starts or joins it). `blocking`: serve until Ctrl-C, then
     delete the app; otherwise return at once (the caller ends it with `ray.serve.shutdown()`)."""
-    from vstar.dataset import init_ray
-
     model = resolve_model(model_or_run)
-    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     rserve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     rserve.run(build_app(model, model_or_run, cfg), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"

@@ -1,6 +1,6 @@
 """SFT records → model inputs, with the loss on the assistant's answer only.
 
-An SFT record (DESIGN.md §4) holds the question *without* any rationalization hint and the answer to learn:
+An SFT record (DESIGN.md §4) holds the question *without* any rationale hint and the answer to learn:
 `{sample_id, video, start_s, end_s, question, answer, origin, cycle}`. Its frames are decoded by the same
 sampler as at generation. `collate` applies the model's chat template, and every label is -100 except the
 tokens of the assistant's answer (and the end-of-turn token that closes it): the system prompt, the question,

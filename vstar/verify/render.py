@@ -1,4 +1,4 @@
-"""Labels written as text: the hint of a rationalization prompt ("Answer: <label>"), and what the
+"""Labels written as text: the hint of a rationale prompt ("Answer: <label>"), and what the
 parsers must read back. One renderer per label type.
 
 >>> from vstar.schema import Label

@@ -4,7 +4,7 @@
 
 Each converter is a pure function `convert(annotations, videos) -> ManifestReport` (no Ray): the samples it could
 make, validated like any manifest, and every row it could not use with the reason (a missing video, an unlabelled
-row, a question with no keyframe in its clip). `vstar data convert` writes them with `write_report`:
+row, a question with no keyframe in its clip). `vstar data convert` writes them with `write_manifest`:
 MANIFEST_DIR/samples.jsonl (the manifest; absolute video paths), rejected.jsonl (where, field and reason of each
 row left out) and summary.json. A missing video is never fatal; a missing annotation file is. Times are fractions
 of the clip, boxes normalized [x1, y1, x2, y2], sequences in temporal order with repeats kept. Questions come from

@@ -1,22 +1,24 @@
 """The tiny VLM's base model: what Video-STaR starts from when no real checkpoint can be downloaded.
 
-    vstar pretrain jobs/miniature.yaml       # or implicitly: `vstar run` with pretrain.steps > 0
-    vstar run pretrain.steps=160             # the demo's hint warm-up
+    vstar pretrain jobs/miniature.yaml       # or implicitly: `vstar run` with demo.pretrain.steps > 0
+    vstar run demo.pretrain.steps=160        # the demo's hint warm-up
 
 Video-STaR needs a base that already answers in some format and can use a hint: rationalization then puts a
 label the base never says into an explanation, and the cycles teach it. This recipe trains the random tiny VLM
 (with vstar's own trainer, every weight, the vision tower included) on a pool of synthetic videos of the run's
 world drawn with another seed (10000 + run.seed), so the pool never coincides with the run's data:
 
-  answer records   pretrain.tasks: the answer prompt → "The video shows a red shape. Answer: <label>"; the
+  answer records   demo.pretrain.tasks: the answer prompt → "The video shows a red shape. Answer: <label>"; the
                    caption (the first shape's colour) and the label are read off the pixels
-  hint records     pretrain.hint_tasks: the rationalization prompt (question + true label as a hint) → the same
+  hint records     demo.pretrain.hint_tasks: the rationale prompt (question + true label as a hint) → the same
                    answer; the model learns to copy the hint into a grounded explanation
-  word records     pretrain.hint_words per video: a generic question hinted with a random label word of the
+  word records     demo.pretrain.hint_words per video: a generic question hinted with a random label word of the
                    world (every class value, the target's included) → the caption and that word; this is where
                    the base learns to say words it is never taught to ground
 
-A task in none of the lists is never seen, so a task only in the hints (the miniature's direction) starts at 0%
+The recipe trains every weight from random (the vision tower must learn to see), without LoRA, with the decoded
+frames cached; its lr, batch, warmup and shuffle buffer are demo.pretrain's, and train.* says only how the work is spread (workers,
+micro-batch, CPUs, GPU). A task in none of the lists is never seen, so a task only in the hints (the miniature's direction) starts at 0%
 held-out: the experiment in README "Miniature Video-STaR" measures how far the cycles take it. The result is
 cached under <cache>/models by a digest of everything that shapes it.
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vstar.config import Config
+from vstar.config import Config, TrainConfig
 
 log = logging.getLogger("vstar")
 
@@ -53,12 +55,12 @@ def pool_records(cfg: Config) -> tuple[list[dict], dict[str, int]]:
     """The pretraining records of the pool's videos, and how many of each kind."""
     from vstar.data.manifest import load_manifest
     from vstar.data.questions import assign_question
-    from vstar.driver import synthetic_manifest
-    from vstar.generate.prompts import answer_prompt, rationalize_prompt
+    from vstar.demo.videos import synthetic_manifest
+    from vstar.generate.prompts import answer_prompt, rationale_prompt
     from vstar.schema import Label
     from vstar.verify.render import render_labels
 
-    p = cfg.pretrain
+    p = cfg.demo.pretrain
     seed = POOL_SEED + cfg.run.seed
     samples = [
         assign_question(x, cfg.run.seed) for x in load_manifest(synthetic_manifest(cfg, p.num_videos, seed)).samples
@@ -82,11 +84,11 @@ def pool_records(cfg: Config) -> tuple[list[dict], dict[str, int]]:
             if x.task in p.tasks:
                 add("answer", x, answer_prompt(x.question), answer_text(caption, render_labels(x.labels)))
             if x.task in p.hint_tasks:
-                add("hint", x, rationalize_prompt(x.question, x.labels), answer_text(caption, render_labels(x.labels)))
+                add("hint", x, rationale_prompt(x.question, x.labels), answer_text(caption, render_labels(x.labels)))
         n_words = int(p.hint_words) + int(rng.random() < p.hint_words % 1)
         for _ in range(n_words):
             word = str(rng.choice(words))
-            question = rationalize_prompt(
+            question = rationale_prompt(
                 str(rng.choice(GENERIC_QUESTIONS)), [Label(name="answer", type="class", value=word)]
             )
             add("word", obj, question, answer_text(caption, word))
@@ -96,16 +98,37 @@ def pool_records(cfg: Config) -> tuple[list[dict], dict[str, int]]:
 
 def base_key(cfg: Config) -> str:
     """A digest of everything that shapes the base: the recipe, the world, the frames, the seed."""
-    s = cfg.data.synth.model_dump(exclude={"num_videos", "seed"})
+    s = cfg.demo.synth.model_dump(exclude={"num_videos", "seed"})
     what = {
-        "pretrain": cfg.pretrain.model_dump(),
+        "pretrain": cfg.demo.pretrain.model_dump(),
         "synth": s,
         "frames": [cfg.data.num_frames, cfg.data.frame_size],
         "micro_batch_size": cfg.train.micro_batch_size,
         "seed": cfg.run.seed,
-        "version": 2,
+        "version": 3,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def recipe_train_config(cfg: Config) -> TrainConfig:
+    """The recipe's training settings: demo.pretrain's lr, batch, warmup and shuffle buffer, every weight trained from random, no
+    LoRA, decoded frames cached; from train.* only how the work is spread."""
+    t, p = cfg.train, cfg.demo.pretrain
+    return TrainConfig(
+        lr=p.lr,
+        global_batch_size=p.global_batch_size,
+        warmup_ratio=p.warmup_ratio,
+        shuffle_buffer=p.shuffle_buffer,
+        freeze_vision=False,
+        cache_decoded=True,
+        micro_batch_size=t.micro_batch_size,
+        num_workers=t.num_workers,
+        min_workers=t.min_workers,
+        cpus_per_worker=t.cpus_per_worker,
+        use_gpu=t.use_gpu,
+        max_failures=t.max_failures,
+        gradient_checkpointing=t.gradient_checkpointing,
+    )
 
 
 def pretrained_base(cfg: Config, random_model: Path) -> Path:
@@ -113,24 +136,12 @@ def pretrained_base(cfg: Config, random_model: Path) -> Path:
     out = random_model.with_name(f"{random_model.name}-base-{base_key(cfg)}")
     if (out / "config.json").exists():
         return out
-    from vstar.dataset import init_ray
-    from vstar.train.launch import read_steps, train
+    from vstar.train.launch import read_steps, train  # Ray Train: the caller has started Ray
 
-    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
-    p = cfg.pretrain
+    p = cfg.demo.pretrain
     work = out.with_name(f".{out.name}-work")
     records, counts = pool_records(cfg)
-    train_cfg = cfg.train.model_copy(
-        update={
-            "lr": p.lr,
-            "global_batch_size": p.global_batch_size,
-            "warmup_ratio": 0.05,
-            "weight_decay": 0.0,
-            "freeze_vision": False,  # from scratch: the vision tower must learn to see
-            "cache_decoded": True,
-            "lora": cfg.train.lora.model_copy(update={"enabled": False}),
-        }
-    )
+    train_cfg = recipe_train_config(cfg)
     log.info("pretraining the tiny VLM: %d steps on %d records %s → %s", p.steps, len(records), counts, out)
     start = time.perf_counter()
     result = train(

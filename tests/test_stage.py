@@ -1,23 +1,24 @@
-"""The Ray Data decode step on a real local Ray: frames for good videos, an error row for a damaged one."""
+"""vstar.generate.stage's video check and verifier on a real local Ray: frames for good videos, an error row for a
+damaged one; verdicts for every row (the generation stage itself: tests/test_generate.py)."""
 
 from vstar.config import DataConfig
-from vstar.data.frames import frames_of
-from vstar.dataset import decoded_frames
+from vstar.generate.stage import check_clips
 from vstar.schema import Sample
 
 
-def test_decoded_frames_with_an_error_row(ray_local, synth_samples, tmp_path):
+def test_the_video_check_decodes_every_clip_with_an_error_row(ray_local, synth_samples, tmp_path):
     damaged = tmp_path / "damaged.mp4"
     damaged.write_bytes(b"\x00" * 4096)
     bad = Sample(sample_id="bad", video=str(damaged), task="t", labels=[{"name": "a", "type": "class", "value": "b"}])
-    samples = synth_samples[:5] + [bad]
-    rows = {r["sample_id"]: r for r in decoded_frames(samples, DataConfig(num_frames=8)).take_all()}
-    assert set(rows) == {s.sample_id for s in samples}
-    for s in synth_samples[:5]:
+    one_per_video = list({s.video: s for s in synth_samples}.values())[:5]
+    samples = one_per_video + synth_samples[:3] + [bad]  # the first video's other samples: its clip is decoded once
+    rows = {r["sample_id"]: r for r in check_clips(samples, DataConfig(num_frames=8))}
+    assert set(rows) == {s.sample_id for s in one_per_video + [bad]}
+    for s in one_per_video:
         row = rows[s.sample_id]
-        assert row["error"] is None and frames_of(row).shape == (8, 112, 112, 3)
+        assert row["error"] is None and list(row["frames_shape"]) == [8, 112, 112, 3] and "frames" not in row
         assert list(row["frame_indices"]) == [0, 7, 13, 20, 27, 34, 40, 47] and row["fps"] == 8.0
-    assert rows["bad"]["error"].startswith(str(damaged)) and frames_of(rows["bad"]).shape[0] == 0
+    assert rows["bad"]["error"].startswith(str(damaged)) and list(rows["bad"]["frames_shape"])[0] == 0
 
 
 def test_verify_stage_on_ray(ray_local):
@@ -27,7 +28,7 @@ def test_verify_stage_on_ray(ray_local):
     import ray
 
     from vstar.config import VerifyConfig
-    from vstar.dataset import verified
+    from vstar.generate.stage import verified
 
     labels = json.dumps([{"name": "visible", "type": "span", "value": [0.0, 0.5]}])
     df = pd.DataFrame(

@@ -1,0 +1,263 @@
+"""The run directory: everything a run writes, where it goes, and how a rerun finds what is already done.
+
+    run_dir = open_run(cfg)                          # runs/<name>, config.yaml saved (or compared on a resume)
+    stats = once(run_dir / "manifest", lambda: ...)  # runs the step unless its folder is marked done
+    rows = read_rows(Cycle(run_dir, 1).answers)      # a generation stage's Parquet rows as one frame
+
+Layout (README "The run directory"; `Cycle(run_dir, k)` names a cycle's folders):
+
+    config.yaml           the resolved config; a resume must match it except RUNTIME_KEYS
+    manifest/             samples.jsonl, rejected.jsonl, summary.json, videos.jsonl (the video check)
+    cycle_0/eval/         the base model's held-out evaluation (cycle 0 is the base, everywhere)
+    cycle_<k>/answers/    k ≥ 1: the generation stages' Parquet rows ...
+    cycle_<k>/rationales/
+    cycle_<k>/sft/        records.jsonl
+    cycle_<k>/train/      Ray Train storage (checkpoints, steps.jsonl)
+    cycle_<k>/model/      model_k, exported
+    cycle_<k>/eval/       model_k's held-out evaluation
+    cycle_<k>/STOP        why the loop stopped after cycle k
+    metrics.jsonl         one line per cycle (0: the base), rebuilt from the stages' markers
+
+A stage's folder gets `_SUCCESS.json` (its stats) last; every file is written under a temporary name and moved in
+place (`atomic_write`), so a kill leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vstar.config import Config, ConfigError
+
+log = logging.getLogger("vstar")
+
+SUCCESS = "_SUCCESS.json"
+
+# Keys that may change between a run and its resume: how the work is spread, never what it computes.
+RUNTIME_KEYS = (
+    "run.ray_address",
+    "run.num_cpus",
+    "run.max_cycles",
+    "run.min_delta",
+    "generate.num_actors",
+    "generate.num_gpus_per_actor",
+    "generate.batch_size",
+    "data.decode_timeout_s",
+    "train.num_workers",
+    "train.min_workers",
+    "train.cpus_per_worker",
+    "train.max_failures",
+    "serve",
+)
+
+
+# -- files ---------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator:
+    """A text file opened for writing under a temporary name beside `path`, moved in place when the block ends
+    without an error (a kill or an exception leaves `path` as it was). The folder is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        yield f
+    os.replace(tmp, path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_jsonl(path: str | os.PathLike, rows) -> Path:
+    """One JSON object a line (`default=str` for dates and paths)."""
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")
+    return Path(path)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# -- stages --------------------------------------------------------------------------------------------------------
+
+
+def done(stage: Path) -> dict | None:
+    """The stats a finished stage recorded, or None when it has not finished."""
+    path = stage / SUCCESS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def mark(stage: Path, stats: dict) -> dict:
+    """Mark a stage finished (last, atomically) with its stats; returns them."""
+    write_text(stage / SUCCESS, json.dumps(stats, indent=1))
+    return stats
+
+
+def once(stage: Path, step: Callable[[], dict]) -> dict:
+    """Run `step` unless `stage` is marked done; mark it with the stats `step` returns. Either way, the stats."""
+    stats = done(stage)
+    if stats is None:
+        stats = mark(stage, step())
+    return stats
+
+
+def read_rows(stage: Path):
+    """A generation stage's rows (every Parquet file of the folder) as one pandas frame; none: an empty frame of
+    the stage's columns."""
+    import pandas as pd
+
+    from vstar.schema import GENERATED
+
+    files = sorted(stage.glob("*.parquet"))
+    if not files:
+        return GENERATED.empty_table().to_pandas()
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def failed_ids(rows) -> set[str]:
+    """The samples of a stage's rows with no passing candidate, leaving out error rows (their videos could not be
+    decoded: asking again with a hint cannot help). What label rationalization re-asks."""
+    return set(rows.loc[(rows["num_passed"] == 0) & rows["error"].isna(), "sample_id"])
+
+
+# -- the run -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """Cycle k's folders. Cycle 0 is the base model (only `eval`); cycle k ≥ 1 trains model_k from what model_{k-1}
+    generated."""
+
+    run_dir: Path
+    k: int
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / f"cycle_{self.k}"
+
+    answers = property(lambda self: self.dir / "answers")
+    rationales = property(lambda self: self.dir / "rationales")
+    sft = property(lambda self: self.dir / "sft")
+    train = property(lambda self: self.dir / "train")
+    model = property(lambda self: self.dir / "model")
+    eval = property(lambda self: self.dir / "eval")
+
+    @property
+    def previous(self) -> Cycle:
+        return Cycle(self.run_dir, self.k - 1)
+
+    def stop(self, reason: str | None) -> None:
+        """Record why the loop stops after this cycle; None removes an earlier stop (a resume with more cycles)."""
+        path = self.dir / "STOP"
+        if reason is None:
+            path.unlink(missing_ok=True)
+            return
+        log.info("stopping after cycle %d: %s", self.k, reason)
+        write_text(path, reason + "\n")
+
+    def stopped(self) -> str | None:
+        path = self.dir / "STOP"
+        return path.read_text().strip() if path.exists() else None
+
+
+def open_run(cfg: Config, fork: bool = False) -> Path:
+    """Create the run directory and save the resolved config; refuse a different config on an existing run
+    (keys in RUNTIME_KEYS may differ). With `fork`, a run that exists gets a sibling `<name>-fork<N>`."""
+    run_dir = Path(cfg.run.dir).resolve()  # absolute: Ray workers may run in another working directory
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        if (run_dir / "base_eval").is_dir():
+            raise ConfigError(
+                f"run {run_dir} was written by an older vstar (base_eval/, cycles from 0); this one numbers the base "
+                "cycle 0 and the cycles from 1: start a new run (another run.name, or --fork)"
+            )
+        changed = config_changes(saved_config(saved, cfg), cfg.model_dump(mode="json"))
+        if fork:
+            n = 1
+            while Path(f"{run_dir}-fork{n}").exists():
+                n += 1
+            cfg.run.name = f"{cfg.run.name}-fork{n}"
+            log.info("forking %s into %s", run_dir, cfg.run.dir)
+            return open_run(cfg)
+        if changed:
+            shown = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in list(changed.items())[:5])
+            raise ConfigError(
+                f"run {run_dir} was started with a different config ({shown}); resume it with its own config "
+                f"({saved}), choose another run.name, or pass --fork to start a new run directory from this config"
+            )
+        log.info("resuming run %s", run_dir)
+    write_text(saved, cfg.to_yaml())
+    log.info("run %s: config saved to %s", cfg.run.name, saved)
+    return run_dir
+
+
+def saved_config(path: Path, cfg: Config) -> dict:
+    """A run directory's config.yaml as this vstar reads it: keys added since it was written take their defaults
+    (they are not changes); a file this version cannot parse is compared as it is."""
+    return normalized_config(yaml.safe_load(path.read_text()) or {}, cfg)
+
+
+def normalized_config(saved: dict, cfg: Config) -> dict:
+    """A saved config (dict) as this vstar reads it, for config_changes against cfg's."""
+    try:
+        return type(cfg).model_validate(saved).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError: a key this version no longer has is then reported changed
+        return saved
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    """Dotted keys whose values differ, leaving out RUNTIME_KEYS.
+
+    >>> config_changes({"train": {"lr": 1e-5, "num_workers": 2}}, {"train": {"lr": 2e-5, "num_workers": 8}})
+    {'train.lr': (1e-05, 2e-05)}
+    """
+    out = {}
+    for key in sorted(set(old) | set(new)):
+        dotted = f"{prefix}{key}"
+        if dotted in RUNTIME_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(config_changes(a, b, f"{dotted}."))
+        elif a != b:
+            out[dotted] = (a, b)
+    return out
+
+
+GENERATION_STAGES = ("answers", "rationales")
+TIMED = (("answers", "answers"), ("rationales", "rationales"), ("curate", "sft"), ("train", "train"), ("eval", "eval"))
+
+
+def write_metrics(run_dir: Path) -> Path:
+    """<run>/metrics.jsonl from the stages' markers: one line per cycle, cycle 0 the base model. Each line's `model`
+    is the model its `eval` scored. Rewritten whole, so a resumed run never repeats a line."""
+    lines = []
+    k = 0
+    while (cycle := Cycle(run_dir, k)).dir.exists():
+        stages = {name: done(getattr(cycle, name)) for name in ("answers", "rationales", "sft", "train", "eval")}
+        line: dict = {"cycle": k, **{name: stats for name, stats in stages.items() if stats is not None}}
+        if "eval" in line:
+            line["model"] = line["eval"]["model"]
+        if k:
+            line["verifier_failures"] = {
+                s: dict(line[s]["top_failure_reasons"]) for s in GENERATION_STAGES if s in line
+            }
+        line["stage_seconds"] = {label: line[name]["seconds"] for label, name in TIMED if name in line}
+        line["stop"] = cycle.stopped()
+        lines.append(line)
+        k += 1
+    return write_jsonl(run_dir / "metrics.jsonl", lines)

@@ -19,6 +19,7 @@ from vstar.data.frames import frames_row, sample_frames
 from vstar.data.questions import FRAMINGS, TASK_BANKS, TYPE_BANKS, assign_question
 from vstar.generate.backends import HFBackend
 from vstar.generate.prompts import STEP_BY_STEP, answer_prompt, rationalize_prompt
+from vstar.generate.sampling import Sampling
 from vstar.generate.stage import GenerateActor, _objects, generate_stage, prompt_rows
 from vstar.schema import Sample
 
@@ -79,7 +80,7 @@ def clip(synth_samples):
 
 
 def test_hf_backend_chat_template_video_tokens_and_candidates(tiny_vlm_dir, clip):
-    backend = HFBackend(str(tiny_vlm_dir), num_candidates=3, max_new_tokens=10, temperature=1.0)
+    backend = HFBackend(str(tiny_vlm_dir), Sampling(max_new_tokens=10, n=3, temperature=1.0))
     from vstar.models.load import chat_text
 
     text = chat_text(backend.processor, "What moves?")
@@ -92,7 +93,7 @@ def test_hf_backend_chat_template_video_tokens_and_candidates(tiny_vlm_dir, clip
     prompt_ids = backend.processor.tokenizer(text)["input_ids"]
     assert out[0].prompt_tokens == len(prompt_ids) - 1 + 64  # one <|video_pad|> becomes 64 video tokens
 
-    greedy = HFBackend(str(tiny_vlm_dir), num_candidates=3, max_new_tokens=10, temperature=0)
+    greedy = HFBackend(str(tiny_vlm_dir), Sampling(max_new_tokens=10, n=3, temperature=0))
     a = greedy.generate(["What moves?"], [clip.array], [clip.meta])[0]
     b = greedy.generate(["What moves?"], [clip.array], [clip.meta])[0]
     assert len(a.candidates) == 1 and a == b
@@ -102,7 +103,7 @@ def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
     rows = [frames_row(r, 8) for r in prompt_rows([assign_question(s, 0) for s in synth_samples[:3]], "answer")]
     rows[1]["frames_shape"] = [8, 112, 336]  # the same bytes as one channel: the processor raises for this row
     batch = {k: _objects([r[k] for r in rows]) for k in rows[0]}
-    out = GenerateActor("hf", str(tiny_vlm_dir), {"num_candidates": 2, "max_new_tokens": 6, "temperature": 1.0})(batch)
+    out = GenerateActor("hf", str(tiny_vlm_dir), Sampling(max_new_tokens=6, n=2, temperature=1.0), {})(batch)
     assert "frames" not in out
     assert [len(c) for c in out["candidates"]] == [2, 0, 2]
     assert out["error"][0] is None and out["error"][2] is None

@@ -29,6 +29,7 @@ from vstar.data.frames import FrameMeta, frames_of
 from vstar.dataset import decode_step
 from vstar.generate.backends import BACKENDS
 from vstar.generate.prompts import PROMPTS
+from vstar.generate.sampling import Sampling
 from vstar.schema import Sample
 from vstar.verify.batch import verify_rows
 
@@ -74,9 +75,9 @@ def conform(table: pa.Table) -> pa.Table:
 class GenerateActor:
     """A Ray Data callable class: one backend (one model) per actor, a batch of decoded rows per call."""
 
-    def __init__(self, backend: str, model: str, backend_kwargs: dict):
+    def __init__(self, backend: str, model: str, sampling: Sampling, backend_kwargs: dict):
         self.model = model
-        self.backend = BACKENDS[backend](model, **backend_kwargs)
+        self.backend = BACKENDS[backend](model, sampling, **backend_kwargs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["sample_id"])
@@ -210,14 +211,7 @@ def generate_stage(
     )
     if not todo:
         return out_dir
-    backend_kwargs = dict(
-        num_candidates=gen.num_candidates,
-        max_new_tokens=gen.max_new_tokens,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        dtype=dtype,
-        seed=seed,
-    )
+    backend_kwargs = dict(dtype=dtype)
     if gen.backend == "vllm":
         backend_kwargs.update(tensor_parallel_size=gen.tensor_parallel_size, lora_path=gen.lora_path)
     rows = prompt_rows(todo, mode)
@@ -225,7 +219,7 @@ def generate_stage(
     ds = decode_step(ds, data)
     ds = ds.map_batches(
         GenerateActor,
-        fn_constructor_args=(gen.backend, model, backend_kwargs),
+        fn_constructor_args=(gen.backend, model, Sampling.from_config(gen, seed), backend_kwargs),
         compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
         num_gpus=gen.num_gpus_per_actor,
         batch_size=gen.batch_size,

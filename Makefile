@@ -1,7 +1,7 @@
 # One set of tools: the README and .ci/run use these targets.
 #   make demo     install, then run the embedded default (local Ray, synthetic videos, tiny offline VLM)
 #   make test     install, then lint and run the whole test suite
-#   make test-vllm  the vLLM backend and serve engine tests on vLLM's CPU build, in .venv-vllm
+#   make test-vllm  the vLLM backend, serve engine and sampling tests on vLLM's CPU build, in .venv-vllm
 #   make bench    decode, verify, generate, train and serve benchmarks (print tables)
 # On a GPU machine: make install CONSTRAINTS= EXTRAS=test,gpu   (no CPU torch pin; adds vLLM)
 
@@ -46,7 +46,7 @@ test: lint
 test-vllm:
 	test -f .venv-vllm/.ready || (bash .ci/vllm_env.sh .venv-vllm && touch .venv-vllm/.ready)
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 \
-	    .venv-vllm/bin/python -m pytest -m vllm -p no:cacheprovider tests/test_vllm_backend.py tests/test_serve.py
+	    .venv-vllm/bin/python -m pytest -m vllm -p no:cacheprovider tests/test_vllm_backend.py tests/test_serve.py tests/test_sampling.py
 
 bench: install
 	$(BIN)/python benchmarks/decode.py

@@ -60,6 +60,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from vstar.config import Config, load_config  # noqa: E402
 from vstar.data.frames import FrameMeta, frames_of, frames_row  # noqa: E402
 from vstar.generate.backends import HFBackend  # noqa: E402
+from vstar.generate.sampling import Sampling  # noqa: E402
 from vstar.generate.stage import generate_stage, prompt_rows  # noqa: E402
 from vstar.verify.batch import verify_rows  # noqa: E402
 
@@ -73,17 +74,9 @@ def config(batch_size: int = 8, num_actors: int = 1) -> Config:
     return load_config(None, [*SETTINGS, f"generate.batch_size={batch_size}", f"generate.num_actors={num_actors}"])
 
 
-def backend_kwargs(cfg: Config) -> dict:
-    """The arguments GenerateActor gives HFBackend (see generate_stage)."""
-    g = cfg.generate
-    return dict(
-        num_candidates=g.num_candidates,
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        dtype=cfg.model.dtype,
-        seed=0,
-    )
+def make_backend(model: Path, cfg: Config) -> HFBackend:
+    """The HFBackend a GenerateActor builds (see generate_stage), with generate_stage's default seed."""
+    return HFBackend(str(model), Sampling.from_config(cfg.generate, seed=0), dtype=cfg.model.dtype)
 
 
 # ---- setup ----------------------------------------------------------------------------------------------
@@ -238,11 +231,11 @@ def time_actor_start(model: Path) -> tuple[float, float, int]:
 
     @ray.remote(num_cpus=1)
     class Probe:
-        def __init__(self, model: str, kwargs: dict):
+        def __init__(self, model: Path, cfg: Config):
             import torch
 
             start = time.perf_counter()
-            self.backend = HFBackend(model, **kwargs)
+            self.backend = make_backend(model, cfg)
             self.load_s = time.perf_counter() - start
             self.threads = torch.get_num_threads()
 
@@ -250,7 +243,7 @@ def time_actor_start(model: Path) -> tuple[float, float, int]:
             return self.load_s, self.threads
 
     start = time.perf_counter()
-    probe = Probe.remote(str(model), backend_kwargs(config()))
+    probe = Probe.remote(model, config())
     load_s, threads = ray.get(probe.facts.remote())
     total = time.perf_counter() - start
     ray.kill(probe)
@@ -292,7 +285,8 @@ def run_stage(samples: list, model: Path, out_dir: Path, batch_size: int, num_ac
 
     def target():
         try:
-            generate_stage(samples, MODE, out_dir, str(model), cfg.generate, cfg.data, cfg.verify)
+            sampling = Sampling.from_config(cfg.generate, cfg.run.seed)
+            generate_stage(samples, MODE, out_dir, str(model), cfg.generate, sampling, cfg.data, cfg.verify)
         except BaseException as e:  # noqa: BLE001  reported below
             failure.append(e)
 
@@ -410,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         default_threads = torch.get_num_threads()
         threads = sorted({1, default_threads} if args.backend_one_thread else {default_threads})
         batch_sizes = sorted(set(args.backend_batch_sizes) | set(args.stage_batch_sizes))
-        hf = HFBackend(str(model), **backend_kwargs(cfg))
+        hf = make_backend(model, cfg)
         backend = run_backend_table(hf, decoded[: args.backend_rows], batch_sizes, threads)
 
         ray_init_s = init_ray()

@@ -19,10 +19,12 @@ from vstar.data.frames import frames_row, sample_frames
 from vstar.data.questions import FRAMINGS, TASK_BANKS, TYPE_BANKS, assign_question
 from vstar.generate.backends import HFBackend
 from vstar.generate.prompts import STEP_BY_STEP, answer_prompt, rationale_prompt
+from vstar.generate.sampling import Sampling
 from vstar.generate.stage import GenerateActor, _objects, generate_stage, prompt_rows
 from vstar.schema import Sample
 
 CFG = load_config(None, ["generate.max_new_tokens=12", "generate.num_candidates=3", "generate.batch_size=4"])
+SAMPLING = Sampling.from_config(CFG.generate, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def clip(synth_samples):
 
 
 def test_hf_backend_chat_template_video_tokens_and_candidates(tiny_vlm_dir, clip):
-    backend = HFBackend(str(tiny_vlm_dir), num_candidates=3, max_new_tokens=10, temperature=1.0)
+    backend = HFBackend(str(tiny_vlm_dir), Sampling(max_new_tokens=10, n=3, temperature=1.0))
     from vstar.models.load import chat_text
 
     text = chat_text(backend.processor, "What moves?")
@@ -92,7 +94,7 @@ def test_hf_backend_chat_template_video_tokens_and_candidates(tiny_vlm_dir, clip
     prompt_ids = backend.processor.tokenizer(text)["input_ids"]
     assert out[0].prompt_tokens == len(prompt_ids) - 1 + 64  # one <|video_pad|> becomes 64 video tokens
 
-    greedy = HFBackend(str(tiny_vlm_dir), num_candidates=3, max_new_tokens=10, temperature=0)
+    greedy = HFBackend(str(tiny_vlm_dir), Sampling(max_new_tokens=10, n=3, temperature=0))
     a = greedy.generate(["What moves?"], [clip.array], [clip.meta])[0]
     b = greedy.generate(["What moves?"], [clip.array], [clip.meta])[0]
     assert len(a.candidates) == 1 and a == b
@@ -102,7 +104,7 @@ def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
     rows = [frames_row(r, 8) for r in prompt_rows([assign_question(s, 0) for s in synth_samples[:3]], "answer")]
     rows[1]["frames_shape"] = [8, 112, 336]  # the same bytes as one channel: the processor raises for this row
     batch = {k: _objects([r[k] for r in rows]) for k in rows[0]}
-    out = GenerateActor("hf", str(tiny_vlm_dir), {"num_candidates": 2, "max_new_tokens": 6, "temperature": 1.0})(batch)
+    out = GenerateActor("hf", str(tiny_vlm_dir), Sampling(max_new_tokens=6, n=2, temperature=1.0), {})(batch)
     assert "frames" not in out
     assert [len(c) for c in out["candidates"]] == [2, 0, 2]
     assert out["error"][0] is None and out["error"][2] is None
@@ -123,7 +125,9 @@ def test_stage_every_row_once_with_a_damaged_video(ray_local, tiny_vlm_dir, ques
     bad = questioned[0].model_copy(update={"sample_id": "damaged", "video": str(damaged)})
     samples = questioned[:10] + [bad]
     for mode in ("answer", "rationale"):
-        out = generate_stage(samples, mode, tmp_path / mode, str(tiny_vlm_dir), CFG.generate, CFG.data, CFG.verify)
+        out = generate_stage(
+            samples, mode, tmp_path / mode, str(tiny_vlm_dir), CFG.generate, SAMPLING, CFG.data, CFG.verify
+        )
         df = read_rows(out)
         assert sorted(df["sample_id"]) == sorted(s.sample_id for s in samples)
         ok = df[df["sample_id"] != "damaged"]
@@ -137,7 +141,9 @@ def test_stage_every_row_once_with_a_damaged_video(ray_local, tiny_vlm_dir, ques
         assert all(df["question"] == df["sample_id"].map(q))  # the question, never the hinted prompt
     # a rerun writes nothing
     before = sorted((tmp_path / "answer").iterdir())
-    generate_stage(samples, "answer", tmp_path / "answer", str(tiny_vlm_dir), CFG.generate, CFG.data, CFG.verify)
+    generate_stage(
+        samples, "answer", tmp_path / "answer", str(tiny_vlm_dir), CFG.generate, SAMPLING, CFG.data, CFG.verify
+    )
     assert sorted((tmp_path / "answer").iterdir()) == before
 
 

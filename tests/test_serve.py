@@ -120,14 +120,13 @@ def test_chat_with_a_data_url_answers_as_the_generation_backend_does(client, tin
     """Same frames (the shared sampler), same chat template, same greedy tokens as `HFBackend`."""
     from vstar.data.frames import sample_frames
     from vstar.generate.backends import HFBackend
+    from vstar.generate.sampling import Sampling
 
     reply = client.chat.completions.create(
         model=str(tiny_vlm_dir), messages=video_message(data_url(media / "clip.mp4")), max_tokens=16, temperature=0
     )
     frames = sample_frames(str(media / "clip.mp4"), 8)
-    expected = HFBackend(str(tiny_vlm_dir), temperature=0, max_new_tokens=16).generate(
-        [QUESTION], [frames.array], [frames.meta]
-    )[0]
+    expected = HFBackend(str(tiny_vlm_dir), Sampling.greedy(16)).generate([QUESTION], [frames.array], [frames.meta])[0]
     choice = reply.choices[0]
     assert choice.message.role == "assistant"
     assert choice.message.content == expected.candidates[0]
@@ -384,10 +383,23 @@ def test_serve_yaml_is_a_valid_serve_deploy_config(tiny_vlm_dir):
         call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), {"modle": "x"})
 
 
+def test_jobs_that_differ_only_in_token_limit_or_ignore_eos_share_one_generate_call():
+    """The HF engine's groups: the token limit and ignore_eos hold per row; any other setting needs its own call."""
+    from vstar.generate.sampling import Sampling
+    from vstar.serve.engine import _shared
+
+    greedy = Sampling(10, seed=None)
+    assert _shared(greedy) == _shared(Sampling(5, seed=None, ignore_eos=True))
+    assert _shared(greedy) == _shared(Sampling(10, temperature=0, top_p=0.5, seed=None))  # top_p: greedy anyway
+    assert _shared(greedy) != _shared(Sampling(10, temperature=0.8, seed=None))
+    assert _shared(Sampling(10, temperature=0.8, top_p=0.5)) != _shared(Sampling(10, temperature=0.8, top_p=0.9))
+
+
 @pytest.mark.vllm
 def test_vllm_engine_honours_each_jobs_settings_and_matches_transformers(tiny_vlm_dir, media):
     pytest.importorskip("vllm", reason="vLLM is not installed here (see .ci/vllm_env.sh)")
     from vstar.data.frames import sample_frames
+    from vstar.generate.sampling import Sampling
     from vstar.serve.engine import HFEngine, Job, VLLMEngine
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -399,9 +411,13 @@ def test_vllm_engine_honours_each_jobs_settings_and_matches_transformers(tiny_vl
     assert prompt == hf.prompt(messages)
 
     # 8 tokens: further on, the random model's near-ties can go either way between the two (fp32 on both)
-    jobs = [Job(prompt, frames.array, frames.meta, 8), Job(prompt, frames.array, frames.meta, 300, ignore_eos=True)]
+    greedy = Sampling(8, seed=None)  # as a request's: no seed of its own
+    jobs = [
+        Job(prompt, frames.array, frames.meta, greedy),
+        Job(prompt, frames.array, frames.meta, Sampling(300, seed=None, ignore_eos=True)),
+    ]
     (step,) = list(vllm_engine.stream(jobs))  # one step: vLLM's whole answers
-    hf_steps = list(hf.stream([Job(prompt, frames.array, frames.meta, 8)]))
+    hf_steps = list(hf.stream([Job(prompt, frames.array, frames.meta, greedy)]))
     assert step[0].text == "".join(s[0].text for s in hf_steps)
     hf_last = next(s[0] for s in hf_steps if s[0].finish_reason)
     assert (step[0].finish_reason, step[0].completion_tokens) == (hf_last.finish_reason, hf_last.completion_tokens)

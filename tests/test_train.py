@@ -101,6 +101,7 @@ def test_two_fsdp2_workers_learn_export_and_resume(ray_local, tiny_vlm_dir, reco
     from safetensors.torch import load_file
 
     from vstar.generate.backends import HFBackend
+    from vstar.generate.sampling import Sampling
     from vstar.train.launch import train
 
     cfg = load_config(
@@ -140,9 +141,7 @@ def test_two_fsdp2_workers_learn_export_and_resume(ray_local, tiny_vlm_dir, reco
 
     # the exported folder loads through the generic loader and generates
     clip = sample_frames(records[0]["video"], 8)
-    g = HFBackend(str(out), max_new_tokens=8, temperature=0).generate(
-        [records[0]["question"]], [clip.array], [clip.meta]
-    )[0]
+    g = HFBackend(str(out), Sampling.greedy(8)).generate([records[0]["question"]], [clip.array], [clip.meta])[0]
     assert len(g.token_ids[0]) >= 1
 
     # a rerun with the same name continues from the last checkpoint (step 6), not from step 0, here on one
@@ -218,6 +217,7 @@ def test_one_fsdp2_step_equals_a_single_process_step(ray_local, tiny_vlm_dir, re
 @pytest.mark.slow
 def test_lora_on_elastic_workers_trains_only_adapters_and_exports_merged(ray_local, tiny_vlm_dir, records, tmp_path):
     from vstar.generate.backends import HFBackend
+    from vstar.generate.sampling import Sampling
     from vstar.models import load_vlm
     from vstar.train.launch import train
 
@@ -239,9 +239,7 @@ def test_lora_on_elastic_workers_trains_only_adapters_and_exports_merged(ray_loc
     adapted = {k for k in before if re.fullmatch(cfg.train.lora.target_modules + r"\.weight", k)}
     assert adapted and changed == adapted  # exactly the adapted projections changed, nothing else
     clip = sample_frames(records[0]["video"], 8)
-    g = HFBackend(str(out), max_new_tokens=4, temperature=0).generate(
-        [records[0]["question"]], [clip.array], [clip.meta]
-    )
+    g = HFBackend(str(out), Sampling.greedy(4)).generate([records[0]["question"]], [clip.array], [clip.meta])
     assert len(g[0].token_ids[0]) >= 1
 
 

@@ -55,17 +55,17 @@ def lora_dir(tiny_vlm_dir, tmp_path_factory):
 def backend(tiny_vlm_dir, lora_dir):
     """One engine for the module (each costs ~30 s on 2 cores): sampling n=4, the adapter loadable."""
     from vstar.generate.backends import VLLMBackend
+    from vstar.generate.sampling import Sampling
 
-    return VLLMBackend(
-        str(tiny_vlm_dir), num_candidates=4, max_new_tokens=16, temperature=1.0, lora_path=str(lora_dir), **LLM_KWARGS
-    )
+    sampling = Sampling(max_new_tokens=16, n=4, temperature=1.0)
+    return VLLMBackend(str(tiny_vlm_dir), sampling, lora_path=str(lora_dir), **LLM_KWARGS)
 
 
 def greedy(backend, clip, lora):
-    from vllm import SamplingParams
+    from vstar.generate.sampling import Sampling
 
     saved = backend.params, backend.lora
-    backend.params = SamplingParams(n=1, temperature=0, max_tokens=12)
+    backend.params = Sampling.greedy(12).vllm_params()
     backend.lora = backend.lora if lora else None
     try:
         return backend.generate(["What moves?"], [clip.array], [clip.meta])[0]
@@ -82,11 +82,10 @@ def test_candidates_with_video_metadata(backend, clip):
 
 def test_greedy_tokens_equal_transformers(backend, tiny_vlm_dir, clip):
     from vstar.generate.backends import HFBackend
+    from vstar.generate.sampling import Sampling
 
     ours = greedy(backend, clip, lora=False)
-    theirs = HFBackend(str(tiny_vlm_dir), max_new_tokens=12, temperature=0).generate(
-        ["What moves?"], [clip.array], [clip.meta]
-    )[0]
+    theirs = HFBackend(str(tiny_vlm_dir), Sampling.greedy(12)).generate(["What moves?"], [clip.array], [clip.meta])[0]
     assert ours.prompt_tokens == theirs.prompt_tokens  # the same chat template and 64 video tokens
     assert ours.token_ids == theirs.token_ids
 

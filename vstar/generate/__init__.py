@@ -1,1 +1,1 @@
-"""Answer generation and label rationalization: prompts, backends (transformers, vLLM), the Ray Data stage."""
+"""Answer generation and label rationalization: prompts, sampling, backends (transformers, vLLM), the Ray Data stage."""

@@ -1,11 +1,12 @@
 """Generation backends behind one interface: prompts + frames (+ frame metadata) → K candidates per row.
 
-    backend = HFBackend("runs/demo/cycle_0/model", num_candidates=4, max_new_tokens=256)
+    backend = HFBackend("runs/demo/cycle_0/model", Sampling(max_new_tokens=256, n=4, temperature=0.7, top_p=0.9))
     [g.candidates for g in backend.generate(["What moves? ..."], [frames.array], [frames.meta])]
 
 `hf` runs transformers `generate` (CPU or GPU, batched); `vllm` runs `vllm.LLM` with the video and its
-metadata as multi-modal data, `SamplingParams(n=K)`, an optional LoRA adapter and tensor parallelism.
-Both load the model from a folder or a hub id. With temperature 0 (greedy) a row gets one candidate.
+metadata as multi-modal data, an optional LoRA adapter and tensor parallelism. Both load the model from a
+folder or a hub id (`load_hf`, `load_vllm`: the serve engines load theirs the same way) and sample as their
+`Sampling` says; greedy (temperature 0) gives a row one candidate.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from vstar.data.frames import FrameMeta
+from vstar.generate.sampling import Sampling
 
 
 @dataclass(frozen=True)
@@ -30,34 +32,29 @@ class Backend(Protocol):
     def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]: ...
 
 
+def load_hf(model: str, dtype: str = "auto", device: str | None = None) -> tuple:
+    """A transformers model on `device` (default: the GPU when there is one), its processor, the device and its
+    end-of-sequence ids."""
+    import torch
+
+    from vstar.models import load_vlm
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded, processor = load_vlm(model, dtype, device)
+    eos = loaded.generation_config.eos_token_id
+    return loaded, processor, device, set(eos if isinstance(eos, list) else [eos])
+
+
 class HFBackend:
     """transformers `generate`, batched; bf16 on a GPU, fp32 on a CPU unless `dtype` says otherwise."""
 
-    def __init__(
-        self,
-        model: str,
-        num_candidates: int = 1,
-        max_new_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 0.9,
-        dtype: str = "auto",
-        device: str | None = None,
-        seed: int = 0,
-    ):
+    def __init__(self, model: str, sampling: Sampling, dtype: str = "auto", device: str | None = None):
         import torch
 
-        from vstar.models import load_vlm
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.processor = load_vlm(model, dtype, self.device)
-        self.sample = temperature > 0
-        self.n = num_candidates if self.sample else 1
-        self.kwargs = dict(max_new_tokens=max_new_tokens, do_sample=self.sample, num_return_sequences=self.n)
-        if self.sample:
-            self.kwargs.update(temperature=temperature, top_p=top_p)
-        eos = self.model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos])
-        torch.manual_seed(seed)
+        self.model, self.processor, self.device, self.eos = load_hf(model, dtype, device)
+        self.sampling = sampling
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
 
     def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]:
         import torch
@@ -66,13 +63,13 @@ class HFBackend:
 
         inputs = video_chat_inputs(self.processor, prompts, videos, metas).to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **self.kwargs)
+            out = self.model.generate(**inputs, **self.sampling.hf_kwargs())
         new = out[:, inputs["input_ids"].shape[1] :].cpu().numpy()
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
         lengths = [self._length(row) for row in new]
         ids = [row[:length].tolist() for row, length in zip(new, lengths, strict=True)]
         prompt_tokens = inputs["attention_mask"].sum(1).tolist()
-        k = self.n
+        k = self.sampling.n
         return [
             Generation(
                 texts[i * k : (i + 1) * k],
@@ -103,43 +100,50 @@ def vllm_video(frames: np.ndarray, meta: FrameMeta) -> tuple[np.ndarray, dict]:
     }
 
 
+def load_vllm(
+    model: str,
+    dtype: str = "auto",
+    tensor_parallel_size: int = 1,
+    lora_path: str | None = None,
+    seed: int | None = 0,
+    **llm_kwargs,
+) -> tuple:
+    """A `vllm.LLM` that takes one video a prompt, its processor (for the chat template) and the LoRA request
+    (None without `lora_path`)."""
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    from vstar.models.load import load_processor
+
+    lora = {"enable_lora": True, "max_lora_rank": 64, "max_loras": 1} if lora_path else {}
+    llm = LLM(
+        model=model,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        seed=seed,
+        limit_mm_per_prompt={"image": 0, "video": 1},
+        **lora,
+        **llm_kwargs,
+    )
+    return llm, load_processor(model), LoRARequest("adapter", 1, lora_path) if lora_path else None
+
+
 class VLLMBackend:
     """`vllm.LLM` with videos as multi-modal data; optional LoRA adapter; tensor parallel from config."""
 
     def __init__(
         self,
         model: str,
-        num_candidates: int = 1,
-        max_new_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 0.9,
+        sampling: Sampling,
         dtype: str = "auto",
         tensor_parallel_size: int = 1,
         lora_path: str | None = None,
-        seed: int = 0,
         **llm_kwargs,
     ):
-        from vllm import LLM, SamplingParams
-        from vllm.lora.request import LoRARequest
-
-        from vstar.models.load import load_processor
-
-        self.processor = load_processor(model)
-        lora = {"enable_lora": True, "max_lora_rank": 64, "max_loras": 1} if lora_path else {}
-        self.llm = LLM(
-            model=model,
-            dtype=dtype,
-            tensor_parallel_size=tensor_parallel_size,
-            seed=seed,
-            limit_mm_per_prompt={"image": 0, "video": 1},
-            **lora,
-            **llm_kwargs,
+        self.llm, self.processor, self.lora = load_vllm(
+            model, dtype, tensor_parallel_size, lora_path, sampling.seed, **llm_kwargs
         )
-        n = num_candidates if temperature > 0 else 1
-        self.params = SamplingParams(
-            n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens, seed=seed
-        )
-        self.lora = LoRARequest("adapter", 1, lora_path) if lora_path else None
+        self.params = sampling.vllm_params()
 
     def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]:
         from vstar.models.load import chat_text

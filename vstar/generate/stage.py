@@ -29,6 +29,7 @@ from vstar.config import DataConfig, GenerateConfig, VerifyConfig
 from vstar.data.frames import FrameMeta, decode_options, frames_of, frames_row
 from vstar.generate.backends import BACKENDS
 from vstar.generate.prompts import PROMPTS
+from vstar.generate.sampling import Sampling
 from vstar.schema import GENERATED, Sample
 from vstar.verify.batch import verify_rows
 
@@ -43,9 +44,9 @@ def conform(table: pa.Table) -> pa.Table:
 class GenerateActor:
     """A Ray Data callable class: one backend (one model) per actor, a batch of decoded rows per call."""
 
-    def __init__(self, backend: str, model: str, backend_kwargs: dict):
+    def __init__(self, backend: str, model: str, sampling: Sampling, backend_kwargs: dict):
         self.model = model
-        self.backend = BACKENDS[backend](model, **backend_kwargs)
+        self.backend = BACKENDS[backend](model, sampling, **backend_kwargs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["sample_id"])
@@ -107,13 +108,13 @@ def _objects(values: list) -> np.ndarray:
     return arr
 
 
-def prompt_rows(samples: list[Sample], mode: str) -> list[dict]:
-    """One row per sample: the prompt for `mode` and what the written record keeps (the question without hint)."""
-    build = PROMPTS[mode]
+def prompt_rows(samples: list[Sample], kind: str) -> list[dict]:
+    """One row per sample: the prompt for `kind` and what the written record keeps (the question without hint)."""
+    build = PROMPTS[kind]
     return [
         {
             "sample_id": s.sample_id,
-            "kind": mode,
+            "kind": kind,
             "task": s.task,
             "template_id": s.template_id,
             "video": s.video,
@@ -157,16 +158,18 @@ def add_duration(row: dict) -> dict:
 
 def generate_stage(
     samples: list[Sample],
-    mode: str,
+    kind: str,
     out_dir: str | Path,
     model: str,
     gen: GenerateConfig,
+    sampling: Sampling,
     data: DataConfig,
     verify: VerifyConfig,
     dtype: str = "auto",
-    seed: int = 0,
 ) -> Path:
-    """Run the stage for the samples not yet written under `out_dir`; return `out_dir`."""
+    """Run the stage for the samples not yet written under `out_dir`; return `out_dir`. `kind`: "answer" asks the
+    question, "rationale" adds the labels as a hint; `gen` says how the work is spread (backend, actors, GPUs,
+    batch), `sampling` what each row gets (candidates, temperature, top_p, tokens, seed)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = written_ids(out_dir)
@@ -175,26 +178,19 @@ def generate_stage(
     if missing_q:
         raise ValueError(f"samples without a question (assign questions first): {missing_q[:5]}")
     log.info(
-        "%s: %d samples, %d already written, %d to generate → %s", mode, len(samples), len(done), len(todo), out_dir
+        "%s: %d samples, %d already written, %d to generate → %s", kind, len(samples), len(done), len(todo), out_dir
     )
     if not todo:
         return out_dir
-    backend_kwargs = dict(
-        num_candidates=gen.num_candidates,
-        max_new_tokens=gen.max_new_tokens,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        dtype=dtype,
-        seed=seed,
-    )
+    backend_kwargs = dict(dtype=dtype)
     if gen.backend == "vllm":
         backend_kwargs.update(tensor_parallel_size=gen.tensor_parallel_size, lora_path=gen.lora_path)
-    rows = prompt_rows(todo, mode)
+    rows = prompt_rows(todo, kind)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // gen.batch_size, 200)))
     ds = ds.map(frames_row, fn_kwargs=decode_options(data))
     ds = ds.map_batches(
         GenerateActor,
-        fn_constructor_args=(gen.backend, model, backend_kwargs),
+        fn_constructor_args=(gen.backend, model, sampling, backend_kwargs),
         compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
         num_gpus=gen.num_gpus_per_actor,
         batch_size=gen.batch_size,

@@ -119,7 +119,7 @@ class ChatServer:
                 asyncio.to_thread(load_video, req.video_url, req.num_frames, self.limits, self.data, left), left
             )
             prompt = self.engine.prompt(req.messages)
-            job = Job(prompt, frames.array, frames.meta, req.max_tokens, req.temperature, req.top_p, req.ignore_eos)
+            job = Job(prompt, frames.array, frames.meta, req.sampling)
             pieces = self._generate(job)
             if req.stream:  # wait for the first piece here, so a request stuck in the queue still gets a 504
                 first = await asyncio.wait_for(pieces.__anext__(), _left(deadline))

@@ -1,20 +1,20 @@
-"""Serving engines: a batch of chat jobs (prompt, frames, sampling settings) → per-step text pieces, streamed.
+"""Serving engines: a batch of chat jobs (prompt, frames, `Sampling`) → per-step text pieces, streamed.
 
     engine = HFEngine("runs/demo/cycle_1/model")
     prompt = engine.prompt([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}])
-    for step in engine.stream([Job(prompt, frames.array, frames.meta, max_tokens=16)]):
+    for step in engine.stream([Job(prompt, frames.array, frames.meta, Sampling.greedy(16))]):
         print(step[0].text, step[0].finish_reason)
 
 `stream(jobs)` yields one list per decoding step with a `Delta` per job, in order; a job's last delta has
-its `finish_reason` ("stop": end of sequence, "length": `max_tokens` reached). The models are the
-generation backends' (`HFBackend`, `VLLMBackend`), so serving loads a model exactly as generation does;
-only the sampling settings differ, per request instead of per run.
+its `finish_reason` ("stop": end of sequence, "length": its `max_new_tokens` reached). The models load as
+the generation backends' do (`load_hf`, `load_vllm`); only the sampling differs, per request instead of per run.
 
 `HFEngine` (transformers, CPU or GPU) streams token by token: `generate` runs in a thread and hands each
 step's tokens over a queue. A job whose `cancelled` flag is set (its client left, or it timed out) stops
-at the next step. Jobs with different temperature/top_p are generated one group after another.
-`VLLMEngine` (GPU) runs `vllm.LLM.generate` on the batch with per-job `SamplingParams` and yields each
-job's whole text in one step (token streaming would need vLLM's async engine).
+at the next step. Jobs whose sampling differs in more than the token limit and `ignore_eos` (which apply
+per row) are generated one group after another.
+`VLLMEngine` (GPU) runs `vllm.LLM.generate` on the batch with each job's `sampling.vllm_params()` and yields
+each job's whole text in one step (token streaming would need vLLM's async engine).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from vstar.data.frames import FrameMeta
+from vstar.generate.backends import load_hf, load_vllm, vllm_video
+from vstar.generate.sampling import Sampling
 
 
 @dataclass
@@ -34,10 +36,7 @@ class Job:
     prompt: str  # the chat-templated text (`engine.prompt(messages)`)
     video: np.ndarray  # uint8 [T, H, W, 3]
     meta: FrameMeta
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    sampling: Sampling  # this request's: its max_new_tokens and ignore_eos hold for this job alone
     cancelled: bool = False  # set from another thread: stop generating for this job
 
 
@@ -53,45 +52,36 @@ class HFEngine:
     """transformers `generate` on a batch, streamed step by step, with per-job token limits and cancelling."""
 
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0):
-        from vstar.generate.backends import HFBackend
+        import torch
 
-        backend = HFBackend(model, dtype=dtype, seed=seed)
-        self.model, self.processor, self.device, self.eos = (
-            backend.model,
-            backend.processor,
-            backend.device,
-            backend.eos,
-        )
+        self.model, self.processor, self.device, self.eos = load_hf(model, dtype)
+        torch.manual_seed(seed)
 
     def prompt(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def stream(self, jobs: list[Job]) -> Iterator[list[Delta]]:
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[Sampling, list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault((job.temperature, job.top_p if job.temperature > 0 else 1.0), []).append(i)
-        for rows in groups.values():
-            for step in self._stream_group([jobs[i] for i in rows]):
+            groups.setdefault(_shared(job.sampling), []).append(i)
+        for shared, rows in groups.items():
+            for step in self._stream_group([jobs[i] for i in rows], shared):
                 out = [Delta("")] * len(jobs)
                 for i, delta in zip(rows, step, strict=True):
                     out[i] = delta
                 yield out
 
-    def _stream_group(self, jobs: list[Job]) -> Iterator[list[Delta]]:
+    def _stream_group(self, jobs: list[Job], shared: Sampling) -> Iterator[list[Delta]]:
         inputs = chat_inputs(self.processor, jobs).to(self.device)
         prompt_len = inputs["input_ids"].shape[1]
         prompt_tokens = [int(n) for n in inputs["attention_mask"].sum(1).tolist()]
         steps: queue.Queue = queue.Queue()
-        sample = jobs[0].temperature > 0
         kwargs = dict(
-            max_new_tokens=max(j.max_tokens for j in jobs),
-            do_sample=sample,
+            **replace(shared, max_new_tokens=max(j.sampling.max_new_tokens for j in jobs)).hf_kwargs(),
             streamer=_QueueStreamer(steps),
             stopping_criteria=[_RowLimits(jobs, prompt_len)],
             logits_processor=[_NoEOS(jobs, self.eos)],
         )
-        if sample:
-            kwargs.update(temperature=jobs[0].temperature, top_p=jobs[0].top_p)
         thread = threading.Thread(target=self._generate, args=(inputs, kwargs, steps), daemon=True)
         thread.start()
         rows = [_Row(self.processor.tokenizer, p) for p in prompt_tokens]
@@ -116,6 +106,12 @@ class HFEngine:
         except BaseException as e:  # handed to the consumer, which raises it in the serving thread
             steps.put(e)
         steps.put(None)
+
+
+def _shared(sampling: Sampling) -> Sampling:
+    """What the jobs of one `generate` call share: a job's sampling without its token limit and `ignore_eos`, which
+    hold per row (`_RowLimits`, `_NoEOS`), so jobs that differ only in those are generated together."""
+    return replace(sampling, max_new_tokens=1, ignore_eos=False)
 
 
 def _piled_up(steps: queue.Queue) -> Iterator[list[list[int]]]:
@@ -175,7 +171,7 @@ class _QueueStreamer:
 
 
 class _RowLimits:
-    """A stopping criterion per row: its own `max_tokens`, or cancelled."""
+    """A stopping criterion per row: its own `max_new_tokens`, or cancelled."""
 
     def __init__(self, jobs: list[Job], prompt_len: int):
         self.jobs, self.prompt_len = jobs, prompt_len
@@ -184,7 +180,7 @@ class _RowLimits:
         import torch
 
         generated = input_ids.shape[1] - self.prompt_len
-        done = [j.cancelled or generated >= j.max_tokens for j in self.jobs]
+        done = [j.cancelled or generated >= j.sampling.max_new_tokens for j in self.jobs]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -192,7 +188,7 @@ class _NoEOS:
     """A logits processor: end-of-sequence cannot be chosen for rows with `ignore_eos`."""
 
     def __init__(self, jobs: list[Job], eos: set[int]):
-        self.rows = [i for i, j in enumerate(jobs) if j.ignore_eos]
+        self.rows = [i for i, j in enumerate(jobs) if j.sampling.ignore_eos]
         self.eos = sorted(eos)
 
     def __call__(self, input_ids, scores):
@@ -214,10 +210,10 @@ class _Row:
         if self.done:
             return Delta("")
         self.count += 1
-        if token in eos and not job.ignore_eos:
+        if token in eos and not job.sampling.ignore_eos:
             return self.close("stop")
         self.ids.append(token)
-        if self.count >= job.max_tokens or job.cancelled:
+        if self.count >= job.sampling.max_new_tokens or job.cancelled:
             return self.close("length")
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
@@ -245,32 +241,17 @@ class VLLMEngine:
         lora_path: str | None = None,
         **llm_kwargs,
     ):
-        from vstar.generate.backends import VLLMBackend
-
-        self.backend = VLLMBackend(
-            model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, lora_path=lora_path, seed=seed, **llm_kwargs
+        self.llm, self.processor, self.lora = load_vllm(
+            model, dtype, tensor_parallel_size, lora_path, seed, **llm_kwargs
         )
-        self.processor = self.backend.processor
 
     def prompt(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def stream(self, jobs: list[Job]) -> Iterator[list[Delta]]:
-        from vllm import SamplingParams
-
-        from vstar.generate.backends import vllm_video
-
         requests = [{"prompt": j.prompt, "multi_modal_data": {"video": vllm_video(j.video, j.meta)}} for j in jobs]
-        params = [
-            SamplingParams(
-                temperature=j.temperature,
-                top_p=j.top_p if j.temperature > 0 else 1.0,
-                max_tokens=j.max_tokens,
-                ignore_eos=j.ignore_eos,
-            )
-            for j in jobs
-        ]
-        outs = self.backend.llm.generate(requests, params, lora_request=self.backend.lora, use_tqdm=False)
+        params = [j.sampling.vllm_params() for j in jobs]
+        outs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
         yield [
             Delta(
                 o.outputs[0].text,

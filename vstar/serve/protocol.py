@@ -6,8 +6,10 @@ carries the HTTP status and the OpenAI error body `{"error": {"message", "type",
     >>> body = b'''{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": [
     ...     {"type": "video_url", "video_url": {"url": "/videos/a.mp4"}}, {"type": "text", "text": "What moves?"}]}]}'''
     >>> req = parse_chat_request(body, "m", GenerateConfig(), DataConfig(), max_frames=32)
-    >>> req.video_url, req.max_tokens, req.num_frames, req.messages[0]["content"]
-    ('/videos/a.mp4', 8, 8, [{'type': 'video'}, {'type': 'text', 'text': 'What moves?'}])
+    >>> req.video_url, req.num_frames, req.messages[0]["content"]
+    ('/videos/a.mp4', 8, [{'type': 'video'}, {'type': 'text', 'text': 'What moves?'}])
+    >>> req.sampling
+    Sampling(max_new_tokens=8, n=1, temperature=0.7, top_p=0.9, seed=None, ignore_eos=False)
     >>> parse_chat_request(b'{"model": "m"}', "m", GenerateConfig(), DataConfig(), 32)
     Traceback (most recent call last):
     vstar.serve.protocol.APIError: 400 messages: missing required field 'messages'
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vstar.config import DataConfig, GenerateConfig
+from vstar.generate.sampling import Sampling
 
 ROLES = ("system", "user", "assistant")
 ERROR_TYPES = {403: "permission_error", 404: "not_found_error", 500: "server_error", 504: "timeout_error"}
@@ -47,11 +50,8 @@ class ChatRequest:
     model: str
     messages: list[dict]  # for the chat template: a video part is {"type": "video"}
     video_url: str
-    max_tokens: int
-    temperature: float
-    top_p: float
+    sampling: Sampling  # max_tokens, temperature, top_p, ignore_eos; no seed: each request draws anew
     num_frames: int
-    ignore_eos: bool
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
 
@@ -84,11 +84,14 @@ def parse_chat_request(
         model=model_id,
         messages=messages,
         video_url=videos[0],
-        max_tokens=_number(req, "max_completion_tokens", _number(req, "max_tokens", gen.max_new_tokens, 1), 1),
-        temperature=float(_number(req, "temperature", gen.temperature, 0, 2)),
-        top_p=float(_number(req, "top_p", gen.top_p, 0, 1, open_low=True)),
+        sampling=Sampling(
+            max_new_tokens=_number(req, "max_completion_tokens", _number(req, "max_tokens", gen.max_new_tokens, 1), 1),
+            temperature=float(_number(req, "temperature", gen.temperature, 0, 2)),
+            top_p=float(_number(req, "top_p", gen.top_p, 0, 1, open_low=True)),
+            seed=None,
+            ignore_eos=_get(req, "ignore_eos", bool, False),
+        ),
         num_frames=_number(req, "num_frames", data.num_frames, 1, max_frames),
-        ignore_eos=_get(req, "ignore_eos", bool, False),
         stream=stream,
         include_usage=bool(stream and options.get("include_usage")),
     )

@@ -35,15 +35,14 @@ import ray
 
 from vstar.config import Config, EvalConfig
 from vstar.curate import curate, read_mix, write_sft
-from vstar.data.manifest import load_manifest, read_samples, write_manifest
+from vstar.data.manifest import keep_tasks, load_manifest, read_samples, write_manifest
 from vstar.data.questions import assign_question
-from vstar.evaluate import accuracy, stop_reason
+from vstar.evaluate import accuracy, generation_stats, stop_reason
 from vstar.generate.sampling import Sampling
 from vstar.generate.stage import check_clips, generate_stage
 from vstar.report import write_report
 from vstar.schema import Sample
 from vstar.storage import Cycle, failed_ids, once, open_run, read_jsonl, read_rows, write_jsonl, write_metrics
-from vstar.verify.batch import summarize
 
 log = logging.getLogger("vstar")
 
@@ -113,7 +112,7 @@ def prepare_manifest(cfg: Config, run_dir: Path) -> list[Sample]:
         source = Path(cfg.data.manifest) if cfg.data.manifest else _demo().synthetic_manifest(cfg)
         report = load_manifest(source)
         if cfg.data.tasks is not None:
-            report.samples = _keep_tasks(report.samples, cfg.data.tasks, source)
+            report.samples = keep_tasks(report.samples, cfg.data.tasks, source)
         report.samples = [assign_question(s, cfg.run.seed) for s in report.samples]
         for rejected in report.rejected:
             log.warning("rejected %s", rejected.message)
@@ -125,18 +124,6 @@ def prepare_manifest(cfg: Config, run_dir: Path) -> list[Sample]:
 
     once(out, validate)
     return read_samples(out / "samples.jsonl")
-
-
-def _keep_tasks(samples: list[Sample], tasks: list[str], source: Path) -> list[Sample]:
-    present = sorted({s.task for s in samples})
-    if missing := [t for t in tasks if t not in present]:
-        msg = f"data.tasks: no sample of task {', '.join(missing)} in {source} (its tasks: {', '.join(present)})"
-        if len(missing) == len(tasks):
-            raise ValueError(msg)
-        log.warning(msg)
-    kept = [s for s in samples if s.task in tasks]
-    log.info("data.tasks %s: %d of %d samples kept", tasks, len(kept), len(samples))
-    return kept
 
 
 def prepare_model(cfg: Config) -> str:
@@ -220,21 +207,6 @@ def generate(
         return stats
 
     return once(out, stage)
-
-
-def generation_stats(rows) -> dict:
-    """Yield (samples with a passing candidate, out of those decoded), errors, candidates, pass rates and failures."""
-    ok = rows[rows["error"].isna()]
-    passed = int((ok["num_passed"] > 0).sum())
-    summary = summarize(ok) if len(ok) else {"top_failure_reasons": [], "label_pass_rate": {}}
-    return {
-        "passed": passed,
-        "yield": passed / len(ok) if len(ok) else 0.0,
-        "errors": len(rows) - len(ok),
-        "candidates": int(sum(len(c) for c in ok["candidates"])),
-        "label_pass_rate": summary["label_pass_rate"],
-        "top_failure_reasons": summary["top_failure_reasons"],
-    }
 
 
 def curate_records(cfg: Config, cycle: Cycle) -> dict:

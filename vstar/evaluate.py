@@ -1,6 +1,7 @@
-"""Held-out accuracy and the stop rule: pure arithmetic on a generation stage's verified rows.
+"""Scores from a generation stage's verified rows: a stage's yield and failures, held-out accuracy, the stop rule.
 
     scores = accuracy(read_rows(Cycle(run_dir, 1).eval / "answers"))   # {accuracy, n, errors, by_task, by_label_type}
+    generation_stats(read_rows(Cycle(run_dir, 1).answers))              # {passed, yield, errors, candidates, ...}
     stop_reason(k=1, before=0.40, after=0.45, max_cycles=3, min_delta=0.01)  # None: go on
 
 A held-out sample counts as right when its one greedy answer passes the Parser-Verifier on every label. Rows whose
@@ -11,6 +12,23 @@ label type over the labels of that type (a sample with a span and a class label 
 from __future__ import annotations
 
 import json
+
+from vstar.verify.batch import summarize
+
+
+def generation_stats(rows) -> dict:
+    """Yield (samples with a passing candidate, out of those decoded), errors, candidates, pass rates and failures."""
+    ok = rows[rows["error"].isna()]
+    passed = int((ok["num_passed"] > 0).sum())
+    summary = summarize(ok) if len(ok) else {"top_failure_reasons": [], "label_pass_rate": {}}
+    return {
+        "passed": passed,
+        "yield": passed / len(ok) if len(ok) else 0.0,
+        "errors": len(rows) - len(ok),
+        "candidates": int(sum(len(c) for c in ok["candidates"])),
+        "label_pass_rate": summary["label_pass_rate"],
+        "top_failure_reasons": summary["top_failure_reasons"],
+    }
 
 
 def accuracy(rows) -> dict:

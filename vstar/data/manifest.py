@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -29,6 +30,8 @@ from pydantic import ValidationError
 
 from vstar.schema import Sample
 from vstar.storage import write_jsonl, write_text
+
+log = logging.getLogger("vstar")
 
 FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -161,3 +164,17 @@ def read_samples(path: str | os.PathLike) -> list[Sample]:
     """Samples from a validated `samples.jsonl` (rows already checked: any error here is a bug)."""
     with open(path) as f:
         return [Sample.model_validate_json(line) for line in f if line.strip()]
+
+
+def keep_tasks(samples: list[Sample], tasks: list[str], source: Path) -> list[Sample]:
+    """The samples of these tasks (data.tasks); a task absent from the manifest is named (an error when none is
+    present)."""
+    present = sorted({s.task for s in samples})
+    if missing := [t for t in tasks if t not in present]:
+        msg = f"data.tasks: no sample of task {', '.join(missing)} in {source} (its tasks: {', '.join(present)})"
+        if len(missing) == len(tasks):
+            raise ValueError(msg)
+        log.warning(msg)
+    kept = [s for s in samples if s.task in tasks]
+    log.info("data.tasks %s: %d of %d samples kept", tasks, len(kept), len(samples))
+    return kept

@@ -9,11 +9,14 @@ model, optimizer, scheduler and data position come back → at the end rank 0 wr
 (LoRA merged, processor saved).
 
 Rank and world size come from `torch.distributed` (rank 0 of 1 when no process group is initialized); the data
-and the reporting come in as two plain functions. `vstar.train.launch` runs it on Ray Train; without Ray, e.g.
-under `torchrun` on a GPU machine or in `tests/test_train_core.py`:
+and the reporting come in as two plain functions. `vstar.train.launch` runs it on Ray Train; without Ray it runs
+in any process group, e.g. `tests/test_train_core.py` (gloo) or a script started by `torchrun --nproc-per-node 8`:
 
-    dist.init_process_group("nccl")                     # or none at all for one process
+    dist.init_process_group()                           # from torchrun's environment
     train_worker(cfg, epoch_batches=lambda seed: my_micro_batches(seed), report=lambda m, d: print(m["loss"]))
+
+One CPU process needs no process group. On CUDA the model is FSDP2-sharded even alone (bf16 compute), and
+`fully_shard` then starts a group from the environment: run a lone GPU process under torchrun too.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ folder given with `--model`, one local Ray (`ray.init(num_cpus=<cores>)`), a fix
 gradient accumulation recomputed per configuration), `--steps` optimizer steps, full finetuning in fp32 on CPU
 (bf16 with `--gpu`).
 
-Figures per configuration come from the per-step metrics the loop reports (`<storage>/<name>/steps.jsonl`):
+Figures per configuration come from the per-step metrics `vstar.train.core` reports (`<storage>/<name>/steps.jsonl`):
 - samples/s and tokens/s: samples and non-padding tokens of every step over every worker, divided by the summed
   step times, leaving out step 1 (it warms up the data pipeline and the first FSDP all-gathers);
 - step s: median step time; peak MiB: the largest peak RSS of any worker (CUDA: max allocated) at the end;

@@ -182,8 +182,8 @@ def test_one_fsdp2_step_equals_a_single_process_step(ray_local, tiny_vlm_dir, re
     from safetensors.torch import load_file
 
     from vstar.models import load_vlm
+    from vstar.train.core import optimizer_step, schedule
     from vstar.train.launch import train
-    from vstar.train.loop import optimizer_step, schedule
 
     batch = records[:4]
     cfg = fit_config("train.global_batch_size=4", "train.lr=1e-3")

@@ -241,6 +241,29 @@ def frames_of(row: dict) -> np.ndarray:
     return np.frombuffer(row["frames"], np.uint8).reshape([int(x) for x in row["frames_shape"]])
 
 
+def frames_from_batch(batch: dict, rows: list[int]) -> tuple[list[np.ndarray], list[FrameMeta]]:
+    """The frames and their metadata of the given rows of a batch of `frames_row` rows (a dict of columns, as
+    Ray Data's numpy batches carry them: frames, frames_shape, frame_indices, fps, total_frames, decode_backend).
+
+    >>> batch = {"frames": [bytes(12)], "frames_shape": [[1, 2, 2, 3]], "frame_indices": [[5]], "fps": [8.0],
+    ...          "total_frames": [48], "decode_backend": ["pyav"]}
+    >>> videos, metas = frames_from_batch(batch, [0])
+    >>> videos[0].shape, metas[0]
+    ((1, 2, 2, 3), FrameMeta(indices=[5], fps=8.0, total_frames=48, backend='pyav'))
+    """
+    videos = [frames_of({"frames": batch["frames"][i], "frames_shape": batch["frames_shape"][i]}) for i in rows]
+    metas = [
+        FrameMeta(
+            [int(x) for x in batch["frame_indices"][i]],
+            float(batch["fps"][i]),
+            int(batch["total_frames"][i]),
+            str(batch["decode_backend"][i]),
+        )
+        for i in rows
+    ]
+    return videos, metas
+
+
 # ---- the guard: a reusable child process that can be killed when native code hangs ---------------------
 
 

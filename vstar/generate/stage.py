@@ -26,7 +26,7 @@ import pyarrow as pa
 import ray
 
 from vstar.config import DataConfig, GenerateConfig, VerifyConfig
-from vstar.data.frames import FrameMeta, decode_options, frames_of, frames_row
+from vstar.data.frames import decode_options, frames_from_batch, frames_row
 from vstar.generate.backends import BACKENDS
 from vstar.generate.prompts import PROMPTS
 from vstar.generate.sampling import Sampling
@@ -89,16 +89,7 @@ class GenerateActor:
 
 
 def _inputs(batch, rows):
-    metas = [
-        FrameMeta(
-            list(batch["frame_indices"][i]),
-            float(batch["fps"][i]),
-            int(batch["total_frames"][i]),
-            str(batch["decode_backend"][i]),
-        )
-        for i in rows
-    ]
-    videos = [frames_of({"frames": batch["frames"][i], "frames_shape": batch["frames_shape"][i]}) for i in rows]
+    videos, metas = frames_from_batch(batch, rows)
     return [str(batch["prompt"][i]) for i in rows], videos, metas
 
 

@@ -1,1 +1,2 @@
-"""Finetuning on Ray Train: SFT records → masked batches → FSDP2 (optional LoRA) → checkpoints → HF export."""
+"""Finetuning: SFT records → masked batches (`collate`) → the Ray-free per-worker loop (`core`: FSDP2, optional
+LoRA, checkpoints, HF export) → started on Ray Train workers by `launch`."""

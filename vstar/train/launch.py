@@ -1,6 +1,6 @@
 """Launch finetuning on Ray Train: SFT records streamed through Ray Data to `TorchTrainer` workers.
 
-    vstar train jobs/demo.yaml --data runs/demo/cycle_0/sft --init Qwen/Qwen2.5-VL-7B-Instruct --out runs/demo/cycle_0/model
+    vstar train jobs/demo.yaml --data runs/demo/cycle_1/sft --init Qwen/Qwen2.5-VL-7B-Instruct --out runs/demo/cycle_1/model
 
 `init` is the pre-trained checkpoint (the paper restarts every cycle from it). The run's checkpoints (sharded,
 torch.distributed.checkpoint) live in `storage` under `name`: a rerun with the same name resumes from the last
@@ -8,11 +8,17 @@ one (Ray Train V2) with the model, optimizer, scheduler and data position. Ray T
 it up to `train.max_failures` times; resuming on another number of workers and elastic `train.min_workers` are
 wired to Ray Train but not yet tested here. SFT records: `{sample_id, video, start_s, end_s, question, answer}`
 (the question without any hint), frames decoded by the same sampler as at generation.
+
+This module is the Ray glue only: Ray Data for the rows, `TorchTrainer` for the workers, and `train_loop`, which
+hands each worker's dataset shard, the run's last checkpoint and `ray.train.report` to the Ray-free
+`vstar.train.core.train_worker` (the model, the steps, the checkpoints and the export).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +28,44 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vstar.config import DataConfig, TrainConfig
-from vstar.dataset import decode_step
+from vstar.data.frames import decode_options, frames_row
 from vstar.train.collate import label_words
-from vstar.train.loop import train_loop
+from vstar.train.core import total_steps, train_worker
+
+
+def _quiet_report_log() -> None:
+    """Ray Train logs every report whole at INFO; ours carry the steps since the last one (StepLog writes them
+    to steps.jsonl), so that line would be kilobytes every 10 steps. Its logger is named by the file's path."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: the line stays
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def train_loop(cfg: dict) -> None:
+    """Ray Train entry point (one per worker): `train_worker` on this worker's shard of the "train" dataset,
+    resuming from the run's last checkpoint when there is one, reporting to Ray Train."""
+    _quiet_report_log()
+    shard = ray.train.get_dataset_shard("train")
+
+    def epoch_batches(seed: int):
+        # shuffled in a buffer of `shuffle_buffer` rows; the same seed gives the same order
+        shuffle = {"local_shuffle_buffer_size": cfg["shuffle_buffer"], "local_shuffle_seed": seed}
+        return shard.iter_batches(
+            batch_size=cfg["micro_batch_size"],
+            batch_format="numpy",
+            drop_last=False,
+            **(shuffle if cfg["shuffle_buffer"] else {}),
+        )
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+        train_worker(cfg, epoch_batches, report, resume_dir)
 
 
 def read_sft(path: str | Path) -> list[dict]:
@@ -71,18 +112,24 @@ def train(
     storage: str | Path,
     name: str,
     max_steps: int | None = None,
-    checkpoint_every: int = 50,
+    checkpoint_every: int | None = None,
     seed: int = 0,
 ):
-    """Finetune `init` on the records; export the result to `out`. Returns Ray Train's Result."""
+    """Finetune `init` on the records; export the result to `out`. Returns Ray Train's Result.
+
+    A checkpoint every `checkpoint_every` steps (default: a quarter of the run's steps, at least 1) and at the last step.
+    """
     keys = ("sample_id", "video", "start_s", "end_s", "question", "answer")
     rows = [{**{k: r.get(k) for k in keys}, "label_words": json.dumps(label_words(r.get("labels")))} for r in records]
     rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]  # curated records come sorted
-    ds = decode_step(ray.data.from_items(rows), data)
+    ds = ray.data.from_items(rows).map(frames_row, fn_kwargs=decode_options(data))
     ds = ds.filter(lambda r: r["error"] is None)
     if train_cfg.cache_decoded:  # small data, several epochs: decode once instead of once an epoch
         ds = ds.materialize()
     lora = train_cfg.lora.model_dump() if train_cfg.lora.enabled else None
+    if checkpoint_every is None:
+        total = total_steps(len(rows), train_cfg.global_batch_size, train_cfg.epochs, max_steps)
+        checkpoint_every = max(1, total // 4)
     loop_cfg = dict(
         init=init,
         out=str(Path(out).resolve()),

@@ -1,0 +1,202 @@
+"""The training core without Ray: `train_worker` in plain processes joined by torch.distributed on gloo, fed
+numpy batches of the columns Ray Data delivers, decoded here by `frames_row`. One process learns, reports its
+checkpoints and resumes from one to the same result; two processes take the same first step as one.
+
+    PYTHONPATH=$PWD python -m pytest tests/test_train_core.py
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vstar.data.frames import frames_row
+from vstar.data.questions import assign_question
+from vstar.train.collate import label_words
+from vstar.verify.render import render_labels
+
+
+@pytest.fixture(scope="module")
+def rows(synth_samples):
+    """8 decoded SFT rows, the columns `launch.train` gives Ray Data plus those `frames_row` adds."""
+    samples = [assign_question(s, 0) for s in synth_samples if s.task in ("direction", "count")][:8]
+    records = [
+        {
+            "sample_id": s.sample_id,
+            "video": s.video,
+            "start_s": None,
+            "end_s": None,
+            "question": s.question,
+            "answer": f"I follow the shapes. Answer: {render_labels(s.labels)}",
+            "label_words": json.dumps(label_words(s.labels)),
+        }
+        for s in samples
+    ]
+    return [frames_row(r, num_frames=8, timeout_s=None) for r in records]
+
+
+def numpy_batch(rows: list[dict]) -> dict:
+    """The rows as Ray Data's numpy batch: one object array per column, list values as arrays."""
+    batch = {k: np.empty(len(rows), dtype=object) for k in rows[0]}
+    for i, r in enumerate(rows):
+        for k, v in r.items():
+            batch[k][i] = np.asarray(v) if isinstance(v, list) else v
+    return batch
+
+
+def worker_cfg(init, out, **overrides) -> dict:
+    cfg = dict(
+        init=str(init),
+        out=str(out),
+        lr=3e-3,
+        weight_decay=0.0,
+        epochs=3,
+        global_batch_size=4,
+        micro_batch_size=1,
+        warmup_ratio=0.0,
+        freeze_vision=False,
+        gradient_checkpointing=False,
+        lora=None,
+        use_gpu=False,
+        num_samples=8,
+        max_steps=6,
+        checkpoint_every=3,
+        label_loss_weight=1.0,
+        seed=0,
+    )
+    return {**cfg, **overrides}
+
+
+def micro_batches(rows: list[dict], micro: int, shuffle: bool, yielded: list[str]):
+    """`epoch_batches` for `train_worker`: the rows in micro-batches, shuffled with the seed when `shuffle`;
+    the sample ids handed out are appended to `yielded`."""
+
+    def epoch_batches(seed: int):
+        order = np.random.default_rng(seed).permutation(len(rows)) if shuffle else range(len(rows))
+        for j in range(0, len(rows), micro):
+            picked = [rows[k] for k in order[j : j + micro]]
+            yielded.extend(r["sample_id"] for r in picked)
+            yield numpy_batch(picked)
+
+    return epoch_batches
+
+
+def keep_reports(reports: list[dict], checkpoints: Path):
+    """`report` for `train_worker`: the metrics and each checkpoint's file names into `reports`, a copy of each
+    checkpoint into checkpoints/<step> (the folder lives only during the call; Ray Train copies it too)."""
+
+    def report(metrics: dict, checkpoint: str | None) -> None:
+        listing = None
+        if checkpoint:
+            listing = sorted(p.name for p in Path(checkpoint).iterdir())
+            shutil.copytree(checkpoint, checkpoints / str(metrics["step"]), dirs_exist_ok=True)
+        reports.append({"metrics": metrics, "checkpoint": listing})
+
+    return report
+
+
+def _worker(rank: int, world: int, tmp: Path, runs: list[dict], shards: list[list[dict]], shuffle: bool) -> None:
+    """One process of a gloo group of `world`: `train_worker` once per entry of `runs` (cfg, resume_dir) on
+    `shards[rank]`; writes what it was given and reported to tmp/rank<r>.json. Runs after the first one train
+    without a process group (world 1 only), as a single process on a GPU machine would."""
+    from vstar.train.core import train_worker
+
+    torch.set_num_threads(1)  # 2 cores, up to 2 processes
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    results = []
+    for i, run in enumerate(runs):
+        if i == 1:
+            dist.destroy_process_group()
+        reports, yielded = [], []
+        batches = micro_batches(shards[rank], run["cfg"]["micro_batch_size"], shuffle, yielded)
+        train_worker(run["cfg"], batches, keep_reports(reports, tmp / "checkpoints"), run["resume_dir"])
+        results.append({"reports": reports, "yielded": yielded})
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps({"runs": results, "ray": "ray" in sys.modules}))
+
+
+def spawn(tmp: Path, runs: list[dict], shards: list[list[dict]], shuffle: bool) -> list[dict]:
+    """Run `_worker` on len(shards) processes; each rank's results."""
+    mp.spawn(_worker, args=(len(shards), tmp, runs, shards, shuffle), nprocs=len(shards))
+    return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(len(shards))]
+
+
+def steps(run: dict) -> list[dict]:
+    return [m for r in run["reports"] for m in r["metrics"]["history"]]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_vlm_dir, rows, tmp_path_factory):
+    """One process: 6 steps of 4 samples (3 epochs of 8, each shuffled), checkpoints at steps 3 and 6; then a
+    second call resuming from the step-3 checkpoint to step 6."""
+    tmp = tmp_path_factory.mktemp("one")
+    runs = [
+        {"cfg": worker_cfg(tiny_vlm_dir, tmp / "model"), "resume_dir": None},
+        {"cfg": worker_cfg(tiny_vlm_dir, tmp / "resumed"), "resume_dir": str(tmp / "checkpoints" / "3")},
+    ]
+    return tmp, spawn(tmp, runs, [rows], shuffle=True)[0]
+
+
+def test_core_runs_without_ray(one_process):
+    _, result = one_process
+    assert result["ray"] is False
+
+
+def test_one_process_learns_and_every_parameter_changes(one_process, tiny_vlm_dir):
+    from safetensors.torch import load_file
+
+    tmp, result = one_process
+    history = steps(result["runs"][0])
+    assert [m["step"] for m in history] == [1, 2, 3, 4, 5, 6]
+    assert all(m["samples"] == 4 and m["start_step"] == 0 for m in history)
+    first, last = history[0]["loss"], history[-1]["loss"]
+    assert last < first - 0.5, [m["loss"] for m in history]
+
+    before, after = load_file(tiny_vlm_dir / "model.safetensors"), load_file(tmp / "model" / "model.safetensors")
+    assert before.keys() == after.keys()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, f"parameters that did not train: {unchanged[:5]}"
+
+
+def test_checkpoints_are_reported_and_a_resumed_call_continues_the_run(one_process, tiny_vlm_dir):
+    from safetensors.torch import load_file
+
+    tmp, result = one_process
+    first, resumed = result["runs"]
+    checkpoints = [r for r in first["reports"] if r["checkpoint"]]
+    assert [r["metrics"]["step"] for r in checkpoints] == [3, 6]
+    assert all({"trainer_state.json", ".metadata"} <= set(r["checkpoint"]) for r in checkpoints)
+    assert json.loads((tmp / "checkpoints" / "3" / "trainer_state.json").read_text())["step"] == 3
+
+    # resumed from step 3 without a process group: the same model, optimizer, schedule and data position (the
+    # second epoch reshuffled with the same seed, its first half skipped), so steps 4-6 repeat the first call's
+    again = steps(resumed)
+    assert [(m["start_step"], m["step"]) for m in again] == [(3, 4), (3, 5), (3, 6)]
+    assert resumed["yielded"] == first["yielded"][8:]  # the second and third epochs in the same orders
+    for a, b in zip(again, steps(first)[3:], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["lr"] == pytest.approx(b["lr"])
+    exported, resumed_export = (load_file(tmp / m / "model.safetensors") for m in ("model", "resumed"))
+    for name, value in exported.items():
+        torch.testing.assert_close(resumed_export[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_two_processes_take_the_same_first_step_as_one(one_process, tiny_vlm_dir, rows, tmp_path):
+    """The first global batch of the one-process run, half on each of 2 FSDP2 processes: the loss is the mean
+    over the same 4 micro-batches and the gradient the same average (pytorch#162338 once summed it on gloo)."""
+    _, one = one_process
+    reference = steps(one["runs"][0])[0]
+    by_id = {r["sample_id"]: r for r in rows}
+    batch = [by_id[i] for i in one["runs"][0]["yielded"][:4]]
+    cfg = worker_cfg(tiny_vlm_dir, tmp_path / "model", num_samples=4, max_steps=1)
+    results = spawn(tmp_path, [{"cfg": cfg, "resume_dir": None}], [batch[:2], batch[2:]], shuffle=False)
+    assert [r["ray"] for r in results] == [False, False]
+    (step,) = steps(results[0]["runs"][0])
+    assert step["samples"] == 4
+    assert step["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+    assert step["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-4)  # summed gradients would double it
+    assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in (tmp_path / "checkpoints" / "1").iterdir()}

@@ -31,6 +31,27 @@ def synth_samples(synth_dir):
 
 
 @pytest.fixture(scope="session")
+def sft_records(synth_samples):
+    """8 SFT records of direction and count questions: the question without any hint, the answer to learn."""
+    from vstar.data.questions import assign_question
+    from vstar.verify.render import render_labels
+
+    samples = [assign_question(s, 0) for s in synth_samples if s.task in ("direction", "count")][:8]
+    return [
+        {
+            "sample_id": s.sample_id,
+            "video": s.video,
+            "start_s": None,
+            "end_s": None,
+            "question": s.question,
+            "answer": f"I follow the shapes. Answer: {render_labels(s.labels)}",
+            "labels": s.labels,
+        }
+        for s in samples
+    ]
+
+
+@pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory):
     from vstar.models import build_tiny_vlm
 

@@ -12,7 +12,6 @@ import torch
 
 from vstar.config import load_config
 from vstar.data.frames import sample_frames
-from vstar.data.questions import assign_question
 from vstar.generate.prompts import rationale_prompt
 from vstar.train.collate import IGNORE, collate, label_words, weighted_loss
 from vstar.verify.render import render_labels
@@ -21,21 +20,8 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # saves ~5 s 
 
 
 @pytest.fixture(scope="module")
-def records(synth_samples):
-    """SFT records: the question without any hint, the answer to learn."""
-    samples = [assign_question(s, 0) for s in synth_samples if s.task in ("direction", "count")][:8]
-    return [
-        {
-            "sample_id": s.sample_id,
-            "video": s.video,
-            "start_s": None,
-            "end_s": None,
-            "question": s.question,
-            "answer": f"I follow the shapes. Answer: {render_labels(s.labels)}",
-            "labels": s.labels,
-        }
-        for s in samples
-    ]
+def records(sft_records):
+    return sft_records
 
 
 def test_loss_mask_is_exactly_the_answer(tiny_vlm_dir, records):

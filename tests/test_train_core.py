@@ -17,26 +17,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vstar.data.frames import frames_row
-from vstar.data.questions import assign_question
 from vstar.train.collate import label_words
-from vstar.verify.render import render_labels
 
 
 @pytest.fixture(scope="module")
-def rows(synth_samples):
+def rows(sft_records):
     """8 decoded SFT rows, the columns `launch.train` gives Ray Data plus those `frames_row` adds."""
-    samples = [assign_question(s, 0) for s in synth_samples if s.task in ("direction", "count")][:8]
     records = [
-        {
-            "sample_id": s.sample_id,
-            "video": s.video,
-            "start_s": None,
-            "end_s": None,
-            "question": s.question,
-            "answer": f"I follow the shapes. Answer: {render_labels(s.labels)}",
-            "label_words": json.dumps(label_words(s.labels)),
-        }
-        for s in samples
+        {**{k: v for k, v in r.items() if k != "labels"}, "label_words": json.dumps(label_words(r["labels"]))}
+        for r in sft_records
     ]
     return [frames_row(r, num_frames=8, timeout_s=None) for r in records]
 

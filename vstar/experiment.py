@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from vstar.config import Config, load_config
-from vstar.storage import Cycle, done, mark, once
+from vstar.storage import Cycle, once
 
 log = logging.getLogger("vstar")
 
@@ -84,12 +84,19 @@ ARMS = {
 
 def skip(stage: Path, model: str, arm: str) -> dict:
     """Mark a generation stage the arm leaves out: no rows, an empty stage's stats, `skipped` naming the arm."""
-    if (stats := done(stage)) is not None:
-        return stats
-    log.info("%s: skipped (arm %s)", stage.name, arm)
-    stats = {"model": model, "samples": 0, "passed": 0, "yield": 0.0, "errors": 0, "candidates": 0}
-    stats |= {"label_pass_rate": {}, "top_failure_reasons": [], "seconds": 0.0, "rows_per_s": None, "skipped": arm}
-    return mark(stage, stats)
+
+    def empty() -> dict:
+        log.info("%s: skipped (arm %s)", stage.name, arm)
+        stats = {"model": model, "samples": 0, "passed": 0, "yield": 0.0, "errors": 0, "candidates": 0}
+        return stats | {
+            "label_pass_rate": {},
+            "top_failure_reasons": [],
+            "seconds": 0.0,
+            "rows_per_s": None,
+            "skipped": arm,
+        }
+
+    return once(stage, empty)
 
 
 def label_records(samples: list, cycle: int) -> list[dict]:

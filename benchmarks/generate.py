@@ -58,7 +58,7 @@ import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from vstar.config import Config, load_config  # noqa: E402
-from vstar.data.frames import FrameMeta, frames_of, frames_row  # noqa: E402
+from vstar.data.frames import decode_options, frames_from_batch, frames_row  # noqa: E402
 from vstar.generate.backends import HFBackend  # noqa: E402
 from vstar.generate.sampling import Sampling  # noqa: E402
 from vstar.generate.stage import generate_stage, prompt_rows  # noqa: E402
@@ -121,9 +121,7 @@ def print_machine_facts(model: Path) -> None:
 
 
 def decode_rows(rows: list[dict], cfg: Config) -> list[dict]:
-    d = cfg.data
-    kw = dict(num_frames=d.num_frames, size=d.frame_size, backend=d.decode_backend, timeout_s=d.decode_timeout_s)
-    return [frames_row(r, **kw) for r in rows]
+    return [frames_row(r, **decode_options(cfg.data)) for r in rows]
 
 
 def time_decode(rows: list[dict], cfg: Config) -> tuple[float, list[dict]]:
@@ -142,8 +140,7 @@ def time_ray_decode(rows: list[dict], cfg: Config, batch_size: int) -> float:
     """rows/s of a Ray Data map of `frames_row` alone, blocks as generate_stage makes them."""
     import ray
 
-    d = cfg.data
-    kw = dict(num_frames=d.num_frames, size=d.frame_size, backend=d.decode_backend, timeout_s=d.decode_timeout_s)
+    kw = decode_options(cfg.data)
     blocks = max(1, min(len(rows) // batch_size, 200))
     ray.data.from_items(rows[:8], override_num_blocks=2).map(frames_row, fn_kwargs=kw).materialize()  # warm workers
     start = time.perf_counter()
@@ -152,8 +149,9 @@ def time_ray_decode(rows: list[dict], cfg: Config, batch_size: int) -> float:
 
 
 def generate_batch(backend: HFBackend, batch: list[dict]):
-    metas = [FrameMeta(r["frame_indices"], r["fps"], r["total_frames"], r["decode_backend"]) for r in batch]
-    return backend.generate([r["prompt"] for r in batch], [frames_of(r) for r in batch], metas)
+    columns = {k: [r[k] for r in batch] for k in batch[0]}
+    videos, metas = frames_from_batch(columns, list(range(len(batch))))
+    return backend.generate([r["prompt"] for r in batch], videos, metas)
 
 
 @dataclass

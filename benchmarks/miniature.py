@@ -1,6 +1,7 @@
 """The miniature Video-STaR experiment: jobs/miniature.yaml's arms × seeds, then a table and a plot.
 
-Each (arm, seed) is an ordinary `vstar run` (vstar.experiment); finished runs are read back, so an interrupted
+Each (arm, seed) is the product's loop (`vstar.driver.run`) with the arm's SFT step (vstar.experiment); finished
+runs are read back, so an interrupted
 experiment resumes where it stopped. The runs recorded in <out>/miniature.json under the same recipe stand for runs
 that --root lacks (--ignore-recorded: they don't), so the ~3.3 h matrix can be measured over several sessions or
 machines: each invocation adds its runs to those. Results go to `--out` (default benchmarks/results/): miniature.json (every
@@ -39,6 +40,7 @@ from vstar.experiment import (  # noqa: E402
     with_recorded,
     with_table,
 )
+from vstar.storage import write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,12 +86,12 @@ def main() -> None:
         "machine": machine,
         "invocation_seconds": time.perf_counter() - start,  # finished runs are read back, not rerun
     }
-    (out / "miniature.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
-    (out / "miniature.md").write_text(markdown_table(summary))
+    write_text(out / "miniature.json", json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
+    write_text(out / "miniature.md", markdown_table(summary))
     plot(summary, out / "miniature.png", chance=0.25)
     if out.resolve() == (ROOT / "benchmarks" / "results").resolve():  # the committed results: the README quotes them
         readme = ROOT / "README.md"
-        readme.write_text(with_table(readme.read_text(), markdown_table(summary)))
+        write_text(readme, with_table(readme.read_text(), markdown_table(summary)))
     print(markdown_table(summary), end="")
     print(
         f"wrote {out / 'miniature.json'}, miniature.md and miniature.png in {meta['invocation_seconds'] / 60:.1f} min"

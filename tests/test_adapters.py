@@ -436,6 +436,7 @@ def test_star_reports_unreadable_videos(tmp_path):
 def test_every_converter_s_manifest_runs_through_the_pipeline(ray_local, tiny_vlm_dir, tmp_path):
     """Each source's manifest, questions assigned, through the real generation stage (decode → tiny VLM → verify)."""
     from vstar.config import load_config
+    from vstar.generate.sampling import Sampling
     from vstar.generate.stage import generate_stage
 
     k700 = tmp_path / "k700"
@@ -464,8 +465,16 @@ def test_every_converter_s_manifest_runs_through_the_pipeline(ray_local, tiny_vl
     for source, report in reports.items():
         samples = [assign_question(s, 0) for s in report.samples]
         assert samples, source
+        sampling = Sampling.from_config(cfg.generate, cfg.run.seed)
         out = generate_stage(
-            samples, "answer", tmp_path / "out" / source, str(tiny_vlm_dir), cfg.generate, cfg.data, cfg.verify
+            samples,
+            "answer",
+            tmp_path / "out" / source,
+            str(tiny_vlm_dir),
+            cfg.generate,
+            sampling,
+            cfg.data,
+            cfg.verify,
         )
         df = pd.read_parquet(out)
         assert sorted(df["sample_id"]) == sorted(s.sample_id for s in samples), source

@@ -214,12 +214,12 @@ def test_read_mix_sft_jsonl_and_llava_json(tmp_path, caplog):
 def test_write_sft_export_llava_round_trip(rows, tmp_path):
     answers, rationales = rows
     run = tmp_path / "run"
-    first, _ = curate(answers, None, cycle=0, cfg=CurateConfig())
-    second, _ = curate(answers, rationales, cycle=1, cfg=CurateConfig())
-    path = write_sft(first, run / "cycle_0" / "sft")
-    assert path == run / "cycle_0" / "sft" / "records.jsonl"
-    write_sft(second, run / "cycle_1" / "sft")
-    assert sorted(p.name for p in (run / "cycle_1" / "sft").iterdir()) == ["records.jsonl"]
+    first, _ = curate(answers, None, cycle=1, cfg=CurateConfig())
+    second, _ = curate(answers, rationales, cycle=2, cfg=CurateConfig())
+    path = write_sft(first, run / "cycle_1" / "sft")
+    assert path == run / "cycle_1" / "sft" / "records.jsonl"
+    write_sft(second, run / "cycle_2" / "sft")
+    assert sorted(p.name for p in (run / "cycle_2" / "sft").iterdir()) == ["records.jsonl"]
 
     out, n = export_llava(run, tmp_path / "export" / "vstar.json")
     entries = json.loads(out.read_text())
@@ -229,20 +229,20 @@ def test_write_sft_export_llava_round_trip(rows, tmp_path):
         {"from": "human", "value": "<video>\n" + second[1]["question"]},
         {"from": "gpt", "value": second[1]["answer"]},
     ]
-    assert {e["cycle"] for e in entries} == {1} and "start_s" not in entries[0]
+    assert {e["cycle"] for e in entries} == {2} and "start_s" not in entries[0]
     back = read_mix(out)
     assert [(r["video"], r["question"], r["answer"], r["frame_indices"]) for r in back] == [
         (r["video"], r["question"], r["answer"], r["frame_indices"]) for r in second
     ]
 
-    _, n0 = export_llava(run, tmp_path / "c0.json", cycle=0)
-    assert n0 == 1 and json.loads((tmp_path / "c0.json").read_text())[0]["cycle"] == 0
+    _, n1 = export_llava(run, tmp_path / "c1.json", cycle=1)
+    assert n1 == 1 and json.loads((tmp_path / "c1.json").read_text())[0]["cycle"] == 1
 
 
 def test_export_llava_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="cycle_<k>/sft/records.jsonl"):
         export_llava(tmp_path / "nope", tmp_path / "out.json")
-    write_sft([], tmp_path / "run" / "cycle_0" / "sft")
+    write_sft([], tmp_path / "run" / "cycle_1" / "sft")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "run" / "cycle_3" / "sft" / "records.jsonl")):
         export_llava(tmp_path / "run", tmp_path / "out.json", cycle=3)
 

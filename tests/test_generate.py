@@ -159,12 +159,12 @@ def test_killed_part_way_then_rerun_generates_nothing_twice(ray_local, tmp_path)
         "run.name=kill",
         f"run.root={tmp_path}/runs",
         f"run.cache_dir={tmp_path}/c",
-        "data.synth.num_videos=12",
+        "demo.synth.num_videos=12",
         "generate.batch_size=2",
         "generate.max_new_tokens=48",
         "generate.num_candidates=2",
     ]
-    out = tmp_path / "runs" / "kill" / "cycle_0" / "answers"
+    out = tmp_path / "runs" / "kill" / "cycle_1" / "answers"
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vstar.cli", *args],

@@ -117,3 +117,9 @@ def test_missing_or_empty_metrics_raise(tmp_path):
     write_metrics(tmp_path, ["not json"])
     with pytest.raises(FileNotFoundError, match="no readable metrics line"):
         write_report(tmp_path)
+
+
+def test_metrics_of_the_old_numbering_are_refused(tmp_path):
+    run = write_metrics(tmp_path / "old", [{**BASE, "cycle": -1}, cycle(0, 0.3)])
+    with pytest.raises(ValueError, match="older vstar"):
+        write_report(run)

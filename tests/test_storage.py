@@ -6,7 +6,17 @@ import pandas as pd
 import pytest
 
 from vstar.config import ConfigError, load_config
-from vstar.storage import Cycle, atomic_write, done, failed_ids, once, open_run, read_rows, write_metrics
+from vstar.storage import (
+    Cycle,
+    atomic_write,
+    done,
+    failed_ids,
+    once,
+    open_run,
+    read_rows,
+    record_step,
+    write_metrics,
+)
 
 
 def test_a_stage_runs_once_and_keeps_its_stats(tmp_path):
@@ -39,6 +49,9 @@ def test_failed_ids_leave_out_errors_and_passes(tmp_path):
         {"sample_id": ["a", "b", "c"], "num_passed": [0, 2, 0], "error": [None, None, "damaged.mp4: no frames"]}
     )
     assert failed_ids(rows) == {"a"}
+    rows.to_parquet(tmp_path / "one.parquet")
+    assert list(read_rows(tmp_path / "one.parquet")["sample_id"]) == ["a", "b", "c"]  # a file, or a stage's folder
+    assert list(read_rows(tmp_path)["sample_id"]) == ["a", "b", "c"]
     empty = read_rows(tmp_path / "nothing")  # a stage that wrote no file: its columns, no rows
     assert len(empty) == 0 and {"sample_id", "num_passed", "error", "verdicts"} <= set(empty.columns)
 
@@ -68,3 +81,11 @@ def test_a_run_written_by_the_old_layout_is_refused(tmp_path):
     (run / "base_eval").mkdir()
     with pytest.raises(ConfigError, match="older vstar"):
         open_run(cfg)
+    assert open_run(cfg, fork=True).name == "old-fork1"  # what the message offers works
+
+
+def test_a_run_keeps_the_step_that_makes_its_records(tmp_path):
+    record_step(tmp_path, "vstar.driver.video_star_sft")
+    record_step(tmp_path, "vstar.driver.video_star_sft")  # the same step resumes
+    with pytest.raises(ConfigError, match="makes its records with vstar.driver.video_star_sft, not .*answers_only"):
+        record_step(tmp_path, "vstar.experiment.answers_only")

@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the exported Hugging Face model")
     p.add_argument("--name", default="train", help="Ray Train run name under <run>/; the same name resumes")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: train.epochs)")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints")
+    p.add_argument(
+        "--checkpoint-every", type=int, help="optimizer steps between checkpoints (default: a quarter of the run)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -392,6 +394,7 @@ def cmd_verify(args) -> int:
     from vstar.config import load_config
     from vstar.driver import init_ray
     from vstar.generate.stage import verified
+    from vstar.storage import write_text
     from vstar.verify.batch import read_answers, summarize, write_jsonl
 
     cfg = load_config(None, args.overrides)
@@ -402,7 +405,7 @@ def cmd_verify(args) -> int:
     result = verified(ray.data.from_pandas(df), cfg.verify).to_pandas()
     write_jsonl(result, out / "verified.jsonl")
     summary = summarize(result)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'verified.jsonl'} and {out / 'summary.json'}")
     return 0

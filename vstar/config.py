@@ -82,8 +82,8 @@ class ModelConfig(_Section):
 class PretrainConfig(_Section):
     """The tiny VLM's base model (vstar.demo.pretrain): trained from random weights before the cycles, on synthetic
     videos of demo.synth's world drawn with another seed (10000 + run.seed) than the run's. Every weight trains (the
-    vision tower too), without LoRA, the decoded frames cached; train.num_workers, micro_batch_size, cpus_per_worker
-    and use_gpu say how the work is spread."""
+    vision tower too), without LoRA, the decoded frames cached; train.* says only how the work is spread
+    (num_workers, min_workers, micro_batch_size, cpus_per_worker, use_gpu, max_failures, gradient_checkpointing)."""
 
     steps: int = Field(0, ge=0, description="optimizer steps; 0: the cycles start from random weights")
     num_videos: int = Field(500, ge=1, description="synthetic videos in the pool")

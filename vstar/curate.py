@@ -1,6 +1,6 @@
 """Curate (step 4 of Video-STaR): verified answers and rationales → SFT records for the next finetune.
 
-    records, stats = curate(answers, rationales, cycle=0, cfg=cfg.curate, seed=cfg.run.seed, mix=read_mix(path))
+    records, stats = curate(answers, rationales, cycle=1, cfg=cfg.curate, seed=cfg.run.seed, mix=read_mix(path))
     write_sft(records, "runs/demo/cycle_1/sft")            # → runs/demo/cycle_1/sft/records.jsonl
     export_llava("runs/demo", "vstar.json")                # the last cycle's records as LLaVA/ShareGPT JSON
 
@@ -195,7 +195,7 @@ def _plain(x):
 
 def write_sft(records: list[dict], out_dir) -> Path:
     """Write `<out_dir>/records.jsonl` (atomically); return its path."""
-    return write_jsonl(Path(out_dir) / "records.jsonl", records)
+    return write_jsonl(Path(out_dir) / "records.jsonl", records, default=None, allow_nan=False)
 
 
 def read_mix(path) -> list[dict]:

@@ -42,7 +42,17 @@ from vstar.generate.sampling import Sampling
 from vstar.generate.stage import check_clips, generate_stage
 from vstar.report import write_report
 from vstar.schema import Sample
-from vstar.storage import Cycle, failed_ids, once, open_run, read_jsonl, read_rows, write_jsonl, write_metrics
+from vstar.storage import (
+    Cycle,
+    failed_ids,
+    once,
+    open_run,
+    read_jsonl,
+    read_rows,
+    record_step,
+    write_jsonl,
+    write_metrics,
+)
 
 log = logging.getLogger("vstar")
 
@@ -54,8 +64,9 @@ def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None) -> Pat
     """Run the cycles to a report; returns the run directory. `sft_step` (default `video_star_sft`) makes a cycle's
     training records: an experiment hands in another (vstar.experiment's ablation arms)."""
     sft_step = sft_step or video_star_sft
-    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     run_dir = open_run(cfg, fork)
+    record_step(run_dir, f"{sft_step.__module__}.{sft_step.__name__}")
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     samples = prepare_manifest(cfg, run_dir)
     base = prepare_model(cfg)
     check_videos(cfg, samples, run_dir)
@@ -147,7 +158,7 @@ def check_videos(cfg: Config, samples: list[Sample], run_dir: Path) -> None:
     start = time.perf_counter()
     rows = check_clips(samples, cfg.data)
     seconds = time.perf_counter() - start
-    write_jsonl(out, ({k: _plain(v) for k, v in r.items()} for r in rows))
+    write_jsonl(out, ({k: _plain(v) for k, v in r.items() if k != "frames_shape"} for r in rows))
     bad = [r for r in rows if r["error"]]
     for r in bad:
         log.warning("video error: %s", r["error"])

@@ -11,7 +11,8 @@ cycle (finetune, evaluate, the stop rule) is the product's:
   rationales-only  every sample rationalized, no answer generation (the answers stage is marked `skipped`)
   label-as-answer  no model in the loop: every training sample answered "Answer: <label>" (the upper bound of
                    what the labels alone teach). From the base (train.init_from=base) every cycle would train the
-                   same model on the same records, so it runs one cycle; going on from the last model, every cycle.
+                   same model on the same records, so `arm_config` gives it run.max_cycles 1 (pass the same when
+                   calling `run` with it yourself); going on from the last model, every cycle.
 
 Each (arm, seed) is one run directory `<root>/<arm>-seed<seed>` with `run.seed` and `demo.synth.seed` set (seeds
 differ in initial weights, pretraining pool, data and question wording); a finished run is read back, not rerun.

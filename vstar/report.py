@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from vstar.storage import write_text
+
 log = logging.getLogger("vstar")
 
 DASH = "–"
@@ -41,6 +43,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         if not isinstance(line, dict):
             log.warning("%s line %d: skipped, not a JSON object", path, number)
             continue
+        if line.get("cycle") == -1:
+            raise ValueError(
+                f"{path} was written by an older vstar (the base as cycle -1); this one numbers the base cycle 0: "
+                "rerun it to read it here"
+            )
         lines.append(line)
     return lines
 
@@ -73,8 +80,7 @@ def write_report(run_dir: str | Path) -> Path:
             "",
         ],
     ]
-    report = run_dir / "report.md"
-    report.write_text("\n".join(text for section in sections for text in section))
+    report = write_text(run_dir / "report.md", "\n".join(text for section in sections for text in section))
     log.info("report: %s", report)
     return report
 

@@ -4,7 +4,7 @@
     stats = once(run_dir / "manifest", lambda: ...)  # runs the step unless its folder is marked done
     rows = read_rows(Cycle(run_dir, 1).answers)      # a generation stage's Parquet rows as one frame
 
-Layout (README "The run directory"; `Cycle(run_dir, k)` names a cycle's folders):
+Layout (README "Quickstart"; `Cycle(run_dir, k)` names a cycle's folders):
 
     config.yaml           the resolved config; a resume must match it except RUNTIME_KEYS
     manifest/             samples.jsonl, rejected.jsonl, summary.json, videos.jsonl (the video check)
@@ -16,7 +16,8 @@ Layout (README "The run directory"; `Cycle(run_dir, k)` names a cycle's folders)
     cycle_<k>/model/      model_k, exported
     cycle_<k>/eval/       model_k's held-out evaluation
     cycle_<k>/STOP        why the loop stopped after cycle k
-    metrics.jsonl         one line per cycle (0: the base), rebuilt from the stages' markers
+    sft_step              the name of the step that makes the records (vstar.driver.video_star_sft, or an arm's)
+    metrics.jsonl         one line per cycle (0: the base), rebuilt from the stages' markers; report.md, plots/
 
 A stage's folder gets `_SUCCESS.json` (its stats) last; every file is written under a temporary name and moved in
 place (`atomic_write`), so a kill leaves either the old file or the new one, never half of one.
@@ -79,11 +80,12 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_jsonl(path: str | os.PathLike, rows) -> Path:
-    """One JSON object a line (`default=str` for dates and paths)."""
+def write_jsonl(path: str | os.PathLike, rows, default=str, allow_nan: bool = True) -> Path:
+    """One JSON object a line: `default` renders what JSON has no type for (dates, paths); `allow_nan=False`
+    refuses NaN, which is no JSON (files that other tools read)."""
     with atomic_write(path) as f:
         for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")
+            f.write(json.dumps(row, default=default, allow_nan=allow_nan) + "\n")
     return Path(path)
 
 
@@ -116,13 +118,13 @@ def once(stage: Path, step: Callable[[], dict]) -> dict:
 
 
 def read_rows(stage: Path):
-    """A generation stage's rows (every Parquet file of the folder) as one pandas frame; none: an empty frame of
-    the stage's columns."""
+    """A generation stage's rows (every Parquet file of the folder, or the one file named) as one pandas frame; none:
+    an empty frame of the stage's columns."""
     import pandas as pd
 
     from vstar.schema import GENERATED
 
-    files = sorted(stage.glob("*.parquet"))
+    files = [stage] if stage.is_file() else sorted(stage.glob("*.parquet"))
     if not files:
         return GENERATED.empty_table().to_pandas()
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
@@ -180,11 +182,6 @@ def open_run(cfg: Config, fork: bool = False) -> Path:
     run_dir = Path(cfg.run.dir).resolve()  # absolute: Ray workers may run in another working directory
     saved = run_dir / "config.yaml"
     if saved.exists():
-        if (run_dir / "base_eval").is_dir():
-            raise ConfigError(
-                f"run {run_dir} was written by an older vstar (base_eval/, cycles from 0); this one numbers the base "
-                "cycle 0 and the cycles from 1: start a new run (another run.name, or --fork)"
-            )
         changed = config_changes(saved_config(saved, cfg), cfg.model_dump(mode="json"))
         if fork:
             n = 1
@@ -193,6 +190,7 @@ def open_run(cfg: Config, fork: bool = False) -> Path:
             cfg.run.name = f"{cfg.run.name}-fork{n}"
             log.info("forking %s into %s", run_dir, cfg.run.dir)
             return open_run(cfg)
+        check_layout(run_dir)
         if changed:
             shown = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in list(changed.items())[:5])
             raise ConfigError(
@@ -203,6 +201,23 @@ def open_run(cfg: Config, fork: bool = False) -> Path:
     write_text(saved, cfg.to_yaml())
     log.info("run %s: config saved to %s", cfg.run.name, saved)
     return run_dir
+
+
+def check_layout(run_dir: Path) -> None:
+    """Refuse a run directory written before the base became cycle 0 (it has base_eval/, its cycles start at 0)."""
+    if (run_dir / "base_eval").is_dir():
+        raise ConfigError(
+            f"run {run_dir} was written by an older vstar (base_eval/, cycles from 0); this one numbers the base "
+            "cycle 0 and the cycles from 1: start a new run (another run.name, or --fork)"
+        )
+
+
+def record_step(run_dir: Path, name: str) -> None:
+    """Remember which SFT step makes the run's records (`sft_step`); a resume with another one is refused."""
+    path = run_dir / "sft_step"
+    if path.exists() and (was := path.read_text().strip()) != name:
+        raise ConfigError(f"run {run_dir} makes its records with {was}, not {name}: resume it with {was}, or fork it")
+    write_text(path, name + "\n")
 
 
 def saved_config(path: Path, cfg: Config) -> dict:

@@ -1,6 +1,6 @@
 """Generation backends behind one interface: prompts + frames (+ frame metadata) → K candidates per row.
 
-    backend = HFBackend("runs/demo/cycle_0/model", Sampling(max_new_tokens=256, n=4, temperature=0.7, top_p=0.9))
+    backend = HFBackend("runs/demo/cycle_1/model", Sampling(max_new_tokens=256, n=4, temperature=0.7, top_p=0.9))
     [g.candidates for g in backend.generate(["What moves? ..."], [frames.array], [frames.meta])]
 
 `hf` runs transformers `generate` (CPU or GPU, batched); `vllm` runs `vllm.LLM` with the video and its

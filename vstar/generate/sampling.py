@@ -1,7 +1,7 @@
 """How to sample, as one value for every generation path: the generate stage's backends and the serve engines.
 
     sampling = Sampling.from_config(cfg.generate, seed=cfg.run.seed)  # K candidates a row, from the config
-    backend = HFBackend("runs/demo/cycle_0/model", sampling)
+    backend = HFBackend("runs/demo/cycle_1/model", sampling)
     Sampling.greedy(cfg.eval.max_new_tokens)                          # evaluation: one greedy answer a row
 
 Temperature 0 means greedy, and greedy gives one candidate with no nucleus cut: the value normalizes that once

@@ -188,15 +188,16 @@ def generate_stage(
         batch_format="numpy",
     )
     ds = ds.map(add_duration)
-    ds = verified(ds, verify)
+    ds = verified(ds, verify, batch_size=None)  # whole blocks: each stays one written file, the unit a rerun keeps
     ds = ds.map_batches(conform, batch_format="pyarrow")
     ds.write_parquet(str(out_dir))
     return out_dir
 
 
-def verified(ds: ray.data.Dataset, cfg: VerifyConfig) -> ray.data.Dataset:
-    """Answer rows (`labels` + `candidates` or `answer`) with `verdicts`, `passed` and `num_passed` added."""
-    return ds.map_batches(verify_rows, batch_format="pandas", batch_size=256, fn_kwargs={"cfg": cfg})
+def verified(ds: ray.data.Dataset, cfg: VerifyConfig, batch_size: int | None = 256) -> ray.data.Dataset:
+    """Answer rows (`labels` + `candidates` or `answer`) with `verdicts`, `passed` and `num_passed` added, verified
+    `batch_size` rows at a time (None: a block at a time)."""
+    return ds.map_batches(verify_rows, batch_format="pandas", batch_size=batch_size, fn_kwargs={"cfg": cfg})
 
 
 def check_clips(samples: list[Sample], data: DataConfig) -> list[dict]:

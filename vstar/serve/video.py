@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 
 from vstar.config import DataConfig, ServeConfig
-from vstar.data.frames import Frames, VideoDecodeError, sample_frames
+from vstar.data.frames import Frames, VideoDecodeError, decode_options, sample_frames
 from vstar.serve.protocol import APIError
 
 DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -45,13 +45,11 @@ def load_video(url: str, num_frames: int, limits: ServeConfig, data: DataConfig,
         if size > limits.max_video_bytes:
             raise APIError(413, f"the video has {size} bytes; the limit is {limits.max_video_bytes}", PARAM)
         try:
-            frames = sample_frames(
-                path,
-                num_frames,
-                size=data.frame_size,
-                backend=data.decode_backend,
-                timeout_s=min(data.decode_timeout_s, timeout_s),
-            )
+            options = decode_options(data) | {
+                "num_frames": num_frames,
+                "timeout_s": min(data.decode_timeout_s, timeout_s),
+            }
+            frames = sample_frames(path, **options)
         except VideoDecodeError as e:  # the reason names the decoders' errors, not our temporary path
             raise APIError(422, f"the video could not be decoded: {e.reason}", PARAM) from None
     duration = frames.meta.total_frames / frames.meta.fps

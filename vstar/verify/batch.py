@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from vstar import storage
 from vstar.config import VerifyConfig
 from vstar.schema import Label
 from vstar.verify.checks import Context, verify
@@ -97,9 +98,7 @@ def write_jsonl(df: pd.DataFrame, path) -> None:
             return x.item()
         raise TypeError(f"cannot write {type(x).__name__} as JSON")
 
-    with open(path, "w") as f:
-        for row in df.to_dict(orient="records"):
-            f.write(json.dumps(row, default=plain) + "\n")
+    storage.write_jsonl(path, df.to_dict(orient="records"), default=plain)
 
 
 def summarize(df: pd.DataFrame) -> dict:

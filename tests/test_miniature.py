@@ -1,4 +1,4 @@
-"""The miniature Video-STaR experiment, CI-sized: one seed, one cycle of the full loop, through `vstar run`.
+"""The miniature Video-STaR experiment, CI-sized: one seed, one cycle of the full loop (`vstar.driver.run`).
 
 The base (vstar.demo.pretrain) never sees a direction answered, so it starts near 0%; one cycle must beat it by
 at least 10 points of held-out accuracy. Known weakness: always saying some direction word is worth 25%
@@ -6,9 +6,10 @@ at least 10 points of held-out accuracy. Known weakness: always saying some dire
 of the full-sized arm measured 28.5-54% over seeds 0-2 and two sessions (README).
 
 CI-sized: jobs/miniature.yaml with 2,000 videos (1,600 train, 200 held-out) and a base pretrained 1,000 steps:
-~9 min on 2 cores (the full size: ~21), and cycle 1 measured 44.5%. Smaller ones stayed at chance (22.5% with
-1,200 videos, a 500-step base and 600 train steps; 26% with 2,000 videos and 800 steps): the direction is read
-from the pixels only after ~500 steps on the chance plateau.
+8-14 min on 2 cores (501 s in one session, 850 s on 2026-11-30 at the same step time), and cycle 1 measured
+44.5% (36.5% on 2026-11-30). Smaller ones stayed at chance (22.5% with 1,200 videos, a 500-step base and 600
+train steps; 26% with 2,000 videos and 800 steps): the direction is read from the pixels only after ~500 steps on
+the chance plateau.
 """
 
 from pathlib import Path
@@ -21,7 +22,7 @@ from vstar.experiment import run_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = 2000
-CI_SIZED = [  # jobs/miniature.yaml's seed 0, one cycle, smaller: ~9 min
+CI_SIZED = [  # jobs/miniature.yaml's seed 0, one cycle, smaller: 8-14 min
     f"demo.synth.num_videos={VIDEOS}",
     "demo.pretrain.steps=1000",
     "demo.pretrain.num_videos=500",

@@ -101,6 +101,7 @@ def test_the_stage_with_vllm_actors(ray_local, tiny_vlm_dir, synth_samples, tmp_
 
     from vstar.config import load_config
     from vstar.data.questions import assign_question
+    from vstar.generate.sampling import Sampling
     from vstar.generate.stage import generate_stage
 
     cfg = load_config(
@@ -114,9 +115,11 @@ def test_the_stage_with_vllm_actors(ray_local, tiny_vlm_dir, synth_samples, tmp_
         ],
     )
     samples = [assign_question(s, 0) for s in synth_samples[:6]]
+    sampling = Sampling.from_config(cfg.generate, cfg.run.seed)
     out = generate_stage(
-        samples, "answer", tmp_path / "answers", str(tiny_vlm_dir), cfg.generate, cfg.data, cfg.verify, cfg.model.dtype
-    )
+        samples, "answer", tmp_path / "answers", str(tiny_vlm_dir), cfg.generate, sampling, cfg.data, cfg.verify,
+        cfg.model.dtype,
+    )  # fmt: skip
     df = pd.read_parquet(out)
     assert sorted(df["sample_id"]) == sorted(s.sample_id for s in samples)
     assert df["error"].isna().all() and all(len(c) == 2 for c in df["candidates"])

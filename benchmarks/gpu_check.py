@@ -37,14 +37,12 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-import types
 from pathlib import Path
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -90,15 +88,20 @@ def phase(name: str, budget_s: float):
             except BaseException as e:  # noqa: BLE001 - OOM and friends are results here
                 if isinstance(e, KeyboardInterrupt):
                     raise
-                record(name, error=f"{type(e).__name__}: {' '.join(str(e).split())[:600]}",
-                       traceback=traceback.format_exc()[-2500:])
+                record(
+                    name,
+                    error=f"{type(e).__name__}: {' '.join(str(e).split())[:600]}",
+                    traceback=traceback.format_exc()[-2500:],
+                )
                 e.__traceback__ = None
                 return None
             finally:
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+
         return run
+
     return wrap
 
 
@@ -201,12 +204,22 @@ def make_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=8192,
-                                   padding_side="left", chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        model_max_length=8192,
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def make_tiny_folder(tokenizer, out: Path) -> Path:
@@ -594,17 +607,35 @@ def main() -> None:
         def run():
             rows = make_rows(gb * steps, hw[0], hw[1], t)
             res = run_train(
-                f"full_{tag}", loop=loop, model_fn=model_full, processor=processor, rows=rows, gb=gb, steps=steps,
-                gc_on=gc_on, lora=None, layers=layers_full, smoke=smoke,
+                f"full_{tag}",
+                loop=loop,
+                model_fn=model_full,
+                processor=processor,
+                rows=rows,
+                gb=gb,
+                steps=steps,
+                gc_on=gc_on,
+                lora=None,
+                layers=layers_full,
+                smoke=smoke,
             )
             if probe["per_layer"] is None:
                 m = build_model(cfg_full, torch.bfloat16, "meta")
                 c = count_params(m)
-                probe.update(total=c["total"], vision=c["vision"],
-                             per_layer=sum(p.numel() for p in m.model.language_model.layers[0].parameters()))
+                probe.update(
+                    total=c["total"],
+                    vision=c["vision"],
+                    per_layer=sum(p.numel() for p in m.model.language_model.layers[0].parameters()),
+                )
                 del m
-            record(f"train_full_{tag}", layers=layers_full, gc=gc_on, frames=t, res=f"{hw[1]}x{hw[0]}",
-                   **extrapolate(res, gc_on))
+            record(
+                f"train_full_{tag}",
+                layers=layers_full,
+                gc=gc_on,
+                frames=t,
+                res=f"{hw[1]}x{hw[0]}",
+                **extrapolate(res, gc_on),
+            )
 
         run()
 
@@ -615,15 +646,16 @@ def main() -> None:
     def p_lora():
         layers = 2 if smoke else 28
         cfg_lora = config_7b(tok, layers, smoke)
-        lora = dict(r=16, alpha=32, dropout=0.05,
-                    target_modules=r".*language_model.*\.self_attn\.(q_proj|k_proj|v_proj|o_proj)")
+        lora = dict(
+            r=16, alpha=32, dropout=0.05, target_modules=r".*language_model.*\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+        )
         rows = make_rows(6, res_720[0], res_720[1], 8)
         gathered = {}
 
         def gather_only(model, cfg, rank):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
             import resource
+
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             start = time.perf_counter()
             full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -636,8 +668,18 @@ def main() -> None:
             del full
 
         res = run_train(
-            "lora28", loop=loop, model_fn=lambda d, dev: build_model(cfg_lora, d, dev), processor=processor,
-            rows=rows, gb=2, steps=3, gc_on=True, lora=lora, layers=layers, smoke=smoke, export_fn=gather_only,
+            "lora28",
+            loop=loop,
+            model_fn=lambda d, dev: build_model(cfg_lora, d, dev),
+            processor=processor,
+            rows=rows,
+            gb=2,
+            steps=3,
+            gc_on=True,
+            lora=lora,
+            layers=layers,
+            smoke=smoke,
+            export_fn=gather_only,
         )
         record("train_lora_28", layers=layers, export_gather=gathered, **res)
 
@@ -664,9 +706,16 @@ def main() -> None:
         b = HFBackend(str(out), Sampling.greedy(8))
         frames = synth_frames(8, 112, 112)
         g = b.generate([QUESTION], [frames], [FrameMeta(list(range(0, 64, 8)), 8.0, 64, "decord")])[0]
-        record("tiny_ckpt_export", reported_steps=first, checkpoint_files=files[:8], resumed=resumed,
-               export_files=sorted(p.name for p in out.iterdir())[:12], generated_tokens=len(g.token_ids[0]),
-               backend_device=b.device, model_dtype=str(b.model.dtype))
+        record(
+            "tiny_ckpt_export",
+            reported_steps=first,
+            checkpoint_files=files[:8],
+            resumed=resumed,
+            export_files=sorted(p.name for p in out.iterdir())[:12],
+            generated_tokens=len(g.token_ids[0]),
+            backend_device=b.device,
+            model_dtype=str(b.model.dtype),
+        )
 
     p_tiny()
 
@@ -708,8 +757,12 @@ def main() -> None:
             x = video_chat_inputs(proc, prompts, [v, v], [metas(8)] * 2)
             pad = proc.tokenizer.pad_token_id
             last_pad[side] = [int(t) == pad for t in x["input_ids"][:, -1]]
-        record("gen_padding", batched_equals_single=out, generation_starts_after_a_pad_token=last_pad,
-               note="padded row = the short prompt (index 0); right padding is the real Qwen2.5-VL tokenizer default")
+        record(
+            "gen_padding",
+            batched_equals_single=out,
+            generation_starts_after_a_pad_token=last_pad,
+            note="padded row = the short prompt (index 0); right padding is the real Qwen2.5-VL tokenizer default",
+        )
         del model
 
     @phase("gen_diversity", B)
@@ -724,9 +777,12 @@ def main() -> None:
             b = backend(model, proc, num_candidates=4, max_new_tokens=16, temperature=0.7, top_p=0.9)
             g = b.generate([QUESTION] * 2, [v, v], [metas(8)] * 2)
             res[label] = [len({tuple(x) for x in r.token_ids}) for r in g]
-        record("gen_diversity", distinct_candidates_of_4=res,
-               note="generation_config of Qwen2.5-VL-7B-Instruct: top_k=1, top_p=0.001, temperature=0.1, "
-                    "repetition_penalty=1.05; HFBackend overrides temperature/top_p only")
+        record(
+            "gen_diversity",
+            distinct_candidates_of_4=res,
+            note="generation_config of Qwen2.5-VL-7B-Instruct: top_k=1, top_p=0.001, temperature=0.1, "
+            "repetition_penalty=1.05; HFBackend overrides temperature/top_p only",
+        )
         del model
 
     @phase("gen_7b_720p", B)
@@ -757,10 +813,19 @@ def main() -> None:
         torch.cuda.synchronize()
         wall = time.perf_counter() - s
         gen_tokens = sum(sum(r.candidate_tokens) for r in g)
-        record("gen_7b_720p", attn=model.config._attn_implementation, video_patches=int(thw.prod()),
-               vision_forward_s=round(vis_s, 3), rows=8, k=4, prompt_tokens=g[0].prompt_tokens,
-               generated_tokens=gen_tokens, wall_s=round(wall, 1), rows_per_s=round(8 / wall, 3),
-               peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))
+        record(
+            "gen_7b_720p",
+            attn=model.config._attn_implementation,
+            video_patches=int(thw.prod()),
+            vision_forward_s=round(vis_s, 3),
+            rows=8,
+            k=4,
+            prompt_tokens=g[0].prompt_tokens,
+            generated_tokens=gen_tokens,
+            wall_s=round(wall, 1),
+            rows_per_s=round(8 / wall, 3),
+            peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        )
         del model, b
 
     p_pad()

@@ -189,3 +189,111 @@ def test_two_processes_take_the_same_first_step_as_one(one_process, tiny_vlm_dir
     assert step["loss"] == pytest.approx(reference["loss"], rel=1e-5)
     assert step["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-4)  # summed gradients would double it
     assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in (tmp_path / "checkpoints" / "1").iterdir()}
+
+
+# ---- what a 7B run on GPUs needs, checked on the tiny model ----------------------------------------------------
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """A gloo group of one in this process (FSDP2 needs a group even alone)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _inputs_of(tiny_vlm_dir, rows, n=2, label_weight=1.0):
+    from vstar.models import load_vlm
+    from vstar.train.core import _inputs
+
+    model, processor = load_vlm(str(tiny_vlm_dir), "float32", "cpu")
+    return model, _inputs(processor, numpy_batch(rows[:n]), "cpu", label_weight)
+
+
+def test_fsdp2_bf16_keeps_the_fp32_time_inputs(tiny_vlm_dir, rows, process_group):
+    """FSDP2's default `cast_forward_inputs` turned Qwen2.5-VL's fp32 `second_per_grid_ts` into bf16 at the root,
+    moving temporal position ids against inference (1.2513 s → 1.25); vstar's policy casts no input."""
+    from vstar.train.core import _inner, shard
+
+    model, inputs = _inputs_of(tiny_vlm_dir, rows)
+    seen = {}
+    inner = _inner(model).model
+    inner.register_forward_pre_hook(lambda m, a, kw: seen.update(sgt=kw["second_per_grid_ts"].dtype), with_kwargs=True)
+    model = shard(model.train(), torch.bfloat16)
+    assert inputs["second_per_grid_ts"].dtype == torch.float32
+    loss = model(**inputs).loss
+    assert seen["sgt"] == torch.float32
+    assert torch.isfinite(loss)
+
+
+def test_the_loss_reads_logits_at_answer_positions_only(tiny_vlm_dir, rows):
+    """Logits of every position were materialized (2.8 GiB fp32 at 720p x 8 for a 7B vocabulary) though only the
+    answer tokens carry loss: the LM head now sees the positions that predict one, and the loss is the same."""
+    from vstar.train.collate import IGNORE, weighted_loss
+    from vstar.train.core import _inner, _loss
+
+    model, inputs = _inputs_of(tiny_vlm_dir, rows, n=3)
+    widths = []
+    _inner(model).lm_head.register_forward_hook(lambda m, a, out: widths.append(a[0].shape[1]))
+    with torch.no_grad():
+        full = model(**inputs)
+        kept = _loss(model, inputs)
+    seq = inputs["input_ids"].shape[1]
+    answer_positions = int((inputs["labels"][:, 1:] != IGNORE).any(0).sum())
+    assert widths == [seq, answer_positions] and answer_positions < seq / 2
+    assert kept.item() == pytest.approx(full.loss.item(), rel=1e-5)
+
+    model, weighted = _inputs_of(tiny_vlm_dir, rows, n=3, label_weight=3.0)
+    with torch.no_grad():
+        expected = weighted_loss(
+            model(**{k: v for k, v in weighted.items() if k not in ("labels", "loss_weights")}).logits,
+            weighted["labels"],
+            weighted["loss_weights"],
+        )
+        assert _loss(model, weighted).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_only_rank_zero_reads_the_checkpoint(tiny_vlm_dir, monkeypatch):
+    """Every rank used to load the whole fp32 model (33 GB at 7B, x8 a node); the others now build it on the meta
+    device and get rank 0's weights by broadcast (the two-process test above checks they are the same)."""
+    import vstar.train.core as core
+
+    def refuse(*a, **k):
+        raise AssertionError("rank 1 read the checkpoint")
+
+    monkeypatch.setattr(core, "load_vlm", refuse)
+    model, processor = core._load({"init": str(tiny_vlm_dir)}, rank=1, world=2)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert processor.tokenizer is not None
+
+
+def test_lora_accumulates_unsharded_and_a_full_finetune_reduces_each_micro_batch(tiny_vlm_dir):
+    from vstar.models import load_vlm
+    from vstar.train.core import _small_gradients, apply_lora
+
+    model, _ = load_vlm(str(tiny_vlm_dir), "float32", "cpu")
+    assert not _small_gradients(model)
+    lora = apply_lora(model, {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    assert _small_gradients(lora)
+
+
+def test_the_export_keeps_the_initial_checkpoints_dtype(tiny_vlm_dir, tmp_path):
+    """The export was fp32 whatever the base (33 GB for a bf16 7B checkpoint, and vLLM's dtype auto then ran the
+    next cycle in fp32): "auto" writes the initial checkpoint's dtype and says so in config.json."""
+    from safetensors.torch import load_file
+
+    from vstar.models import load_vlm
+    from vstar.train.core import export, export_dtype
+
+    bf16_base = tmp_path / "base"
+    shutil.copytree(tiny_vlm_dir, bf16_base)
+    config = json.loads((bf16_base / "config.json").read_text())
+    (bf16_base / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    assert export_dtype(str(tiny_vlm_dir)) == torch.float32
+    assert export_dtype(str(bf16_base)) == torch.bfloat16
+    assert export_dtype(str(bf16_base), "float32") == torch.float32
+
+    model, _ = load_vlm(str(bf16_base), "float32", "cpu")
+    export(model, {"init": str(bf16_base), "lora": None, "out": str(tmp_path / "out")}, rank=0)
+    assert {v.dtype for v in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"

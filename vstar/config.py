@@ -177,6 +177,11 @@ class TrainConfig(_Section):
     cache_decoded: bool = Field(
         False, description="decode the videos once and keep the frames in Ray's object store for every epoch"
     )
+    export_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="dtype of the finetuned model written each cycle; auto: the initial checkpoint's own "
+        "(bf16 for Qwen2.5-VL-7B-Instruct), so the next cycle's vLLM runs it as the base ran",
+    )
 
     @model_validator(mode="after")
     def _elastic_range(self) -> TrainConfig:

@@ -106,11 +106,38 @@ def label_words(labels: list[dict]) -> list[str]:
 
 
 def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, the weighted mean over the tokens that carry a label."""
-    logits, labels, weights = logits[:, :-1], labels[:, 1:], weights[:, 1:]
-    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+    """Next-token cross-entropy, the weighted mean over the tokens that carry a label (logits of every position)."""
+    return token_loss(logits[:, :-1], labels[:, 1:], weights[:, 1:])
+
+
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose logits the loss needs: t where token t+1 carries a label in any row of the batch.
+
+    Logits of every position are sequence × vocabulary floats (4.9k tokens × 152k vocabulary = 2.8 GiB in fp32
+    at 720p × 8 frames, twice that with the gradient), while an answer is tens to hundreds of tokens. The model
+    computes logits at these positions only (`logits_to_keep`), the loss reads them with `targets_at`.
+
+    >>> labels = torch.tensor([[IGNORE, IGNORE, 5, 6], [IGNORE, 7, IGNORE, IGNORE]])
+    >>> loss_positions(labels).tolist()
+    [0, 1, 2]
+    """
+    return (labels[:, 1:] != IGNORE).any(0).nonzero().squeeze(1)
+
+
+def targets_at(positions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None):
+    """The next tokens (and their loss weights, 1 by default) that the logits at `positions` predict."""
+    targets = labels[:, 1:][:, positions]
+    if weights is None:
+        return targets, torch.ones_like(targets, dtype=torch.float32)
+    return targets, weights[:, 1:][:, positions]
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `logits` [B, T, V] against `targets` [B, T], the weighted mean over the targets that carry a
+    label; with weights 1 it is the models' own loss (the mean over answer tokens)."""
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
                          reduction="none")  # fmt: skip
-    weights = weights.reshape(-1) * (labels.reshape(-1) != IGNORE)
+    weights = weights.reshape(-1) * (targets.reshape(-1) != IGNORE)
     return (ce * weights).sum() / weights.sum().clamp_min(1e-8)
 
 

@@ -39,13 +39,14 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from vstar.data.frames import frames_from_batch
-from vstar.models.load import load_vlm
-from vstar.train.collate import answer_token_count, collate, weighted_loss
+from vstar.models.load import DTYPES, load_processor, load_vlm
+from vstar.train.collate import answer_token_count, collate, loss_positions, targets_at, token_loss
 
 REPORT_EVERY = 10  # steps between reports: under Ray Train each one waits on the controller (~1-2 s by default)
 
@@ -86,20 +87,48 @@ def _inner(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def shard(model, device: str):
-    """FSDP2: each decoder block and vision block its own unit, then the root."""
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device == "cuda" else None
-    kwargs = {"mp_policy": mp} if mp else {}
-    inner = _inner(model).model
-    for block in [*inner.language_model.layers, *inner.visual.blocks]:
-        fully_shard(block, **kwargs)
+def shard(model, param_dtype: torch.dtype | None = None):
+    """FSDP2: each decoder block and vision block its own unit, the input embeddings and the LM head too (untied:
+    each is ~0.5 B parameters at 7B, gathered only around its own use), then the root.
+
+    `param_dtype`: the compute dtype (bf16 on GPU; parameters, gradients and optimizer states stay fp32, gradients
+    are reduced in fp32). Forward inputs are never cast: Qwen2.5-VL's `second_per_grid_ts` and the vision rotary
+    tables are fp32, as at inference, and a bf16 copy moves temporal position ids (1.2513 s a grid step is
+    1.25 in bf16).
+    """
+    kwargs = {}
+    if param_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False
+        )
+    inner = _inner(model)
+    units = [*inner.model.language_model.layers, *inner.model.visual.blocks]
+    if not inner.config.tie_word_embeddings:
+        units += [inner.model.language_model.embed_tokens, inner.lm_head]
+    for unit in units:
+        fully_shard(unit, **kwargs)
     fully_shard(model, **kwargs)
     return model
 
 
-def setup_model(cfg: dict, device: str, world: int):
+def _load(cfg: dict, rank: int, world: int):
+    """The initial model (fp32) and its processor. One process reads the checkpoint; with several, only rank 0
+    does (on the CPU) and the others build the same model on the meta device, so a node of 8 workers holds one
+    copy of a 7B model in host memory (33 GB fp32) instead of eight; `setup_model` then broadcasts its weights
+    into every rank's shards."""
+    if world == 1 or rank == 0:
+        return load_vlm(cfg["init"], "float32", "cpu")
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(cfg["init"])
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    return model.eval(), load_processor(cfg["init"])
+
+
+def setup_model(cfg: dict, device: str, world: int, rank: int = 0):
     """The model to train and its processor: loaded, vision frozen, LoRA, gradient checkpointing, FSDP2."""
-    model, processor = load_vlm(cfg["init"], "float32", device)
+    model, processor = _load(cfg, rank, world)
     if cfg["freeze_vision"]:
         _inner(model).model.visual.requires_grad_(False)
     if cfg["lora"]:
@@ -107,9 +136,24 @@ def setup_model(cfg: dict, device: str, world: int):
     if cfg["gradient_checkpointing"]:
         _inner(model).gradient_checkpointing_enable()
     model.train()
-    if world > 1 or device == "cuda":  # one CPU worker: FSDP2 would only add its hooks (~30% of a tiny step)
-        model = shard(model, device)
+    if world == 1 and device == "cpu":  # one CPU worker: FSDP2 would only add its hooks (~30% of a tiny step)
+        return model, processor
+    full = model.state_dict() if rank == 0 and world > 1 else None  # rank 0's weights, for every rank's shards
+    model = shard(model, torch.bfloat16 if device == "cuda" else None)  # moves rank 0's shards to the device
+    if world > 1:
+        _broadcast_weights(model, full, device)
     return model, processor
+
+
+def _broadcast_weights(model, full: dict | None, device: str) -> None:
+    """Every rank's shards from rank 0's full state dict; buffers (rotary tables, not in a state dict when not
+    persistent) copied from rank 0 as they are."""
+    if dist.get_rank() != 0:
+        model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full or {}, options=options)
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def schedule(optimizer, total_steps: int, warmup_ratio: float):
@@ -148,7 +192,7 @@ def train_worker(
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # set by torchrun and by Ray Train
     torch.manual_seed(cfg["seed"])
-    model, processor = setup_model(cfg, device, world)
+    model, processor = setup_model(cfg, device, world, rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
@@ -161,6 +205,7 @@ def train_worker(
 
     losses, history = [], []  # this step's micro-batch losses; the steps' metrics not yet reported
     seen = torch.zeros(2, dtype=torch.float64)  # samples and tokens of this rank since the last step
+    sync_every_micro = not _small_gradients(model)
     clock = time.perf_counter()
 
     def end_step(inputs: dict | None) -> None:
@@ -173,7 +218,7 @@ def train_worker(
             "start_step": start,
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": grad_norm,
-            **_step_metrics(losses, seen, time.perf_counter() - clock),
+            **_step_metrics(losses, seen, time.perf_counter() - clock, device),
         }
         if inputs is not None:
             metrics["answer_tokens"] = answer_token_count(inputs)
@@ -191,11 +236,13 @@ def train_worker(
     while step < total:
         skip = (step % per_epoch) * accum  # micro-batches of this epoch already trained on
         micro = 0
-        for batch in epoch_batches(cfg["seed"] * 100_003 + step // per_epoch + rank * 7919):
+        for batch, last in _with_last(epoch_batches(cfg["seed"] * 100_003 + step // per_epoch + rank * 7919)):
             if skip:
                 skip -= 1
                 continue
             inputs = _inputs(processor, batch, device, cfg["label_loss_weight"])
+            if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce at the window's last micro-batch only
+                model.set_requires_gradient_sync(sync_every_micro or last or (micro + 1) % accum == 0)
             loss = _loss(model, inputs) / accum
             loss.backward()
             losses.append(loss.item() * accum)
@@ -212,6 +259,23 @@ def train_worker(
     export(model, cfg, rank)
 
 
+def _with_last(items: Iterable):
+    """Each item with whether it is the last one (an epoch's last micro-batch closes its accumulation window).
+
+    >>> list(_with_last("ab"))
+    [('a', False), ('b', True)]
+    """
+    it = iter(items)
+    try:
+        item = next(it)
+    except StopIteration:
+        return
+    for following in it:
+        yield item, False
+        item = following
+    yield item, True
+
+
 def _inputs(processor, batch: dict, device: str, label_weight: float) -> dict:
     """Model inputs of one numpy micro-batch, on `device`."""
     rows = list(range(len(batch["sample_id"])))
@@ -223,12 +287,22 @@ def _inputs(processor, batch: dict, device: str, label_weight: float) -> dict:
 
 
 def _loss(model, inputs: dict) -> torch.Tensor:
-    """The model's own mean over answer tokens, or the label-weighted mean when the batch carries weights."""
-    if "loss_weights" not in inputs:
-        return model(**inputs).loss
+    """Cross-entropy over the answer tokens (their label-weighted mean when the batch carries weights), with
+    logits computed only at the positions that predict an answer token (`collate.loss_positions`)."""
     inputs = dict(inputs)
-    weights, labels = inputs.pop("loss_weights"), inputs.pop("labels")
-    return weighted_loss(model(**inputs).logits, labels, weights)
+    labels, weights = inputs.pop("labels"), inputs.pop("loss_weights", None)
+    positions = loss_positions(labels)
+    logits = model(**inputs, logits_to_keep=positions).logits
+    return token_loss(logits, *targets_at(positions, labels, weights))
+
+
+def _small_gradients(model) -> bool:
+    """Whether the trainable parameters are a small part of the model (LoRA): then gradients accumulate unsharded
+    over a window's micro-batches and are reduced once. A full finetune reduces every micro-batch instead: FSDP2
+    keeps unsharded gradients while sync is off, 30 GB in fp32 for a 7B model on every GPU, against a
+    reduce-scatter that takes ~5% of a 720p micro-batch's time on NVLink."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable < 0.05 * sum(p.numel() for p in model.parameters())
 
 
 def optimizer_step(params, optimizer, scheduler) -> float:
@@ -240,18 +314,20 @@ def optimizer_step(params, optimizer, scheduler) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _step_metrics(losses: list[float], seen: torch.Tensor, seconds: float) -> dict:
-    """The step's loss, samples and tokens over all ranks (resets `seen`); the peak memory of the busiest rank."""
+def _step_metrics(losses: list[float], seen: torch.Tensor, seconds: float, device: str = "cpu") -> dict:
+    """The step's loss, samples and tokens over all ranks (resets `seen`); the peak memory of the busiest rank.
+    Reduced on the training device: a GPU group under Ray Train is NCCL alone, which takes no CPU tensor."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    total = torch.cat([seen, torch.tensor([sum(losses), len(losses)], dtype=torch.float64)])
-    peak = torch.tensor([peak], dtype=torch.float64)
+    total = torch.cat([seen, torch.tensor([sum(losses), len(losses)], dtype=torch.float64)]).to(device)
+    peak = torch.tensor([peak], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(total)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     seen.zero_()
+    total, peak = total.cpu(), peak.cpu()
     return {
         "loss": float(total[2] / total[3]) if total[3] else float("nan"),  # mean over every micro-batch of the step
         "samples": int(total[0]),
@@ -285,18 +361,34 @@ def load_checkpoint(d: str, model, optimizer, scheduler) -> int:
     return meta["step"]
 
 
+def export_dtype(init: str, dtype: str = "auto") -> torch.dtype:
+    """The dtype a finetuned model is written in: "auto" is the initial checkpoint's own (bf16 for
+    Qwen2.5-VL-7B-Instruct: 16 GB instead of 33 GB in fp32, and the next cycle's vLLM runs it in bf16, not fp32);
+    fp32 when the checkpoint names none."""
+    if dtype != "auto":
+        return DTYPES[dtype]
+    from transformers import AutoConfig
+
+    own = AutoConfig.from_pretrained(init).dtype
+    if isinstance(own, str):
+        own = DTYPES.get(own)
+    return own or torch.float32
+
+
 def export(model, cfg: dict, rank: int) -> None:
-    """Rank 0 writes a Hugging Face folder (LoRA merged, processor saved) to cfg["out"]. Every rank must
+    """Rank 0 writes a Hugging Face folder (LoRA merged, processor saved, in `export_dtype`) to cfg["out"]. Every rank must
     take part in gathering the full state dict."""
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         base, processor = load_vlm(cfg["init"], "float32", "cpu")
+        dtype = export_dtype(cfg["init"], cfg.get("export_dtype", "auto"))
         if cfg["lora"]:
             base = apply_lora(base, cfg["lora"])
             base.load_state_dict(full)
             base = base.merge_and_unload()
         else:
             base.load_state_dict(full)
+        base = base.to(dtype)  # config.json's dtype says so: vLLM's dtype "auto" serves it in that dtype
         out = Path(cfg["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

@@ -148,6 +148,7 @@ def train(
         checkpoint_every=checkpoint_every,
         shuffle_buffer=train_cfg.shuffle_buffer,
         label_loss_weight=train_cfg.label_loss_weight,
+        export_dtype=train_cfg.export_dtype,
         seed=seed,
     )
     workers = train_cfg.num_workers if train_cfg.min_workers is None else (train_cfg.min_workers, train_cfg.num_workers)

@@ -77,9 +77,14 @@ def record(name: str, **values) -> None:
     print(f"[{time.time() - T0:6.1f}s] {name}: {json.dumps(values, default=str)[:1500]}", flush=True)
 
 
+ONLY: list[str] = []  # --only: run the phases whose names start with one of these
+
+
 def phase(name: str, budget_s: float):
     def wrap(fn):
         def run(*a, **k):
+            if ONLY and not any(name.startswith(p) for p in ONLY):
+                return None
             if time.time() - T0 > budget_s:
                 record(name, skipped=f"time budget {budget_s:.0f} s spent")
                 return None
@@ -500,7 +505,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--smoke", action="store_true", help="CPU, toy sizes: checks this script's plumbing only")
     ap.add_argument("--full-layers", type=int, default=14, help="decoder layers of the full-finetune runs")
+    ap.add_argument("--only", default="", help="comma-separated phase name prefixes to run (default: all)")
     args = ap.parse_args()
+    ONLY.extend(p for p in args.only.split(",") if p)
     smoke, B = args.smoke, args.budget_s
     cuda = torch.cuda.is_available() and not smoke
     device = "cuda" if cuda else "cpu"
@@ -541,6 +548,11 @@ def main() -> None:
     res_1080 = (128, 224) if smoke else (1080, 1920)
     port = iter(range(29611, 29700))
 
+    def metas(t, total=300, fps=29.97):
+        from vstar.data.frames import FrameMeta
+
+        return FrameMeta(np.linspace(0, total - 1, t).round().astype(int).tolist(), fps, total, "decord")
+
     # 1. NCCL process group vs CPU all_reduce -----------------------------------------------------------------
     @phase("nccl_cpu_allreduce", B)
     def p_nccl():
@@ -548,8 +560,8 @@ def main() -> None:
             return record("nccl_cpu_allreduce", skipped="no CUDA")
         init_pg("nccl", next(port))
         try:
-            loop._step_metrics([1.0], torch.zeros(2, dtype=torch.float64), 1.0)
-            record("nccl_cpu_allreduce", raised=False, note="CPU all_reduce worked under backend=nccl")
+            m = loop._step_metrics([1.0], torch.zeros(2, dtype=torch.float64), 1.0, "cuda")
+            record("nccl_cpu_allreduce", raised=False, loss=m["loss"], note="step metrics reduced on the GPU")
         except Exception as e:  # noqa: BLE001
             record("nccl_cpu_allreduce", raised=True, error=f"{type(e).__name__}: {str(e)[:300]}")
 
@@ -560,20 +572,48 @@ def main() -> None:
         init_pg("nccl", next(port))
         rows = make_rows(2, 112, 112, 8)
         STATE.update(reports=[], last_checkpoint=None)
-        saved = loop.export
-        loop.export = lambda *a, **k: None
-        try:
+        try:  # a checkpoint at the last step and the export, both under the NCCL-only group
             cfg = {**loop_cfg(SCRATCH / "nccl", gb=2, steps=1, gc_on=True, lora=None, n=2), "init": str(tiny)}
             loop.train_worker(cfg, epoch_batches(rows), reporter())
-            record("nccl_train_loop", raised=False)
+            files = sorted(p.name for p in Path(STATE["last_checkpoint"]).iterdir())
+            record("nccl_train_loop", raised=False, checkpoint_files=files, exported=(SCRATCH / "nccl").exists())
         except Exception as e:  # noqa: BLE001
             record("nccl_train_loop", raised=True, error=f"{type(e).__name__}: {str(e)[:300]}")
-        finally:
-            loop.export = saved
 
     p_nccl()
     p_nccl_loop()
     init_pg("cpu:gloo,cuda:nccl" if cuda else "gloo", next(port))
+
+    @phase("fsdp_time_inputs", B)
+    def p_time():
+        """Qwen2.5-VL's second_per_grid_ts through vstar's FSDP2 bf16 policy, and how often a bf16 copy would move
+        temporal position ids (t * second_per_grid_ts * tokens_per_second, floored) over common fps x durations."""
+        from vstar.models import load_vlm
+        from vstar.train.core import _inner, shard
+
+        model, proc = load_vlm(str(tiny), "float32", device)
+        seen = {}
+        _inner(model).model.register_forward_pre_hook(
+            lambda m, a, kw: seen.update(sgt=str(kw["second_per_grid_ts"].dtype)), with_kwargs=True
+        )
+        model = shard(model.train(), torch.bfloat16 if cuda else None)
+        from vstar.models.load import video_chat_inputs
+
+        x = video_chat_inputs(proc, [QUESTION], [synth_frames(8, 112, 112)], [metas(8)]).to(device)
+        model(**x)
+        moved = total = 0
+        for fps in (23.976, 24.0, 25.0, 29.97, 30.0, 50.0, 59.94, 60.0):
+            for seconds in range(2, 21):
+                for t in (8, 16):
+                    sgt = torch.tensor([2 * (seconds * fps / t) / fps], dtype=torch.float32)
+                    grid_t = t // 2
+                    exact = (torch.arange(grid_t) * sgt * 2).long()
+                    rounded = (torch.arange(grid_t) * sgt.to(torch.bfloat16).float() * 2).long()
+                    moved += int(not torch.equal(exact, rounded))
+                    total += 1
+        record(
+            "fsdp_time_inputs", second_per_grid_ts_dtype_in_forward=seen.get("sgt"), bf16_would_move=f"{moved}/{total}"
+        )
 
     # 2. full finetune, 7B width, FULL_LAYERS layers ------------------------------------------------------------
     layers_full = 2 if smoke else args.full_layers
@@ -690,7 +730,11 @@ def main() -> None:
     def p_tiny():
         rows = make_rows(8, 112, 112, 8)
         out = SCRATCH / "tiny_export"
-        cfg = {**loop_cfg(out, gb=2, steps=3, gc_on=True, lora=None, n=len(rows), ckpt_every=2), "init": str(tiny)}
+        base = SCRATCH / "tiny_bf16"  # the tiny model, its config saying bf16 as Qwen2.5-VL-7B-Instruct's does
+        shutil.copytree(tiny, base, dirs_exist_ok=True)
+        config = json.loads((base / "config.json").read_text())
+        (base / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+        cfg = {**loop_cfg(out, gb=2, steps=3, gc_on=True, lora=None, n=len(rows), ckpt_every=2), "init": str(base)}
         STATE.update(reports=[], last_checkpoint=None)
         loop.train_worker(cfg, epoch_batches(rows), reporter())
         first = [r["step"] for r in STATE["reports"]]
@@ -715,6 +759,7 @@ def main() -> None:
             generated_tokens=len(g.token_ids[0]),
             backend_device=b.device,
             model_dtype=str(b.model.dtype),
+            exported_config_dtype=json.loads((out / "config.json").read_text()).get("dtype"),
         )
 
     p_tiny()
@@ -731,11 +776,6 @@ def main() -> None:
             return HFBackend("synthetic", Sampling(n=n, **kw))
         finally:
             vmodels.load_vlm = saved
-
-    def metas(t, total=300, fps=29.97):
-        from vstar.data.frames import FrameMeta
-
-        return FrameMeta(np.linspace(0, total - 1, t).round().astype(int).tolist(), fps, total, "decord")
 
     cfg_small = config_7b(tok, 2, smoke)
 
@@ -871,6 +911,35 @@ def main() -> None:
     p_proc()
 
     # 7. more full-finetune shapes, ascending length (OOM is a result) -------------------------------------------
+    @phase("gc_profile", B)
+    def p_gc_profile():
+        """Where a step's time goes with and without gradient checkpointing (360p x 8, the 7B width): the
+        operators with the most GPU and CPU time of 2 steps."""
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        out = {}
+        for gc_on in (True, False):
+            rows = make_rows(4, res_small[0], res_small[1], 8)
+            with profile(activities=acts) as prof:
+                res = run_train(
+                    f"prof_{gc_on}", loop=loop, model_fn=model_full, processor=processor, rows=rows, gb=2, steps=2,
+                    gc_on=gc_on, lora=None, layers=layers_full, smoke=smoke,
+                )  # fmt: skip
+            events = prof.key_averages()
+            key = "self_device_time_total" if cuda else "self_cpu_time_total"
+            top = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:12]
+            cpu_top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+            out["gc" if gc_on else "no_gc"] = dict(
+                step_s=res["step_s"],
+                wall_s=res["wall_s"],
+                top_gpu_ms=[(e.key[:60], e.count, round(getattr(e, key, 0) / 1e3, 1)) for e in top],
+                top_cpu_ms=[(e.key[:60], e.count, round(e.self_cpu_time_total / 1e3, 1)) for e in cpu_top],
+            )
+        record("gc_profile", **out)
+
+    p_gc_profile()
+
     full_run("360p_8f_gc", res_small, 8, True)
     full_run("720p_8f_nogc", res_720, 8, False)
     full_run("720p_16f_gc", res_720, 16, True)

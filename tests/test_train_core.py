@@ -297,3 +297,27 @@ def test_the_export_keeps_the_initial_checkpoints_dtype(tiny_vlm_dir, tmp_path):
     export(model, {"init": str(bf16_base), "lora": None, "out": str(tmp_path / "out")}, rank=0)
     assert {v.dtype for v in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.bfloat16}
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_checkpoints_by_time_go_where_the_caller_says(tiny_vlm_dir, rows, tmp_path):
+    """A 7B checkpoint is ~100 GB: by time as well as by steps, written once where the run keeps it (Ray Train's
+    storage) instead of staged through a temporary folder."""
+    from vstar.train.core import train_worker
+
+    reports, yielded = [], []
+    cfg = worker_cfg(tiny_vlm_dir, tmp_path / "model", max_steps=3, checkpoint_every=100, checkpoint_every_s=1e-9)
+    folder = lambda step: str(tmp_path / "storage" / f"step{step}")  # noqa: E731
+    train_worker(cfg, micro_batches(rows, 1, False, yielded), keep_reports(reports, tmp_path / "copies"), None, folder)
+    assert [r["metrics"]["step"] for r in reports if r["checkpoint"]] == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "storage").iterdir()) == ["step1", "step2", "step3"]
+    assert (tmp_path / "storage" / "step3" / "trainer_state.json").exists()  # kept: the caller owns the folder
+
+
+def test_data_shorter_than_the_config_says_is_an_error_not_a_hang(tiny_vlm_dir, rows, tmp_path):
+    """Micro-batches twice the configured size: an epoch holds half the micro-batches the step count assumes, and
+    the second epoch's skip swallowed all of them, for ever."""
+    from vstar.train.core import train_worker
+
+    cfg = worker_cfg(tiny_vlm_dir, tmp_path / "model", max_steps=3)
+    with pytest.raises(RuntimeError, match="no micro-batch to train on"):
+        train_worker(cfg, micro_batches(rows, 2, False, []), keep_reports([], tmp_path / "copies"))

@@ -177,6 +177,15 @@ class TrainConfig(_Section):
     cache_decoded: bool = Field(
         False, description="decode the videos once and keep the frames in Ray's object store for every epoch"
     )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="optimizer steps between checkpoints; None: a quarter of the cycle's steps"
+    )
+    checkpoint_every_minutes: float | None = Field(
+        30.0,
+        gt=0,
+        description="also checkpoint when this long has passed since the last one (a full 7B finetune's "
+        "checkpoint is ~100 GB: by time, not by a fraction of a days-long cycle); None: by steps only",
+    )
     export_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="dtype of the finetuned model written each cycle; auto: the initial checkpoint's own "

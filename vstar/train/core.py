@@ -21,6 +21,7 @@ One CPU process needs no process group. On CUDA the model is FSDP2-sharded even 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -174,6 +175,7 @@ def train_worker(
     epoch_batches: Callable[[int], Iterable[dict]],
     report: Callable[[dict, str | None], None],
     resume_dir: str | None = None,
+    checkpoint_dir: Callable[[int], str] | None = None,
 ) -> None:
     """Train this rank's part of the run, then export; every rank of the group calls it.
 
@@ -184,8 +186,12 @@ def train_worker(
     plus question, answer, label_words), shuffled with `seed`: the same seed must give the same order, since a
     resumed epoch skips the micro-batches it already trained on. `report(metrics, None)` gets the steps since the
     last report (`history`) every REPORT_EVERY steps; `report(metrics, folder)` a checkpoint folder, which exists
-    only during the call, every `checkpoint_every` steps and at the last step. `resume_dir`: a checkpoint folder
-    to continue from (model, optimizer, scheduler, step), written by any number of ranks.
+    only during the call, every `checkpoint_every` steps, every `checkpoint_every_s` seconds (optional; every
+    rank follows rank 0's clock) and at the last step. `resume_dir`: a checkpoint folder to continue from (model,
+    optimizer, scheduler, step), written by any number of ranks. `checkpoint_dir(step)`: where to write the
+    step's checkpoint, a folder every rank reaches (the run's storage: a full finetune's checkpoint is ~100 GB at
+    7B, written once instead of staged through a local temporary folder); default: a temporary folder, removed
+    after `report`.
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = "cuda" if torch.cuda.is_available() and cfg["use_gpu"] else "cpu"
@@ -206,11 +212,22 @@ def train_worker(
     losses, history = [], []  # this step's micro-batch losses; the steps' metrics not yet reported
     seen = torch.zeros(2, dtype=torch.float64)  # samples and tokens of this rank since the last step
     sync_every_micro = not _small_gradients(model)
-    clock = time.perf_counter()
+    clock = last_checkpoint = time.perf_counter()
+
+    def checkpoint_due() -> bool:
+        if step % cfg["checkpoint_every"] == 0 or step >= total:
+            return True
+        every_s = cfg.get("checkpoint_every_s")
+        if not every_s:
+            return False
+        due = torch.tensor([time.perf_counter() - last_checkpoint >= every_s], dtype=torch.float32, device=device)
+        if dist.is_initialized():
+            dist.broadcast(due, src=0)  # rank 0's clock decides, so every rank writes its shards together
+        return bool(due.item())
 
     def end_step(inputs: dict | None) -> None:
         """Step on the accumulated gradients; record the step's metrics; report, with a checkpoint when due."""
-        nonlocal step, clock
+        nonlocal step, clock, last_checkpoint
         grad_norm = optimizer_step(params, optimizer, scheduler)
         step += 1
         metrics = {
@@ -223,10 +240,12 @@ def train_worker(
         if inputs is not None:
             metrics["answer_tokens"] = answer_token_count(inputs)
         history.append(metrics)
-        if step % cfg["checkpoint_every"] == 0 or step >= total:
+        if checkpoint_due():
             hand_over = partial(report, {**metrics, "history": history[:]})  # called with the checkpoint folder
-            save_checkpoint(model, optimizer, scheduler, step, rank, hand_over)
+            folder = checkpoint_dir(step) if checkpoint_dir else None
+            save_checkpoint(model, optimizer, scheduler, step, rank, hand_over, folder)
             history.clear()
+            last_checkpoint = time.perf_counter()
         elif len(history) >= REPORT_EVERY:
             report({**metrics, "history": history[:]}, None)
             history.clear()
@@ -256,6 +275,12 @@ def train_worker(
         else:  # the epoch ended inside an accumulation window: step on what was accumulated
             if micro % accum:
                 end_step(None)
+            elif not micro:  # would loop for ever: the data holds fewer micro-batches than the config says
+                raise RuntimeError(
+                    f"rank {rank}: an epoch gave no micro-batch to train on after skipping the "
+                    f"{(step % per_epoch) * accum} already trained ({cfg['num_samples']} samples, global batch "
+                    f"{cfg['global_batch_size']}, micro-batch {cfg['micro_batch_size']}, {world} workers)"
+                )
     export(model, cfg, rank)
 
 
@@ -339,14 +364,19 @@ def _step_metrics(losses: list[float], seen: torch.Tensor, seconds: float, devic
     }
 
 
-def save_checkpoint(model, optimizer, scheduler, step: int, rank: int, hand_over: Callable[[str], None]) -> None:
-    """Write this rank's shards (and on rank 0 the metadata and trainer_state.json) to a temporary folder and
-    call `hand_over(folder)`; the folder is removed when it returns."""
+def save_checkpoint(
+    model, optimizer, scheduler, step: int, rank: int, hand_over: Callable[[str], None], folder: str | None = None
+) -> None:
+    """Write this rank's shards (and on rank 0 the metadata and trainer_state.json) to `folder` (default: a
+    temporary folder, removed when `hand_over` returns) and call `hand_over(folder)`."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with tempfile.TemporaryDirectory() as d:
+    with contextlib.nullcontext(folder) if folder else tempfile.TemporaryDirectory() as d:
+        Path(d).mkdir(parents=True, exist_ok=True)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=d)  # each rank writes its own shards
         if rank == 0:
             Path(d, "trainer_state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
+        if dist.is_initialized():
+            dist.barrier()  # every rank's shards are written before the folder is reported
         hand_over(d)
 
 

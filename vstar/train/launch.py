@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vstar.config import DataConfig, TrainConfig
@@ -59,13 +59,36 @@ def train_loop(cfg: dict) -> None:
             **(shuffle if cfg["shuffle_buffer"] else {}),
         )
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+    storage = _local_storage()
+
+    def checkpoint_dir(step: int) -> str:
+        return storage.build_checkpoint_path_from_name(f"checkpoint_step{step:08d}")
+
+    def report(metrics: dict, folder: str | None) -> None:
+        if folder is None:
+            ray.train.report(metrics)
+        elif storage is not None:  # written in place by every rank: registered, not copied
+            checkpoint = ray.train.Checkpoint(folder, filesystem=storage.storage_filesystem)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
-        train_worker(cfg, epoch_batches, report, resume_dir)
+        train_worker(cfg, epoch_batches, report, resume_dir, checkpoint_dir if storage is not None else None)
+
+
+def _local_storage():
+    """Ray Train's storage context when the run's storage is a file system path every worker writes to (a shared
+    mount on a cluster, the local disk on one machine): checkpoints are then written straight into it. None for
+    object storage (s3://...), where a checkpoint is written locally and uploaded."""
+    import pyarrow.fs
+
+    try:
+        storage = ray.train.get_context().get_storage()
+    except (AttributeError, NotImplementedError):  # another Ray layout: write locally and upload
+        return None
+    return storage if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem) else None
 
 
 def read_sft(path: str | Path) -> list[dict]:
@@ -117,7 +140,8 @@ def train(
 ):
     """Finetune `init` on the records; export the result to `out`. Returns Ray Train's Result.
 
-    A checkpoint every `checkpoint_every` steps (default: a quarter of the run's steps, at least 1) and at the last step.
+    A checkpoint every `checkpoint_every` steps (default: `train.checkpoint_every_steps`, or a quarter of the run's
+    steps), every `train.checkpoint_every_minutes`, and at the last step.
     """
     keys = ("sample_id", "video", "start_s", "end_s", "question", "answer")
     rows = [{**{k: r.get(k) for k in keys}, "label_words": json.dumps(label_words(r.get("labels")))} for r in records]
@@ -127,6 +151,7 @@ def train(
     if train_cfg.cache_decoded:  # small data, several epochs: decode once instead of once an epoch
         ds = ds.materialize()
     lora = train_cfg.lora.model_dump() if train_cfg.lora.enabled else None
+    checkpoint_every = checkpoint_every or train_cfg.checkpoint_every_steps
     if checkpoint_every is None:
         total = total_steps(len(rows), train_cfg.global_batch_size, train_cfg.epochs, max_steps)
         checkpoint_every = max(1, total // 4)
@@ -146,6 +171,7 @@ def train(
         num_samples=len(rows),
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
+        checkpoint_every_s=train_cfg.checkpoint_every_minutes * 60 if train_cfg.checkpoint_every_minutes else None,
         shuffle_buffer=train_cfg.shuffle_buffer,
         label_loss_weight=train_cfg.label_loss_weight,
         export_dtype=train_cfg.export_dtype,

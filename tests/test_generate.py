@@ -100,6 +100,30 @@ def test_hf_backend_chat_template_video_tokens_and_candidates(tiny_vlm_dir, clip
     assert len(a.candidates) == 1 and a == b
 
 
+def checkpoint_copy(tiny_vlm_dir, out, tokenizer=None, generation=None):
+    """The tiny VLM as another checkpoint would ship it: `tokenizer` and `generation` update its JSON files."""
+    import shutil
+
+    shutil.copytree(tiny_vlm_dir, out)
+    for name, update in (("tokenizer_config.json", tokenizer), ("generation_config.json", generation)):
+        path = out / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **(update or {})}))
+    return out
+
+
+def test_batched_generation_pads_left_whatever_the_tokenizer_says(tiny_vlm_dir, clip, tmp_path):
+    """Qwen2.5-VL's tokenizer sets no padding_side (right): batched greedy rows must still equal rows alone."""
+    from vstar.serve.engine import HFEngine
+
+    right = checkpoint_copy(tiny_vlm_dir, tmp_path / "right", tokenizer={"padding_side": "right"})
+    backend = HFBackend(str(right), Sampling.greedy(10))
+    prompts = ["What moves?", "Which way does the red square go, and how many shapes are there in the video?"]
+    batched = backend.generate(prompts, [clip.array] * 2, [clip.meta] * 2)
+    alone = [backend.generate([p], [clip.array], [clip.meta])[0] for p in prompts]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    assert HFEngine(str(right)).processor.tokenizer.padding_side == "left"  # serving loads the same way
+
+
 def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
     rows = [frames_row(r, 8) for r in prompt_rows([assign_question(s, 0) for s in synth_samples[:3]], "answer")]
     rows[1]["frames_shape"] = [8, 112, 336]  # the same bytes as one channel: the processor raises for this row

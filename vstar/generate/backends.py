@@ -34,13 +34,16 @@ class Backend(Protocol):
 
 def load_hf(model: str, dtype: str = "auto", device: str | None = None) -> tuple:
     """A transformers model on `device` (default: the GPU when there is one), its processor, the device and its
-    end-of-sequence ids."""
+    end-of-sequence ids. The processor pads on the left, whatever the checkpoint's tokenizer says."""
     import torch
 
     from vstar.models import load_vlm
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded, processor = load_vlm(model, dtype, device)
+    # batched generation continues every row from its last column: a right-padded row would continue from padding
+    # (Qwen2.5-VL's tokenizer sets no padding_side, so it pads right)
+    processor.tokenizer.padding_side = "left"
     eos = loaded.generation_config.eos_token_id
     return loaded, processor, device, set(eos if isinstance(eos, list) else [eos])
 

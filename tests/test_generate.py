@@ -124,6 +124,39 @@ def test_batched_generation_pads_left_whatever_the_tokenizer_says(tiny_vlm_dir, 
     assert HFEngine(str(right)).processor.tokenizer.padding_side == "left"  # serving loads the same way
 
 
+def argmax_decode(backend, prompt, clip, steps):
+    """Greedy decoding by hand: the whole sequence through the model each step, the top logit appended."""
+    import torch
+
+    from vstar.models import video_chat_inputs
+
+    inputs = video_chat_inputs(backend.processor, [prompt], [clip.array], [clip.meta])
+    ids = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            token = int(backend.model(**inputs).logits[0, -1].argmax())
+            ids.append(token)
+            if token in backend.eos:
+                break
+            per_token = [k for k, v in inputs.items() if v.shape == inputs["input_ids"].shape]  # mask, token types
+            new = {"input_ids": token, "attention_mask": 1}
+            for k in per_token:
+                inputs[k] = torch.cat([inputs[k], torch.tensor([[new.get(k, 0)]], dtype=inputs[k].dtype)], 1)
+    return ids
+
+
+def test_sampling_is_what_sampling_says_whatever_the_checkpoint_says(tiny_vlm_dir, clip, tmp_path):
+    """Qwen2.5-VL-7B-Instruct's generation_config.json: every candidate would be the same one, greedy penalized."""
+    qwen_like = dict(do_sample=True, top_k=1, top_p=0.001, temperature=0.1, repetition_penalty=1.05)
+    path = str(checkpoint_copy(tiny_vlm_dir, tmp_path / "qwen-like", generation=qwen_like))
+    sampled = HFBackend(path, Sampling(max_new_tokens=16, n=4, temperature=0.7, top_p=0.9))
+    out = sampled.generate(["What moves?"], [clip.array], [clip.meta])[0]
+    assert len({tuple(ids) for ids in out.token_ids}) > 1
+    greedy = HFBackend(path, Sampling.greedy(16))
+    out = greedy.generate(["What moves?"], [clip.array], [clip.meta])[0]
+    assert out.token_ids == [argmax_decode(greedy, "What moves?", clip, 16)]
+
+
 def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
     rows = [frames_row(r, 8) for r in prompt_rows([assign_question(s, 0) for s in synth_samples[:3]], "answer")]
     rows[1]["frames_shape"] = [8, 112, 336]  # the same bytes as one channel: the processor raises for this row

@@ -124,6 +124,7 @@ def load_vllm(
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
         seed=seed,
+        generation_config="vllm",  # vLLM's neutral defaults, not the checkpoint's (Sampling sets what applies)
         limit_mm_per_prompt={"image": 0, "video": 1},
         **lora,
         **llm_kwargs,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -161,7 +162,8 @@ def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
     rows = [frames_row(r, 8) for r in prompt_rows([assign_question(s, 0) for s in synth_samples[:3]], "answer")]
     rows[1]["frames_shape"] = [8, 112, 336]  # the same bytes as one channel: the processor raises for this row
     batch = {k: _objects([r[k] for r in rows]) for k in rows[0]}
-    out = GenerateActor("hf", str(tiny_vlm_dir), Sampling(max_new_tokens=6, n=2, temperature=1.0), {})(batch)
+    make = partial(HFBackend, str(tiny_vlm_dir), Sampling(max_new_tokens=6, n=2, temperature=1.0))
+    out = GenerateActor(make, str(tiny_vlm_dir))(batch)
     assert "frames" not in out
     assert [len(c) for c in out["candidates"]] == [2, 0, 2]
     assert out["error"][0] is None and out["error"][2] is None

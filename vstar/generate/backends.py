@@ -11,7 +11,9 @@ folder or a hub id (`load_hf`, `load_vllm`: the serve engines load theirs the sa
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -112,13 +114,14 @@ def load_vllm(
     **llm_kwargs,
 ) -> tuple:
     """A `vllm.LLM` that takes one video a prompt, its processor (for the chat template) and the LoRA request
-    (None without `lora_path`)."""
+    (None without `lora_path`). `seed` seeds the engine once (requests carry none); `llm_kwargs` go to `vllm.LLM`
+    (`GenerateConfig.vllm_kwargs`: max_model_len, gpu_memory_utilization, max_num_seqs)."""
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
     from vstar.models.load import load_processor
 
-    lora = {"enable_lora": True, "max_lora_rank": 64, "max_loras": 1} if lora_path else {}
+    lora = {"enable_lora": True, "max_lora_rank": lora_rank(lora_path), "max_loras": 1} if lora_path else {}
     llm = LLM(
         model=model,
         dtype=dtype,
@@ -130,6 +133,18 @@ def load_vllm(
         **llm_kwargs,
     )
     return llm, load_processor(model), LoRARequest("adapter", 1, lora_path) if lora_path else None
+
+
+def lora_rank(lora_path: str) -> int:
+    """vLLM's max_lora_rank for the adapter: its rank (`r` in adapter_config.json) rounded up to a rank vLLM takes
+    (vLLM sizes its LoRA buffers by it, so a fixed 64 wastes memory on a rank-16 adapter).
+
+    >>> import json, tempfile; d = tempfile.mkdtemp(); _ = Path(d, "adapter_config.json").write_text('{"r": 12}')
+    >>> lora_rank(d)
+    16
+    """
+    r = int(json.loads((Path(lora_path) / "adapter_config.json").read_text())["r"])
+    return next(x for x in (8, 16, 32, 64, 128, 256, 320, 512) if x >= r)
 
 
 class VLLMBackend:

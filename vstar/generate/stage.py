@@ -207,7 +207,7 @@ def generate_stage(
         return out_dir
     backend_kwargs = dict(dtype=dtype)
     if gen.backend == "vllm":
-        backend_kwargs.update(tensor_parallel_size=gen.tensor_parallel_size, lora_path=gen.lora_path)
+        backend_kwargs.update(gen.vllm_kwargs())
     rows = prompt_rows(todo, kind)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // gen.batch_size, 200)))
     ds = ds.map(frames_row, fn_kwargs=decode_options(data))

@@ -7,7 +7,7 @@ from functools import partial
 import pytest
 
 from vstar.config import DataConfig
-from vstar.generate.stage import check_clips
+from vstar.generate.stage import check_clips, clip_verdict
 from vstar.schema import Sample
 
 
@@ -24,6 +24,15 @@ def test_the_video_check_decodes_every_clip_with_an_error_row(ray_local, synth_s
         assert row["error"] is None and list(row["frames_shape"]) == [8, 112, 112, 3] and "frames" not in row
         assert list(row["frame_indices"]) == [0, 7, 13, 20, 27, 34, 40, 47] and row["fps"] == 8.0
     assert rows["bad"]["error"].startswith(str(damaged)) and list(rows["bad"]["frames_shape"])[0] == 0
+
+
+def test_a_clip_verdict_carries_no_frames(synth_samples):
+    from vstar.data.frames import decode_options
+
+    s = synth_samples[0]
+    row = {"sample_id": s.sample_id, "video": s.video, "start_s": None, "end_s": None}
+    verdict = clip_verdict(row, **decode_options(DataConfig(num_frames=8)))
+    assert "frames" not in verdict and verdict["error"] is None and list(verdict["frames_shape"]) == [8, 112, 112, 3]
 
 
 def test_verify_stage_on_ray(ray_local):

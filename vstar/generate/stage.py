@@ -235,6 +235,10 @@ def check_clips(samples: list[Sample], data: DataConfig) -> list[dict]:
         {"sample_id": s.sample_id, "video": s.video, "start_s": s.start_s, "end_s": s.end_s} for s in clips.values()
     ]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-    ds = ds.map(frames_row, fn_kwargs=decode_options(data))
-    ds = ds.map(lambda r: {k: v for k, v in r.items() if k != "frames"})
-    return ds.take_all()
+    return ds.map(clip_verdict, fn_kwargs=decode_options(data)).take_all()
+
+
+def clip_verdict(row: dict, **options) -> dict:
+    """One clip decoded, and what the check keeps of it: the row without its frames (dropped in the task that
+    decoded them, so no frames column ever leaves it)."""
+    return {k: v for k, v in frames_row(row, **options).items() if k != "frames"}

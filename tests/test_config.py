@@ -60,6 +60,12 @@ def test_yaml_then_overrides(tmp_path):
         (["data.num_frames=0"], "data.num_frames: Input should be greater than or equal to 1 (got 0)"),
         (["generate.backend=tgi"], "generate.backend: Input should be 'hf' or 'vllm' (got 'tgi')"),
         (["train.min_workers=4"], "train: min_workers (4) must not exceed num_workers (1)"),
+        (
+            ["generate.tensor_parallel_size=2", "generate.num_gpus_per_actor=1"],
+            "generate: tensor_parallel_size 2 needs num_gpus_per_actor 2: an actor holds the GPUs its engine shards "
+            "over (num_gpus_per_actor is 1)",
+        ),
+        (["generate.gpu_memory_utilization=1.5"], "generate.gpu_memory_utilization: Input should be less than or"),
         (["train"], "override 'train' must look like section.key=value"),
     ],
 )
@@ -68,6 +74,16 @@ def test_errors_are_one_line_and_name_the_key(overrides, expected):
         load_config(None, overrides)
     assert expected in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_vllm_engine_settings_default_for_a_7b_video_model():
+    gen = load_config(None, ["generate.backend=vllm"]).generate
+    assert (gen.max_model_len, gen.gpu_memory_utilization, gen.max_num_seqs) == (32768, 0.90, 256)
+    assert gen.vllm_kwargs() == dict(
+        tensor_parallel_size=1, lora_path=None, max_model_len=32768, gpu_memory_utilization=0.90, max_num_seqs=256
+    )
+    tp = load_config(None, ["generate.tensor_parallel_size=4", "generate.num_gpus_per_actor=4"]).generate
+    assert tp.vllm_kwargs()["tensor_parallel_size"] == 4
 
 
 def test_file_errors_name_the_file(tmp_path):

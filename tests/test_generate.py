@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -100,11 +101,69 @@ def test_hf_backend_chat_template_video_tokens_and_candidates(tiny_vlm_dir, clip
     assert len(a.candidates) == 1 and a == b
 
 
+def checkpoint_copy(tiny_vlm_dir, out, tokenizer=None, generation=None):
+    """The tiny VLM as another checkpoint would ship it: `tokenizer` and `generation` update its JSON files."""
+    import shutil
+
+    shutil.copytree(tiny_vlm_dir, out)
+    for name, update in (("tokenizer_config.json", tokenizer), ("generation_config.json", generation)):
+        path = out / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **(update or {})}))
+    return out
+
+
+def test_batched_generation_pads_left_whatever_the_tokenizer_says(tiny_vlm_dir, clip, tmp_path):
+    """Qwen2.5-VL's tokenizer sets no padding_side (right): batched greedy rows must still equal rows alone."""
+    from vstar.serve.engine import HFEngine
+
+    right = checkpoint_copy(tiny_vlm_dir, tmp_path / "right", tokenizer={"padding_side": "right"})
+    backend = HFBackend(str(right), Sampling.greedy(10))
+    prompts = ["What moves?", "Which way does the red square go, and how many shapes are there in the video?"]
+    batched = backend.generate(prompts, [clip.array] * 2, [clip.meta] * 2)
+    alone = [backend.generate([p], [clip.array], [clip.meta])[0] for p in prompts]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    assert HFEngine(str(right)).processor.tokenizer.padding_side == "left"  # serving loads the same way
+
+
+def argmax_decode(backend, prompt, clip, steps):
+    """Greedy decoding by hand: the whole sequence through the model each step, the top logit appended."""
+    import torch
+
+    from vstar.models import video_chat_inputs
+
+    inputs = video_chat_inputs(backend.processor, [prompt], [clip.array], [clip.meta])
+    ids = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            token = int(backend.model(**inputs).logits[0, -1].argmax())
+            ids.append(token)
+            if token in backend.eos:
+                break
+            per_token = [k for k, v in inputs.items() if v.shape == inputs["input_ids"].shape]  # mask, token types
+            new = {"input_ids": token, "attention_mask": 1}
+            for k in per_token:
+                inputs[k] = torch.cat([inputs[k], torch.tensor([[new.get(k, 0)]], dtype=inputs[k].dtype)], 1)
+    return ids
+
+
+def test_sampling_is_what_sampling_says_whatever_the_checkpoint_says(tiny_vlm_dir, clip, tmp_path):
+    """Qwen2.5-VL-7B-Instruct's generation_config.json: every candidate would be the same one, greedy penalized."""
+    qwen_like = dict(do_sample=True, top_k=1, top_p=0.001, temperature=0.1, repetition_penalty=1.05)
+    path = str(checkpoint_copy(tiny_vlm_dir, tmp_path / "qwen-like", generation=qwen_like))
+    sampled = HFBackend(path, Sampling(max_new_tokens=16, n=4, temperature=0.7, top_p=0.9))
+    out = sampled.generate(["What moves?"], [clip.array], [clip.meta])[0]
+    assert len({tuple(ids) for ids in out.token_ids}) > 1
+    greedy = HFBackend(path, Sampling.greedy(16))
+    out = greedy.generate(["What moves?"], [clip.array], [clip.meta])[0]
+    assert out.token_ids == [argmax_decode(greedy, "What moves?", clip, 16)]
+
+
 def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
     rows = [frames_row(r, 8) for r in prompt_rows([assign_question(s, 0) for s in synth_samples[:3]], "answer")]
     rows[1]["frames_shape"] = [8, 112, 336]  # the same bytes as one channel: the processor raises for this row
     batch = {k: _objects([r[k] for r in rows]) for k in rows[0]}
-    out = GenerateActor("hf", str(tiny_vlm_dir), Sampling(max_new_tokens=6, n=2, temperature=1.0), {})(batch)
+    make = partial(HFBackend, str(tiny_vlm_dir), Sampling(max_new_tokens=6, n=2, temperature=1.0))
+    out = GenerateActor(make, str(tiny_vlm_dir))(batch)
     assert "frames" not in out
     assert [len(c) for c in out["candidates"]] == [2, 0, 2]
     assert out["error"][0] is None and out["error"][2] is None

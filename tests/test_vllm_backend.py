@@ -16,7 +16,7 @@ pytestmark = pytest.mark.vllm
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on the CPU backend
 
-LLM_KWARGS = {"max_model_len": 2048, "enforce_eager": True, "dtype": "float32"}
+LLM_KWARGS = {"max_model_len": 2048, "max_num_seqs": 8, "enforce_eager": True, "dtype": "float32"}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,16 @@ def greedy(backend, clip, lora):
         backend.params, backend.lora = saved
 
 
+def test_the_engine_takes_its_settings_and_never_the_checkpoints(backend):
+    """load_vllm: max_model_len and max_num_seqs as given, the adapter's rank (8) as max_lora_rank, vLLM's own
+    sampling defaults rather than the checkpoint's generation_config.json."""
+    engine = backend.llm.llm_engine
+    assert engine.model_config.max_model_len == LLM_KWARGS["max_model_len"]
+    assert engine.model_config.generation_config == "vllm"
+    assert engine.vllm_config.lora_config.max_lora_rank == 8
+    assert engine.vllm_config.scheduler_config.max_num_seqs == LLM_KWARGS["max_num_seqs"]
+
+
 def test_candidates_with_video_metadata(backend, clip):
     out = backend.generate(["What moves?", "Which way does it go?"], [clip.array] * 2, [clip.meta] * 2)
     assert len(out) == 2 and all(len(g.candidates) == 4 for g in out)
@@ -111,6 +121,8 @@ def test_the_stage_with_vllm_actors(ray_local, tiny_vlm_dir, synth_samples, tmp_
             "generate.num_candidates=2",
             "generate.max_new_tokens=8",
             "generate.batch_size=4",
+            "generate.max_model_len=2048",  # the tiny model's 8192 positions: the default would not fit
+            "generate.gpu_memory_utilization=0.5",
             "model.dtype=float32",
         ],
     )

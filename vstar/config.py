@@ -122,8 +122,40 @@ class GenerateConfig(_Section):
     batch_size: int = Field(8, ge=1)
     num_actors: int = Field(1, ge=1)
     num_gpus_per_actor: float = Field(0.0, ge=0)
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vLLM backend: GPUs one engine shards over (num_gpus_per_actor must equal it when > 1)"
+    )
     lora_path: str | None = Field(None, description="vLLM backend: a LoRA adapter to generate with")
+    max_model_len: int = Field(
+        32768,
+        ge=1,
+        description="vLLM backend: prompt + answer tokens at most; the model's 128k would reserve ~10-13 GiB to "
+        "profile a dummy video of that length",
+    )
+    gpu_memory_utilization: float = Field(
+        0.90, gt=0, le=1, description="vLLM backend: the part of each GPU's memory the engine takes (KV cache too)"
+    )
+    max_num_seqs: int = Field(256, ge=1, description="vLLM backend: sequences an engine decodes together at most")
+
+    @model_validator(mode="after")
+    def _gpus_for_tensor_parallel(self) -> GenerateConfig:
+        if self.tensor_parallel_size > 1 and self.num_gpus_per_actor != self.tensor_parallel_size:
+            raise ValueError(
+                f"tensor_parallel_size {self.tensor_parallel_size} needs num_gpus_per_actor "
+                f"{self.tensor_parallel_size}: an actor holds the GPUs its engine shards over "
+                f"(num_gpus_per_actor is {self.num_gpus_per_actor:g})"
+            )
+        return self
+
+    def vllm_kwargs(self) -> dict:
+        """What `load_vllm` takes from this section (the generate stage's actors and the serve replicas alike)."""
+        return dict(
+            tensor_parallel_size=self.tensor_parallel_size,
+            lora_path=self.lora_path,
+            max_model_len=self.max_model_len,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_num_seqs=self.max_num_seqs,
+        )
 
 
 class VerifyConfig(_Section):

@@ -11,7 +11,9 @@ folder or a hub id (`load_hf`, `load_vllm`: the serve engines load theirs the sa
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -34,13 +36,16 @@ class Backend(Protocol):
 
 def load_hf(model: str, dtype: str = "auto", device: str | None = None) -> tuple:
     """A transformers model on `device` (default: the GPU when there is one), its processor, the device and its
-    end-of-sequence ids."""
+    end-of-sequence ids. The processor pads on the left, whatever the checkpoint's tokenizer says."""
     import torch
 
     from vstar.models import load_vlm
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded, processor = load_vlm(model, dtype, device)
+    # batched generation continues every row from its last column: a right-padded row would continue from padding
+    # (Qwen2.5-VL's tokenizer sets no padding_side, so it pads right)
+    processor.tokenizer.padding_side = "left"
     eos = loaded.generation_config.eos_token_id
     return loaded, processor, device, set(eos if isinstance(eos, list) else [eos])
 
@@ -109,23 +114,37 @@ def load_vllm(
     **llm_kwargs,
 ) -> tuple:
     """A `vllm.LLM` that takes one video a prompt, its processor (for the chat template) and the LoRA request
-    (None without `lora_path`)."""
+    (None without `lora_path`). `seed` seeds the engine once (requests carry none); `llm_kwargs` go to `vllm.LLM`
+    (`GenerateConfig.vllm_kwargs`: max_model_len, gpu_memory_utilization, max_num_seqs)."""
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
     from vstar.models.load import load_processor
 
-    lora = {"enable_lora": True, "max_lora_rank": 64, "max_loras": 1} if lora_path else {}
+    lora = {"enable_lora": True, "max_lora_rank": lora_rank(lora_path), "max_loras": 1} if lora_path else {}
     llm = LLM(
         model=model,
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
         seed=seed,
+        generation_config="vllm",  # vLLM's neutral defaults, not the checkpoint's (Sampling sets what applies)
         limit_mm_per_prompt={"image": 0, "video": 1},
         **lora,
         **llm_kwargs,
     )
     return llm, load_processor(model), LoRARequest("adapter", 1, lora_path) if lora_path else None
+
+
+def lora_rank(lora_path: str) -> int:
+    """vLLM's max_lora_rank for the adapter: its rank (`r` in adapter_config.json) rounded up to a rank vLLM takes
+    (vLLM sizes its LoRA buffers by it, so a fixed 64 wastes memory on a rank-16 adapter).
+
+    >>> import json, tempfile; d = tempfile.mkdtemp(); _ = Path(d, "adapter_config.json").write_text('{"r": 12}')
+    >>> lora_rank(d)
+    16
+    """
+    r = int(json.loads((Path(lora_path) / "adapter_config.json").read_text())["r"])
+    return next(x for x in (8, 16, 32, 64, 128, 256, 320, 512) if x >= r)
 
 
 class VLLMBackend:

@@ -5,17 +5,22 @@
     Sampling.greedy(cfg.eval.max_new_tokens)                          # evaluation: one greedy answer a row
 
 Temperature 0 means greedy, and greedy gives one candidate with no nucleus cut: the value normalizes that once
-when it is made, so no path derives it again. It renders itself for each engine:
+when it is made, so no path derives it again. It renders itself for each engine, every other sampling knob off,
+so a checkpoint's generation_config.json (Qwen2.5-VL-7B-Instruct's: top_k=1, top_p=0.001, temperature=0.1,
+repetition_penalty=1.05, do_sample=True) changes nothing:
 
     >>> s = Sampling(max_new_tokens=32, n=4, temperature=0.0, top_p=0.9)
     >>> s == Sampling.greedy(32), s.n, s.top_p
     (True, 1, 1.0)
-    >>> s.hf_kwargs()
-    {'max_new_tokens': 32, 'do_sample': False, 'num_return_sequences': 1}
-    >>> Sampling(max_new_tokens=32, n=4, temperature=0.7, top_p=0.9).hf_kwargs()
-    {'max_new_tokens': 32, 'do_sample': True, 'num_return_sequences': 4, 'temperature': 0.7, 'top_p': 0.9}
+    >>> s.hf_kwargs()  # doctest: +NORMALIZE_WHITESPACE
+    {'max_new_tokens': 32, 'do_sample': False, 'num_return_sequences': 1,
+     'num_beams': 1, 'repetition_penalty': 1.0, 'no_repeat_ngram_size': 0}
+    >>> kwargs = Sampling(max_new_tokens=32, n=4, temperature=0.7, top_p=0.9).hf_kwargs()
+    >>> {k: kwargs[k] for k in ("do_sample", "num_return_sequences", "temperature", "top_p", "top_k", "min_p")}
+    {'do_sample': True, 'num_return_sequences': 4, 'temperature': 0.7, 'top_p': 0.9, 'top_k': 0, 'min_p': None}
 
-`vllm_params()` gives the same as a `vllm.SamplingParams` (vLLM is imported only there). No torch and no Ray here.
+`vllm_params()` gives the same as a `vllm.SamplingParams` (vLLM is imported only there; `load_vllm` keeps the
+checkpoint's generation config out of vLLM too). No torch and no Ray here.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vstar.config import GenerateConfig
 
+# transformers merges the model's generation_config into every `generate` call for each knob the call leaves out:
+# these are every knob that changes which token is chosen, set to off
+HF_OFF = dict(num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0)
+HF_SAMPLING_OFF = dict(top_k=0, min_p=None, top_h=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -35,7 +45,7 @@ class Sampling:
     n: int = 1  # candidates per prompt
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
-    seed: int | None = 0  # None: no seed of its own (a served request draws from the engine's random state)
+    seed: int | None = 0  # seeds the engine once (torch, vllm.LLM), never a request; None: unseeded (serving)
     ignore_eos: bool = False  # generate exactly max_new_tokens (serve benchmarks)
 
     def __post_init__(self):
@@ -59,22 +69,25 @@ class Sampling:
 
     def hf_kwargs(self) -> dict:
         """Keyword arguments of transformers' `generate` (the seed is torch's: `HFBackend` sets it once)."""
-        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.sample, num_return_sequences=self.n)
-        if self.sample:  # transformers warns about temperature/top_p when not sampling
-            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.sample, num_return_sequences=self.n, **HF_OFF)
+        if self.sample:  # the warpers apply only when sampling (and transformers warns about them otherwise)
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, **HF_SAMPLING_OFF)
         if self.ignore_eos:  # transformers has no such flag: end-of-sequence is masked until the limit
             kwargs.update(min_new_tokens=self.max_new_tokens)
         return kwargs
 
     def vllm_params(self):
-        """A `vllm.SamplingParams`."""
+        """A `vllm.SamplingParams`. No seed of its own: a per-request seed sends every request down vLLM's slow
+        per-request sampler, so the seed is the engine's (`load_vllm` seeds `vllm.LLM` once)."""
         from vllm import SamplingParams
 
         return SamplingParams(
             n=self.n,
             temperature=self.temperature,
             top_p=self.top_p,
+            top_k=0,  # 0: off
+            min_p=0.0,
+            repetition_penalty=1.0,
             max_tokens=self.max_new_tokens,
-            seed=self.seed,
             ignore_eos=self.ignore_eos,
         )

@@ -5,7 +5,9 @@ alone, which share its pieces.
     vstar generate jobs/demo.yaml --mode answer --out runs/demo/cycle_1/answers
 
 Every input row comes out once: with K candidates and their verdicts, or with an `error` (the video
-could not be decoded, or generation failed for that row). Resumable: a rerun skips the `sample_id`s
+could not be decoded, or the model refused that row's input). Any other failure is the engine's (vLLM's engine
+died, a CUDA error): the actor exits, Ray restarts it and retries its batch (`ENGINE_RETRIES` times), then the
+stage fails with nothing of that batch written. Resumable: a rerun skips the `sample_id`s
 already written, so nothing is generated twice; a file cut short by a kill is unreadable, removed, and
 its rows are generated again.
 
@@ -19,6 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +32,14 @@ import ray
 
 from vstar.config import DataConfig, GenerateConfig, VerifyConfig
 from vstar.data.frames import decode_options, frames_from_batch, frames_row
-from vstar.generate.backends import BACKENDS
+from vstar.generate.backends import BACKENDS, Backend
 from vstar.generate.prompts import PROMPTS
 from vstar.generate.sampling import Sampling
 from vstar.schema import GENERATED, Sample
 from vstar.verify.batch import verify_rows
 
 log = logging.getLogger("vstar")
+ENGINE_RETRIES = 2  # a batch whose engine fails is retried this many times on a restarted actor
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -44,9 +50,9 @@ def conform(table: pa.Table) -> pa.Table:
 class GenerateActor:
     """A Ray Data callable class: one backend (one model) per actor, a batch of decoded rows per call."""
 
-    def __init__(self, backend: str, model: str, sampling: Sampling, backend_kwargs: dict):
+    def __init__(self, make_backend: Callable[[], Backend], model: str):
         self.model = model
-        self.backend = BACKENDS[backend](model, sampling, **backend_kwargs)
+        self.backend = make_backend()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["sample_id"])
@@ -58,7 +64,16 @@ class GenerateActor:
             (int(s[1]), int(s[2])) if e is None else (0, 0) for s, e in zip(batch["frames_shape"], errors, strict=True)
         ]
         candidates, tokens, prompt_tokens = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
-        for i, result in self._generate(batch, [i for i in range(n) if errors[i] is None], errors):
+        try:
+            results = self._generate(batch, [i for i in range(n) if errors[i] is None], errors)
+        except Exception:
+            if ray.get_runtime_context().get_actor_id() is None:  # called directly, outside Ray Data
+                raise
+            # the engine is broken (and a CUDA error poisons the process): exit so Ray restarts the actor and
+            # retries this batch, instead of writing its rows as errors that count as done
+            log.exception("the engine failed; exiting so Ray restarts this actor and retries the batch")
+            os._exit(1)
+        for i, result in results:
             candidates[i], tokens[i], prompt_tokens[i] = (
                 result.candidates,
                 result.candidate_tokens,
@@ -76,16 +91,33 @@ class GenerateActor:
         return out
 
     def _generate(self, batch, rows: list[int], errors: list):
-        """Generate for the rows as one batch; if that fails, row by row, so one bad row fails alone."""
+        """Generate for the rows as one batch. A row's own bad input raises ValueError (a frame array the processor
+        refuses; vLLM's VLLMValidationError, e.g. a prompt longer than max_model_len): then row by row, so that row
+        fails alone as an error row. Any other exception is the engine's and propagates."""
         if not rows:
             return []
         try:
             return list(zip(rows, self.backend.generate(*_inputs(batch, rows)), strict=True))
-        except Exception as e:
+        except ValueError as e:
             if len(rows) == 1:
                 errors[rows[0]] = f"generation failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
                 return []
             return [pair for i in rows for pair in self._generate(batch, [i], errors)]
+
+
+def generated(ds: ray.data.Dataset, make_backend: Callable[[], Backend], model: str, gen: GenerateConfig):
+    """Decoded rows → rows with candidates, on `gen.num_actors` actors of `gen.batch_size` rows a call. An actor
+    that exits (a failed engine) is restarted and its batch retried."""
+    return ds.map_batches(
+        GenerateActor,
+        fn_constructor_args=(make_backend, model),
+        compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
+        num_gpus=gen.num_gpus_per_actor,
+        batch_size=gen.batch_size,
+        batch_format="numpy",
+        max_restarts=-1,  # an engine loads afresh in a restarted actor
+        max_task_retries=ENGINE_RETRIES,  # bounded: a batch that always kills its engine fails the stage
+    )
 
 
 def _inputs(batch, rows):
@@ -175,18 +207,11 @@ def generate_stage(
         return out_dir
     backend_kwargs = dict(dtype=dtype)
     if gen.backend == "vllm":
-        backend_kwargs.update(tensor_parallel_size=gen.tensor_parallel_size, lora_path=gen.lora_path)
+        backend_kwargs.update(gen.vllm_kwargs())
     rows = prompt_rows(todo, kind)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // gen.batch_size, 200)))
     ds = ds.map(frames_row, fn_kwargs=decode_options(data))
-    ds = ds.map_batches(
-        GenerateActor,
-        fn_constructor_args=(gen.backend, model, sampling, backend_kwargs),
-        compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
-        num_gpus=gen.num_gpus_per_actor,
-        batch_size=gen.batch_size,
-        batch_format="numpy",
-    )
+    ds = generated(ds, partial(BACKENDS[gen.backend], model, sampling, **backend_kwargs), model, gen)
     ds = ds.map(add_duration)
     ds = verified(ds, verify, batch_size=None)  # whole blocks: each stays one written file, the unit a rerun keeps
     ds = ds.map_batches(conform, batch_format="pyarrow")
@@ -210,6 +235,10 @@ def check_clips(samples: list[Sample], data: DataConfig) -> list[dict]:
         {"sample_id": s.sample_id, "video": s.video, "start_s": s.start_s, "end_s": s.end_s} for s in clips.values()
     ]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-    ds = ds.map(frames_row, fn_kwargs=decode_options(data))
-    ds = ds.map(lambda r: {k: v for k, v in r.items() if k != "frames"})
-    return ds.take_all()
+    return ds.map(clip_verdict, fn_kwargs=decode_options(data)).take_all()
+
+
+def clip_verdict(row: dict, **options) -> dict:
+    """One clip decoded, and what the check keeps of it: the row without its frames (dropped in the task that
+    decoded them, so no frames column ever leaves it)."""
+    return {k: v for k, v in frames_row(row, **options).items() if k != "frames"}

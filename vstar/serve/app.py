@@ -200,7 +200,7 @@ def build_app(model: str, model_id: str, cfg: Config) -> Application:
         replicas = {"num_replicas": limits.num_replicas}
     engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.run.seed}
     if cfg.generate.backend == "vllm":
-        engine_kwargs.update(tensor_parallel_size=cfg.generate.tensor_parallel_size, lora_path=cfg.generate.lora_path)
+        engine_kwargs.update(cfg.generate.vllm_kwargs())
     deployment = ChatServer.options(
         # room for the next batch's requests to fetch and decode their videos while one batch generates
         max_ongoing_requests=4 * max_batch_size,

@@ -130,7 +130,7 @@ class ChatServer:
         except APIError as e:
             replica_log.info("refused: %s", e)
             return _error(e)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _cancel(job)
             return _error(self._timeout())
         except Exception as e:  # this request's batch failed: a 500 for it, the replica serves on
@@ -153,7 +153,7 @@ class ChatServer:
                         yield sse(usage_chunk(ident, model, delta.prompt_tokens, delta.completion_tokens))
                     break
                 delta = await asyncio.wait_for(pieces.__anext__(), _left(deadline))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             yield sse(self._timeout().body())
         except Exception as e:
             replica_log.exception("generation failed mid-stream")

@@ -78,3 +78,50 @@ def test_ray_starts_from_the_venv():
 def test_gpu_nodes_check_the_driver_for_cuda_13():
     checks = [c for c in _setup() if "nvidia-smi" in c]
     assert len(checks) == 1 and f"-ge {MIN_DRIVER}" in checks[0], checks
+
+
+# Resources Ray knows by itself: anything else a node type offers is a custom resource that pins work to it.
+BUILTIN = {"CPU", "GPU", "memory", "object_store_memory"}
+JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
+
+
+def _custom_resources() -> dict[str, tuple[str, dict]]:
+    """custom resource → (node type, that node type's resources)."""
+    found = {}
+    for name, node in CLUSTER["available_node_types"].items():
+        for resource in set(node.get("resources") or {}) - BUILTIN:
+            assert resource not in found, f"{resource} is offered by {found[resource][0]} and {name}"
+            found[resource] = (name, node["resources"])
+    return found
+
+
+def _cluster_jobs():
+    """The jobs that run on cluster.yaml's cluster: their run directory is on its shared file system."""
+    from vstar.config import load_config
+
+    cfgs = {p.name: load_config(p) for p in JOBS if p.name not in ("serve.yaml", "runtime_env.yaml")}
+    return {name: cfg for name, cfg in cfgs.items() if cfg.run.root.startswith("/mnt/shared/")}
+
+
+def test_gpu_node_types_are_pinned_by_a_custom_resource_per_gpu():
+    custom = _custom_resources()
+    gpu_types = {n for n, node in CLUSTER["available_node_types"].items() if (node.get("resources") or {}).get("GPU")}
+    assert gpu_types == {node for node, _ in custom.values()} == {"gpu_generate", "gpu_train"}
+    for resource, (_, offered) in custom.items():
+        assert offered[resource] == offered["GPU"], resource  # one unit per GPU, as each actor/worker asks
+
+
+def test_the_cluster_jobs_ask_for_the_resources_cluster_yaml_defines():
+    jobs = _cluster_jobs()
+    assert {"kinetics700.yaml", "finediving.yaml", "star.yaml"} <= set(jobs)
+    custom = _custom_resources()
+    for name, cfg in jobs.items():
+        asked = {cfg.generate.accelerator_resource, cfg.train.accelerator_resource}
+        assert asked == set(custom), (name, asked)
+        generate_node = custom[cfg.generate.accelerator_resource]
+        assert generate_node[0] == "gpu_generate" and custom[cfg.train.accelerator_resource][0] == "gpu_train", name
+        # the generation actors fit on the node type's GPUs at its largest
+        node = CLUSTER["available_node_types"][generate_node[0]]
+        assert (
+            cfg.generate.num_actors * cfg.generate.num_gpus_per_actor <= node["max_workers"] * node["resources"]["GPU"]
+        )

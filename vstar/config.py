@@ -83,7 +83,8 @@ class PretrainConfig(_Section):
     """The tiny VLM's base model (vstar.demo.pretrain): trained from random weights before the cycles, on synthetic
     videos of demo.synth's world drawn with another seed (10000 + run.seed) than the run's. Every weight trains (the
     vision tower too), without LoRA, the decoded frames cached; train.* says only how the work is spread
-    (num_workers, min_workers, micro_batch_size, cpus_per_worker, use_gpu, max_failures, gradient_checkpointing)."""
+    (num_workers, min_workers, micro_batch_size, cpus_per_worker, use_gpu, max_failures, gradient_checkpointing,
+    accelerator_resource)."""
 
     steps: int = Field(0, ge=0, description="optimizer steps; 0: the cycles start from random weights")
     num_videos: int = Field(500, ge=1, description="synthetic videos in the pool")
@@ -124,6 +125,17 @@ class GenerateConfig(_Section):
     num_gpus_per_actor: float = Field(0.0, ge=0)
     tensor_parallel_size: int = Field(1, ge=1)
     lora_path: str | None = Field(None, description="vLLM backend: a LoRA adapter to generate with")
+    accelerator_resource: str | None = Field(
+        None,
+        description="a custom Ray resource each actor also asks for, one unit per GPU, so it runs only on the node "
+        "type that offers it (cluster.yaml: generate); None: plain GPUs on any node",
+    )
+
+    @model_validator(mode="after")
+    def _pinned_needs_gpus(self) -> GenerateConfig:
+        if self.accelerator_resource and not self.num_gpus_per_actor:
+            raise ValueError("accelerator_resource is asked for per GPU: set num_gpus_per_actor")
+        return self
 
 
 class VerifyConfig(_Section):
@@ -177,11 +189,22 @@ class TrainConfig(_Section):
     cache_decoded: bool = Field(
         False, description="decode the videos once and keep the frames in Ray's object store for every epoch"
     )
+    accelerator_resource: str | None = Field(
+        None,
+        description="a custom Ray resource each worker also asks for, one unit (its GPU), so it runs only on the node "
+        "type that offers it (cluster.yaml: train); None: plain GPUs on any node",
+    )
 
     @model_validator(mode="after")
     def _elastic_range(self) -> TrainConfig:
         if self.min_workers is not None and self.min_workers > self.num_workers:
             raise ValueError(f"min_workers ({self.min_workers}) must not exceed num_workers ({self.num_workers})")
+        return self
+
+    @model_validator(mode="after")
+    def _pinned_needs_gpu(self) -> TrainConfig:
+        if self.accelerator_resource and not self.use_gpu:
+            raise ValueError("accelerator_resource is asked for per GPU: set use_gpu")
         return self
 
 
@@ -235,6 +258,18 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def accelerator_resources(name: str | None, gpus: float) -> dict[str, float]:
+    """The custom resource a GPU actor or worker asks for beside its `gpus`, one unit per GPU, so that it runs only
+    on the node type that offers it; {} for plain GPUs on any node.
+
+    >>> accelerator_resources("train", 1)
+    {'train': 1}
+    >>> accelerator_resources(None, 1)
+    {}
+    """
+    return {name: gpus} if name else {}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from vstar.config import DataConfig, GenerateConfig, VerifyConfig
+from vstar.config import DataConfig, GenerateConfig, VerifyConfig, accelerator_resources
 from vstar.data.frames import decode_options, frames_from_batch, frames_row
 from vstar.generate.backends import BACKENDS
 from vstar.generate.prompts import PROMPTS
@@ -184,6 +184,7 @@ def generate_stage(
         fn_constructor_args=(gen.backend, model, sampling, backend_kwargs),
         compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
         num_gpus=gen.num_gpus_per_actor,
+        resources=accelerator_resources(gen.accelerator_resource, gen.num_gpus_per_actor),
         batch_size=gen.batch_size,
         batch_format="numpy",
     )

@@ -29,7 +29,7 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 
-from vstar.config import Config, DataConfig, GenerateConfig, ServeConfig, load_config
+from vstar.config import Config, DataConfig, GenerateConfig, ServeConfig, accelerator_resources, load_config
 from vstar.serve.engine import ENGINES, Delta, Job
 from vstar.serve.protocol import APIError, chunk, completion, new_id, parse_chat_request, sse, usage_chunk
 from vstar.serve.video import load_video
@@ -204,7 +204,11 @@ def build_app(model: str, model_id: str, cfg: Config) -> Application:
     deployment = ChatServer.options(
         # room for the next batch's requests to fetch and decode their videos while one batch generates
         max_ongoing_requests=4 * max_batch_size,
-        ray_actor_options={"num_cpus": 1, "num_gpus": cfg.generate.num_gpus_per_actor},
+        ray_actor_options={
+            "num_cpus": 1,
+            "num_gpus": cfg.generate.num_gpus_per_actor,
+            "resources": accelerator_resources(cfg.generate.accelerator_resource, cfg.generate.num_gpus_per_actor),
+        },
         **replicas,
     )
     return deployment.bind(

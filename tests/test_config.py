@@ -140,3 +140,19 @@ def test_the_demo_job_is_the_embedded_default():
     from vstar.config import EMBEDDED_DEFAULT
 
     assert load_config(Path(__file__).parents[1] / "jobs" / "demo.yaml") == load_config(EMBEDDED_DEFAULT)
+
+
+def test_accelerator_resources_need_gpus():
+    cfg = load_config(None, ["generate.num_gpus_per_actor=1", "generate.accelerator_resource=generate"])
+    assert cfg.generate.accelerator_resource == "generate"
+    with pytest.raises(ConfigError, match=r"generate: accelerator_resource .* num_gpus_per_actor"):
+        load_config(None, ["generate.accelerator_resource=generate"])
+    with pytest.raises(ConfigError, match=r"train: accelerator_resource .* use_gpu"):
+        load_config(None, ["train.accelerator_resource=train"])
+
+
+def test_accelerator_resources_is_one_unit_per_gpu_or_nothing():
+    from vstar.config import accelerator_resources
+
+    assert accelerator_resources("generate", 0.5) == {"generate": 0.5}
+    assert accelerator_resources(None, 1) == {}

@@ -82,6 +82,16 @@ def test_label_loss_weight_falls_on_the_label_words(tiny_vlm_dir, records):
     assert torch.allclose(same, out.loss, atol=1e-5) and not torch.allclose(heavier, out.loss)
 
 
+def test_workers_ask_for_the_node_types_resource():
+    """train.accelerator_resource pins the workers to the node type that offers it (cluster.yaml's gpu_train)."""
+    from vstar.train.launch import scaling_config
+
+    cfg = load_config(None, ["train.use_gpu=true", "train.num_workers=8", "train.accelerator_resource=train"]).train
+    scaling = scaling_config(cfg)
+    assert (scaling.num_workers, scaling.use_gpu, scaling.resources_per_worker) == (8, True, {"CPU": 1.0, "train": 1})
+    assert scaling_config(load_config().train).resources_per_worker == {"CPU": 1.0}  # plain GPUs (here none)
+
+
 @pytest.mark.slow
 def test_two_fsdp2_workers_learn_export_and_resume(ray_local, tiny_vlm_dir, records, tmp_path):
     from safetensors.torch import load_file

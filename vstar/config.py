@@ -83,7 +83,8 @@ class PretrainConfig(_Section):
     """The tiny VLM's base model (vstar.demo.pretrain): trained from random weights before the cycles, on synthetic
     videos of demo.synth's world drawn with another seed (10000 + run.seed) than the run's. Every weight trains (the
     vision tower too), without LoRA, the decoded frames cached; train.* says only how the work is spread
-    (num_workers, min_workers, micro_batch_size, cpus_per_worker, use_gpu, max_failures, gradient_checkpointing)."""
+    (num_workers, min_workers, micro_batch_size, cpus_per_worker, use_gpu, max_failures, gradient_checkpointing,
+    accelerator_resource)."""
 
     steps: int = Field(0, ge=0, description="optimizer steps; 0: the cycles start from random weights")
     num_videos: int = Field(500, ge=1, description="synthetic videos in the pool")
@@ -136,6 +137,17 @@ class GenerateConfig(_Section):
         0.90, gt=0, le=1, description="vLLM backend: the part of each GPU's memory the engine takes (KV cache too)"
     )
     max_num_seqs: int = Field(256, ge=1, description="vLLM backend: sequences an engine decodes together at most")
+    accelerator_resource: str | None = Field(
+        None,
+        description="a custom Ray resource each actor also asks for, one unit per GPU, so it runs only on the node "
+        "type that offers it (cluster.yaml: generate); None: plain GPUs on any node",
+    )
+
+    @model_validator(mode="after")
+    def _pinned_needs_gpus(self) -> GenerateConfig:
+        if self.accelerator_resource and not self.num_gpus_per_actor:
+            raise ValueError("accelerator_resource is asked for per GPU: set num_gpus_per_actor")
+        return self
 
     @model_validator(mode="after")
     def _gpus_for_tensor_parallel(self) -> GenerateConfig:
@@ -223,11 +235,22 @@ class TrainConfig(_Section):
         description="dtype of the finetuned model written each cycle; auto: the initial checkpoint's own "
         "(bf16 for Qwen2.5-VL-7B-Instruct), so the next cycle's vLLM runs it as the base ran",
     )
+    accelerator_resource: str | None = Field(
+        None,
+        description="a custom Ray resource each worker also asks for, one unit (its GPU), so it runs only on the node "
+        "type that offers it (cluster.yaml: train); None: plain GPUs on any node",
+    )
 
     @model_validator(mode="after")
     def _elastic_range(self) -> TrainConfig:
         if self.min_workers is not None and self.min_workers > self.num_workers:
             raise ValueError(f"min_workers ({self.min_workers}) must not exceed num_workers ({self.num_workers})")
+        return self
+
+    @model_validator(mode="after")
+    def _pinned_needs_gpu(self) -> TrainConfig:
+        if self.accelerator_resource and not self.use_gpu:
+            raise ValueError("accelerator_resource is asked for per GPU: set use_gpu")
         return self
 
 
@@ -281,6 +304,18 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def accelerator_resources(name: str | None, gpus: float) -> dict[str, float]:
+    """The custom resource a GPU actor or worker asks for beside its `gpus`, one unit per GPU, so that it runs only
+    on the node type that offers it; {} for plain GPUs on any node.
+
+    >>> accelerator_resources("train", 1)
+    {'train': 1}
+    >>> accelerator_resources(None, 1)
+    {}
+    """
+    return {name: gpus} if name else {}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:

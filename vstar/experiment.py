@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -263,7 +263,7 @@ def read_run(run_dir: Path, arm: str, seed: int) -> dict:
 
 
 def _mtime(path: Path) -> str:
-    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="minutes")
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="minutes")
 
 
 def summarize(results: list[dict]) -> dict:

@@ -49,12 +49,14 @@ RUNTIME_KEYS = (
     "run.min_delta",
     "generate.num_actors",
     "generate.num_gpus_per_actor",
+    "generate.accelerator_resource",
     "generate.batch_size",
     "data.decode_timeout_s",
     "train.num_workers",
     "train.min_workers",
     "train.cpus_per_worker",
     "train.max_failures",
+    "train.accelerator_resource",
     "serve",
 )
 

@@ -128,6 +128,7 @@ def recipe_train_config(cfg: Config) -> TrainConfig:
         use_gpu=t.use_gpu,
         max_failures=t.max_failures,
         gradient_checkpointing=t.gradient_checkpointing,
+        accelerator_resource=t.accelerator_resource,
     )
 
 

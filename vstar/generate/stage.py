@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from vstar.config import DataConfig, GenerateConfig, VerifyConfig
+from vstar.config import DataConfig, GenerateConfig, VerifyConfig, accelerator_resources
 from vstar.data.frames import decode_options, frames_from_batch, frames_row
 from vstar.generate.backends import BACKENDS, Backend
 from vstar.generate.prompts import PROMPTS
@@ -113,6 +113,7 @@ def generated(ds: ray.data.Dataset, make_backend: Callable[[], Backend], model: 
         fn_constructor_args=(make_backend, model),
         compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
         num_gpus=gen.num_gpus_per_actor,
+        resources=accelerator_resources(gen.accelerator_resource, gen.num_gpus_per_actor),
         batch_size=gen.batch_size,
         batch_format="numpy",
         max_restarts=-1,  # an engine loads afresh in a restarted actor

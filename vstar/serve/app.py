@@ -29,7 +29,7 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 
-from vstar.config import Config, DataConfig, GenerateConfig, ServeConfig, load_config
+from vstar.config import Config, DataConfig, GenerateConfig, ServeConfig, accelerator_resources, load_config
 from vstar.serve.engine import ENGINES, Delta, Job
 from vstar.serve.protocol import APIError, chunk, completion, new_id, parse_chat_request, sse, usage_chunk
 from vstar.serve.video import load_video
@@ -130,7 +130,7 @@ class ChatServer:
         except APIError as e:
             replica_log.info("refused: %s", e)
             return _error(e)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _cancel(job)
             return _error(self._timeout())
         except Exception as e:  # this request's batch failed: a 500 for it, the replica serves on
@@ -153,7 +153,7 @@ class ChatServer:
                         yield sse(usage_chunk(ident, model, delta.prompt_tokens, delta.completion_tokens))
                     break
                 delta = await asyncio.wait_for(pieces.__anext__(), _left(deadline))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             yield sse(self._timeout().body())
         except Exception as e:
             replica_log.exception("generation failed mid-stream")
@@ -204,7 +204,11 @@ def build_app(model: str, model_id: str, cfg: Config) -> Application:
     deployment = ChatServer.options(
         # room for the next batch's requests to fetch and decode their videos while one batch generates
         max_ongoing_requests=4 * max_batch_size,
-        ray_actor_options={"num_cpus": 1, "num_gpus": cfg.generate.num_gpus_per_actor},
+        ray_actor_options={
+            "num_cpus": 1,
+            "num_gpus": cfg.generate.num_gpus_per_actor,
+            "resources": accelerator_resources(cfg.generate.accelerator_resource, cfg.generate.num_gpus_per_actor),
+        },
         **replicas,
     )
     return deployment.bind(

@@ -27,7 +27,7 @@ import ray.train
 from ray.train import CheckpointConfig, CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from vstar.config import DataConfig, TrainConfig
+from vstar.config import DataConfig, TrainConfig, accelerator_resources
 from vstar.data.frames import decode_options, frames_row
 from vstar.train.collate import label_words
 from vstar.train.core import total_steps, train_worker
@@ -126,6 +126,17 @@ def read_steps(storage: str | Path, name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def scaling_config(cfg: TrainConfig) -> ScalingConfig:
+    """The workers: `num_workers` (or elastic `min_workers`..`num_workers`), each with its CPUs, a GPU with
+    `use_gpu`, and one unit of `accelerator_resource` when the config pins them to a node type."""
+    workers = cfg.num_workers if cfg.min_workers is None else (cfg.min_workers, cfg.num_workers)
+    return ScalingConfig(
+        num_workers=workers,
+        use_gpu=cfg.use_gpu,
+        resources_per_worker={"CPU": cfg.cpus_per_worker, **accelerator_resources(cfg.accelerator_resource, 1)},
+    )
+
+
 def train(
     records: list[dict],
     init: str,
@@ -177,16 +188,11 @@ def train(
         export_dtype=train_cfg.export_dtype,
         seed=seed,
     )
-    workers = train_cfg.num_workers if train_cfg.min_workers is None else (train_cfg.min_workers, train_cfg.num_workers)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_cfg,
         torch_config=TorchConfig(backend="nccl" if train_cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=train_cfg.use_gpu,
-            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
-        ),
+        scaling_config=scaling_config(train_cfg),
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage).resolve()),

@@ -60,6 +60,9 @@ def test_yaml_then_overrides(tmp_path):
         (["data.num_frames=0"], "data.num_frames: Input should be greater than or equal to 1 (got 0)"),
         (["generate.backend=tgi"], "generate.backend: Input should be 'hf' or 'vllm' (got 'tgi')"),
         (["train.min_workers=4"], "train: min_workers (4) must not exceed num_workers (1)"),
+        (["data.max_frame_pixels=-1"], "data.max_frame_pixels: Input should be greater than or equal to 3136"),
+        (["data.max_video_pixels=0"], "data.max_video_pixels: Input should be greater than or equal to 3136"),
+        (["data.max_video_pixels=20000"], "data: max_video_pixels (20000) must hold num_frames (8) frames of at least"),
         (["train"], "override 'train' must look like section.key=value"),
     ],
 )

@@ -66,6 +66,9 @@ def test_yaml_then_overrides(tmp_path):
             "over (num_gpus_per_actor is 1)",
         ),
         (["generate.gpu_memory_utilization=1.5"], "generate.gpu_memory_utilization: Input should be less than or"),
+        (["data.max_frame_pixels=-1"], "data.max_frame_pixels: Input should be greater than or equal to 3136"),
+        (["data.max_video_pixels=0"], "data.max_video_pixels: Input should be greater than or equal to 3136"),
+        (["data.max_video_pixels=20000"], "data: max_video_pixels (20000) must hold num_frames (8) frames of at least"),
         (["train"], "override 'train' must look like section.key=value"),
     ],
 )

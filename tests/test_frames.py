@@ -8,9 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from vstar.config import DataConfig
 from vstar.data.frames import (
     VideoDecodeError,
     _Guard,
+    decode_options,
     frame_indices,
     frames_of,
     frames_row,
@@ -72,6 +74,41 @@ def test_clip_bounds_and_resize(video):
         sample_frames(str(video[0]), 4, start_s=60.0)
 
 
+@pytest.fixture(scope="module")
+def hd_video(tmp_path_factory):
+    """A real 1280x720 H.264 clip: 16 frames at 8 fps of a moving gradient."""
+    y, x = np.mgrid[0:720, 0:1280]
+    frames = np.stack([np.stack([(x + 16 * t) % 256, y % 256, (x + y) % 256], -1) for t in range(16)])
+    path = tmp_path_factory.mktemp("hd") / "hd.mp4"
+    write_video(path, frames.astype(np.uint8), 8.0)
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_a_720p_clip_is_shrunk_to_the_pixel_budget(hd_video, backend):
+    native = sample_frames(hd_video, 8, backend=backend)
+    assert native.array.shape == (8, 720, 1280, 3)  # no budget: as decoded
+    got = sample_frames(hd_video, 8, backend=backend, max_frame_pixels=235_200)
+    assert got.array.shape == (8, 363, 646, 3)  # 234,498 pixels: within the budget, the aspect kept
+    assert got.meta == native.meta
+    # 16 frames share a per-video budget of 16 x 50,000: each gets 50,000 at most
+    got = sample_frames(hd_video, 16, backend=backend, max_frame_pixels=235_200, max_video_pixels=800_000)
+    t, h, w, _ = got.array.shape
+    assert t == 16 and h * w <= 50_000 and abs(w / h - 16 / 9) < 0.02
+
+
+def test_every_stage_decodes_within_the_default_budget(hd_video, video):
+    data = DataConfig()
+    row = frames_row({"sample_id": "hd", "video": hd_video}, **decode_options(data))
+    t, h, w, _ = row["frames_shape"]
+    assert row["error"] is None and t == 8 and h * w <= data.max_frame_pixels
+    small = frames_row({"sample_id": "s", "video": str(video[0])}, **decode_options(data))
+    assert small["frames_shape"] == [8, 112, 112, 3]  # under the budget: never enlarged
+    # frame_size (deprecated) still resizes first; the budget then bounds what it made
+    sized = sample_frames(str(video[0]), 2, size=1024, max_frame_pixels=100_000)
+    assert sized.array.shape == (2, 316, 316, 3)
+
+
 def test_unguarded_gives_the_same_frames(video):
     a = sample_frames(str(video[0]), 8)
     b = sample_frames(str(video[0]), 8, timeout_s=None)
@@ -106,22 +143,22 @@ def test_a_native_hang_is_killed_within_the_timeout(tmp_path, video):
     guard = _Guard()
     start = time.monotonic()
     with pytest.raises(VideoDecodeError, match=r"did not finish within 1 s \(killed\)"):
-        guard.call((str(fifo), 8, None, None, None, "decord"), timeout_s=1.0)
+        guard.call((str(fifo), 8, None, None, None, None, "decord"), timeout_s=1.0)
     assert time.monotonic() - start < 5
     # the guard starts a fresh child and goes on
-    assert guard.call((str(video[0]), 8, None, None, None, "decord"), timeout_s=30).array.shape[0] == 8
+    assert guard.call((str(video[0]), 8, None, None, None, None, "decord"), timeout_s=30).array.shape[0] == 8
 
 
 def test_a_decoder_crash_is_reported_and_survived(tmp_path, video):
     fifo = tmp_path / "crash.mp4"
     os.mkfifo(fifo)
     guard = _Guard()
-    guard.call((str(video[0]), 8, None, None, None, "decord"), timeout_s=30)  # child is up
+    guard.call((str(video[0]), 8, None, None, None, None, "decord"), timeout_s=30)  # child is up
     pid = guard._proc.pid
     threading.Timer(0.5, os.kill, (pid, signal.SIGSEGV)).start()  # it crashes while stuck on the FIFO
     with pytest.raises(VideoDecodeError, match=r"crashed \(exit code -11\)"):
-        guard.call((str(fifo), 8, None, None, None, "decord"), timeout_s=20)
-    got = guard.call((str(video[0]), 8, None, None, None, "pyav"), timeout_s=30)
+        guard.call((str(fifo), 8, None, None, None, None, "decord"), timeout_s=20)
+    got = guard.call((str(video[0]), 8, None, None, None, None, "pyav"), timeout_s=30)
     assert got.meta.backend == "pyav" and guard._proc.pid != pid
 
 

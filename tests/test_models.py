@@ -8,6 +8,7 @@ import torch
 
 from vstar.data.frames import sample_frames
 from vstar.models import build_tiny_vlm, load_vlm, video_chat_inputs
+from vstar.models.load import load_processor
 from vstar.models.video_processor import NumpyQwen2VLVideoProcessor, smart_resize, torchvision_available
 
 
@@ -15,6 +16,19 @@ from vstar.models.video_processor import NumpyQwen2VLVideoProcessor, smart_resiz
 def clip(synth_samples):
     video = synth_samples[0].video
     return sample_frames(video, 8)
+
+
+def test_the_processor_bounds_video_tokens_of_big_frames(tiny_vlm_dir):
+    """Frames that reach the processor unbounded (1280x720 here) cost at most the pixel budget's tokens."""
+    frames = np.zeros((8, 720, 1280, 3), np.uint8)
+    processor = load_processor(str(tiny_vlm_dir))
+    processor.video_processor.size = {"shortest_edge": 3136, "longest_edge": 12_845_056}  # Qwen2.5-VL-7B's own
+    grid = processor.video_processor(videos=[frames])["video_grid_thw"][0]
+    assert np.prod(grid) // 4 == 4784  # the H200 measurement with the real processor: 8 frames of 720p
+    bounded = load_processor(str(tiny_vlm_dir), max_frame_pixels=235_200)
+    grid = bounded.video_processor(videos=[frames])["video_grid_thw"][0]
+    assert np.prod(grid) // 4 <= 8 // 2 * 235_200 // 784  # 300 tokens per frame pair at most
+    assert grid.tolist() == [4, 24, 46]  # 336 x 644 pixels: 276 tokens a frame pair
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])

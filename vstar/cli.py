@@ -21,6 +21,7 @@ Start here:
   vstar serve runs/demo                chat with the run's best model: OpenAI-compatible, with video
   vstar export runs/demo --format llava   the curated data as LLaVA/ShareGPT JSON
   vstar config                         every config key with its default
+  vstar plan jobs/kinetics700.yaml     video tokens and GPU memory per worker before a run; refuses what cannot fit
   vstar data synth --out data/synth    write synthetic labeled videos and their manifest
   vstar data validate MANIFEST         check a manifest; bad rows are reported with line and field
   vstar data convert star --annotations STAR_train.json --videos charades/ --out data/star
@@ -127,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config file")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "plan",
+        help="video tokens, sequence length and GPU memory of a run; refuses a config that cannot fit",
+        description=_doc("vstar.plan"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML config with data.manifest and model.path set (a real run's job)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory of one GPU in GiB (default: 80)")
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="vLLM's share of the GPU (default: 0.9, vLLM's own)"
+    )
+    p.set_defaults(func=cmd_plan)
 
     data = sub.add_parser("data", help="synthetic videos and manifest checks").add_subparsers(
         title="data commands", metavar="COMMAND", required=True
@@ -328,6 +343,16 @@ def cmd_export(args) -> int:
 def cmd_config(args) -> int:
     print(resolved_config(args).to_yaml(), end="")
     return 0
+
+
+def cmd_plan(args) -> int:
+    from vstar.plan import plan
+
+    result = plan(resolved_config(args), args.gpu_memory_gib, args.gpu_memory_utilization)
+    print("\n".join(result.lines))
+    for reason in result.refusals:
+        print(f"vstar plan: does not fit: {reason}", file=sys.stderr)
+    return 1 if result.refusals else 0
 
 
 def cmd_generate(args) -> int:

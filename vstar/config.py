@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vstar.data.frames import MIN_FRAME_PIXELS
+
 EMBEDDED_DEFAULT = Path(__file__).with_name("demo") / "demo.yaml"  # `vstar run` with no CONFIG
 
 
@@ -69,9 +71,41 @@ class DataConfig(_Section):
     )
     tasks: list[str] | None = Field(None, description="keep only the samples of these tasks; None: all")
     num_frames: int = Field(8, ge=1, description="frames sampled uniformly per video (the paper used 8)")
-    frame_size: int | None = Field(None, ge=16, description="resize so the longer side is this; None: native")
+    frame_size: int | None = Field(
+        None,
+        ge=16,
+        description="deprecated (use max_frame_pixels): resize so the longer side is this, up or down; None: native. "
+        "Applied before the pixel budget",
+    )
+    max_frame_pixels: int = Field(
+        300 * 28 * 28,
+        ge=MIN_FRAME_PIXELS,
+        description="pixels a decoded frame keeps at most (shrunk, aspect kept, never enlarged); also the "
+        "processor's and vLLM's per-frame limit. Qwen2.5-VL spends pixels/784 tokens per pair of frames: the "
+        "default 235,200 (300 merged 28x28 patches; 640x360 stays 364x644 in the processor) is 300 tokens a "
+        "frame pair, 2,400 for 16 frames, where 720p would be 4,784 and 1080p 10,764 for 8 frames. A 7B full "
+        "finetune then needs about 8 GiB of activations with gradient checkpointing (`vstar plan` estimates it): "
+        "room on a 40 GB card next to the sharded optimizer state of 8 workers",
+    )
+    max_video_pixels: int = Field(
+        16 * 300 * 28 * 28,
+        ge=MIN_FRAME_PIXELS,
+        description="pixels all sampled frames of a clip keep together: each frame gets at most an even share, so "
+        "more frames (data.num_frames, a serve request's frames) are each smaller. The default, 16 frames at "
+        "max_frame_pixels, bounds a clip to 2,400 video tokens",
+    )
     decode_backend: Literal["auto", "decord", "pyav"] = "auto"
     decode_timeout_s: float = Field(30.0, gt=0, description="a video that takes longer to decode is an error row")
+
+    @model_validator(mode="after")
+    def _budget_holds_the_frames(self) -> DataConfig:
+        if self.max_video_pixels < self.num_frames * MIN_FRAME_PIXELS:
+            raise ValueError(
+                f"max_video_pixels ({self.max_video_pixels}) must hold num_frames ({self.num_frames}) frames of at "
+                f"least {MIN_FRAME_PIXELS} pixels (56x56, the processor's smallest frame): at least "
+                f"{self.num_frames * MIN_FRAME_PIXELS}"
+            )
+        return self
 
 
 class ModelConfig(_Section):

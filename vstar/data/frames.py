@@ -83,13 +83,43 @@ def frame_indices(
 
 def resize_longer_side(array: np.ndarray, size: int) -> np.ndarray:
     """Resize [T, H, W, 3] frames (bicubic) so the longer side is `size`, keeping the aspect ratio."""
-    from PIL import Image
-
     h, w = array.shape[1:3]
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) == (h, w):
+    return array if (nh, nw) == (h, w) else resize_to(array, nh, nw)
+
+
+MIN_FRAME_PIXELS = 56 * 56  # the Qwen2-VL processors' own floor (min_pixels): a smaller frame is scaled *up*
+
+
+def frame_pixel_cap(num_frames: int, max_frame_pixels: int | None, max_video_pixels: int | None) -> int | None:
+    """Pixels one frame may have: the per-frame budget, or an even share of the per-video budget when that is
+    smaller, never under `MIN_FRAME_PIXELS`. None: no budget.
+
+    >>> frame_pixel_cap(8, 235_200, 3_763_200), frame_pixel_cap(32, 235_200, 3_763_200)
+    (235200, 117600)
+    """
+    caps = [c for c in (max_frame_pixels, max_video_pixels and max_video_pixels // num_frames) if c]
+    return max(MIN_FRAME_PIXELS, min(caps)) if caps else None
+
+
+def fit_pixels(array: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Shrink [T, H, W, 3] frames (bicubic, aspect kept) to at most `max_pixels` pixels each; never upscale.
+
+    >>> fit_pixels(np.zeros((1, 720, 1280, 3), np.uint8), 235_200).shape
+    (1, 363, 646, 3)
+    """
+    h, w = array.shape[1:3]
+    if h * w <= max_pixels:
         return array
+    scale = math.sqrt(max_pixels / (h * w))
+    nh, nw = max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
+    return resize_to(array, nh, nw)
+
+
+def resize_to(array: np.ndarray, nh: int, nw: int) -> np.ndarray:
+    from PIL import Image
+
     return np.stack([np.asarray(Image.fromarray(f).resize((nw, nh), Image.BICUBIC)) for f in array])
 
 
@@ -133,15 +163,23 @@ DECODERS = {"decord": _decord, "pyav": _pyav}
 
 
 def decode(
-    path: str, num_frames: int, start_s=None, end_s=None, size: int | None = None, backend: str = "decord"
+    path: str,
+    num_frames: int,
+    start_s=None,
+    end_s=None,
+    size: int | None = None,
+    max_pixels: int | None = None,
+    backend: str = "decord",
 ) -> Frames:
-    """Decode in this process with one backend, no guard. Raises VideoDecodeError."""
+    """Decode in this process with one backend, no guard; resize to `size` (longer side), then shrink to at most
+    `max_pixels` a frame. Raises VideoDecodeError."""
     try:
         frames = DECODERS[backend](path, num_frames, start_s, end_s)
     except Exception as e:  # decord raises RuntimeError and DECORDError (a bare Exception); PyAV its own tree
         reason = " ".join(str(e).split())[:300] or type(e).__name__
         raise VideoDecodeError(path, f"{backend}: {type(e).__name__}: {reason}") from None
     array = frames.array if size is None else resize_longer_side(frames.array, size)
+    array = array if max_pixels is None else fit_pixels(array, max_pixels)
     return Frames(np.ascontiguousarray(array, dtype=np.uint8), frames.meta)
 
 
@@ -167,10 +205,14 @@ def sample_frames(
     size: int | None = None,
     backend: Backend = "auto",
     timeout_s: float | None = 30.0,
+    max_frame_pixels: int | None = None,
+    max_video_pixels: int | None = None,
 ) -> Frames:
     """Sample `num_frames` frames uniformly over the video, or over [start_s, end_s) when given.
 
-    `size` resizes so the longer side is `size` pixels. `backend="auto"` tries decord, then PyAV.
+    `size` resizes so the longer side is `size` pixels (deprecated: `max_frame_pixels`). Frames larger than the
+    pixel budget (`frame_pixel_cap`: at most `max_frame_pixels` each and `max_video_pixels` together) are shrunk,
+    aspect kept; smaller ones are left as they are. `backend="auto"` tries decord, then PyAV.
     Each attempt runs in a guarded child process and is killed after `timeout_s` seconds
     (`timeout_s=None`: decode in this process, unguarded). Raises `VideoDecodeError`, whose message
     names the file and every backend's reason.
@@ -178,12 +220,13 @@ def sample_frames(
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     path = _precheck(video)
+    args = (path, num_frames, start_s, end_s, size, frame_pixel_cap(num_frames, max_frame_pixels, max_video_pixels))
     reasons = []
     for name in BACKEND_ORDER[backend]:
         try:
             if timeout_s is None:
-                return decode(path, num_frames, start_s, end_s, size, name)
-            return _guard().call((path, num_frames, start_s, end_s, size, name), timeout_s)
+                return decode(*args, name)
+            return _guard().call((*args, name), timeout_s)
         except VideoDecodeError as e:
             reasons.append(e.reason)
     raise VideoDecodeError(video, "; ".join(reasons))
@@ -197,11 +240,35 @@ def decode_options(data) -> dict:
         "size": data.frame_size,
         "backend": data.decode_backend,
         "timeout_s": data.decode_timeout_s,
+        "max_frame_pixels": data.max_frame_pixels,
+        "max_video_pixels": data.max_video_pixels,
     }
 
 
+def video_size(max_frame_pixels: int) -> dict:
+    """The Qwen2-VL video processors' `size`: frames are resized to at most `max_frame_pixels` (in 28-pixel steps)
+    and at least the processor's floor of 56x56.
+
+    >>> video_size(235_200)
+    {'shortest_edge': 3136, 'longest_edge': 235200}
+    """
+    return {"shortest_edge": MIN_FRAME_PIXELS, "longest_edge": max_frame_pixels}
+
+
+def mm_processor_kwargs(data) -> dict:
+    """`vllm.LLM(mm_processor_kwargs=...)` from a `DataConfig`: vLLM's processor bounds every frame as
+    `load_processor(path, data.max_frame_pixels)` does, whatever size the frames arrive at."""
+    return {"size": video_size(data.max_frame_pixels)}
+
+
 def frames_row(
-    row: dict, num_frames: int, size: int | None = None, backend: Backend = "auto", timeout_s: float | None = 30.0
+    row: dict,
+    num_frames: int,
+    size: int | None = None,
+    backend: Backend = "auto",
+    timeout_s: float | None = 30.0,
+    max_frame_pixels: int | None = None,
+    max_video_pixels: int | None = None,
 ) -> dict:
     """A manifest row plus its decoded frames, or plus an `error` naming the file and reason.
 
@@ -211,7 +278,8 @@ def frames_row(
     `frames_of(row)` gives the array back ([0, 0, 0, 3] for an error row).
     """
     try:
-        frames = sample_frames(row["video"], num_frames, row.get("start_s"), row.get("end_s"), size, backend, timeout_s)
+        clip = (row["video"], num_frames, row.get("start_s"), row.get("end_s"), size, backend, timeout_s)
+        frames = sample_frames(*clip, max_frame_pixels, max_video_pixels)
     except VideoDecodeError as e:
         return {
             **row,

@@ -31,7 +31,7 @@ import pyarrow as pa
 import ray
 
 from vstar.config import DataConfig, GenerateConfig, VerifyConfig, accelerator_resources
-from vstar.data.frames import decode_options, frames_from_batch, frames_row
+from vstar.data.frames import decode_options, frames_from_batch, frames_row, mm_processor_kwargs
 from vstar.generate.backends import BACKENDS, Backend
 from vstar.generate.prompts import PROMPTS
 from vstar.generate.sampling import Sampling
@@ -209,6 +209,7 @@ def generate_stage(
     backend_kwargs = dict(dtype=dtype)
     if gen.backend == "vllm":
         backend_kwargs.update(gen.vllm_kwargs())
+        backend_kwargs.update(mm_processor_kwargs=mm_processor_kwargs(data))  # vLLM bounds frames as decode did
     rows = prompt_rows(todo, kind)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // gen.batch_size, 200)))
     ds = ds.map(frames_row, fn_kwargs=decode_options(data))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vstar.data.frames import FrameMeta
+from vstar.data.frames import FrameMeta, video_size
 from vstar.models.video_processor import install_fallback
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,18 +26,24 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_processor(path: str):
+def load_processor(path: str, max_frame_pixels: int | None = None):
+    """The model's processor; with `max_frame_pixels`, its video processor resizes every frame to at most that
+    many pixels (the model's own limit, 12.8M pixels for Qwen2.5-VL, shrinks nothing under ~3584x3584)."""
     from transformers import AutoProcessor
 
     install_fallback()
-    return AutoProcessor.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    if max_frame_pixels is not None:
+        processor.video_processor.size = video_size(max_frame_pixels)
+    return processor
 
 
-def load_vlm(path: str, dtype: str = "auto", device: str = "cpu"):
-    """(model, processor) from a folder or hub id, through AutoModelForImageTextToText + AutoProcessor."""
+def load_vlm(path: str, dtype: str = "auto", device: str = "cpu", max_frame_pixels: int | None = None):
+    """(model, processor) from a folder or hub id, through AutoModelForImageTextToText + AutoProcessor;
+    `max_frame_pixels` bounds the processor's frames (`load_processor`)."""
     from transformers import AutoModelForImageTextToText
 
-    processor = load_processor(path)
+    processor = load_processor(path, max_frame_pixels)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype, device))
     return model.to(device).eval(), processor
 

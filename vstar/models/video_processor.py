@@ -80,11 +80,20 @@ class NumpyQwen2VLVideoProcessor(VideoProcessorMixin):
     ):
         super().__init__()
         size = size or {}
-        self.min_pixels = min_pixels or size.get("shortest_edge", 128 * 28 * 28)
-        self.max_pixels = max_pixels or size.get("longest_edge", 28 * 28 * 768)
-        self.size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+        self.size = {  # as HF's: the one place the limits live, so setting `size` later changes them
+            "shortest_edge": min_pixels or size.get("shortest_edge", 128 * 28 * 28),
+            "longest_edge": max_pixels or size.get("longest_edge", 28 * 28 * 768),
+        }
         self.patch_size, self.temporal_patch_size, self.merge_size = patch_size, temporal_patch_size, merge_size
         self.image_mean, self.image_std = list(image_mean), list(image_std)
+
+    @property
+    def min_pixels(self) -> int:
+        return self.size["shortest_edge"]
+
+    @property
+    def max_pixels(self) -> int:
+        return self.size["longest_edge"]
 
     def to_dict(self) -> dict:
         return {

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 
 from vstar.config import Config, DataConfig, GenerateConfig, ServeConfig, accelerator_resources, load_config
+from vstar.data.frames import mm_processor_kwargs
 from vstar.serve.engine import ENGINES, Delta, Job
 from vstar.serve.protocol import APIError, chunk, completion, new_id, parse_chat_request, sse, usage_chunk
 from vstar.serve.video import load_video
@@ -201,6 +202,7 @@ def build_app(model: str, model_id: str, cfg: Config) -> Application:
     engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.run.seed}
     if cfg.generate.backend == "vllm":
         engine_kwargs.update(cfg.generate.vllm_kwargs())
+        engine_kwargs.update(mm_processor_kwargs=mm_processor_kwargs(cfg.data))  # vLLM bounds frames as decode did
     deployment = ChatServer.options(
         # room for the next batch's requests to fetch and decode their videos while one batch generates
         max_ongoing_requests=4 * max_batch_size,

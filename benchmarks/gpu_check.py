@@ -602,10 +602,12 @@ def main() -> None:
         x = video_chat_inputs(proc, [QUESTION], [synth_frames(8, 112, 112)], [metas(8)]).to(device)
         model(**x)
         moved = total = 0
+        small = synth_frames(16, 56, 56)
         for fps in (23.976, 24.0, 25.0, 29.97, 30.0, 50.0, 59.94, 60.0):
             for seconds in range(2, 21):
                 for t in (8, 16):
-                    sgt = torch.tensor([2 * (seconds * fps / t) / fps], dtype=torch.float32)
+                    meta = metas(t, total=int(round(seconds * fps)), fps=fps)
+                    sgt = video_chat_inputs(proc, ["?"], [small[:t]], [meta])["second_per_grid_ts"].float()
                     grid_t = t // 2
                     exact = (torch.arange(grid_t) * sgt * 2).long()
                     rounded = (torch.arange(grid_t) * sgt.to(torch.bfloat16).float() * 2).long()
@@ -614,6 +616,8 @@ def main() -> None:
         record(
             "fsdp_time_inputs", second_per_grid_ts_dtype_in_forward=seen.get("sgt"), bf16_would_move=f"{moved}/{total}"
         )
+
+    p_time()
 
     # 2. full finetune, 7B width, FULL_LAYERS layers ------------------------------------------------------------
     layers_full = 2 if smoke else args.full_layers

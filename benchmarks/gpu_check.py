@@ -452,7 +452,10 @@ def run_train(name, *, loop, model_fn, processor, rows, gb, steps, gc_on, lora, 
     no-op) so nothing big is written."""
     STATE.update(reports=[], last_checkpoint=None)
     saved = (loop.load_vlm, loop.dcp.save, loop.export)
-    loop.load_vlm = lambda path, dtype, device: (model_fn(dtype, device), processor)
+    loop.load_vlm = lambda path, dtype, device, *_: (
+        model_fn(dtype, "cuda" if torch.cuda.is_available() else device),
+        processor,
+    )
     loop.dcp.save = lambda state, checkpoint_id=None, **k: None
     loop.export = export_fn or (lambda model, cfg, rank: None)
     cfg = loop_cfg(SCRATCH / name, gb=gb, steps=steps, gc_on=gc_on, lora=lora, n=len(rows))
@@ -774,7 +777,7 @@ def main() -> None:
         from vstar.generate.sampling import Sampling
 
         saved = vmodels.load_vlm
-        vmodels.load_vlm = lambda path, dtype, dev: (model, proc)
+        vmodels.load_vlm = lambda path, dtype, dev, *_: (model, proc)
         try:
             n = kw.pop("num_candidates", 1)
             return HFBackend("synthetic", Sampling(n=n, **kw))

@@ -39,7 +39,7 @@ def test_config_errors_are_one_line_and_exit_2():
         "vstar: config error: train.lrr: unknown key (train takes: lr, epochs, global_batch_size, micro_batch_size, "
         "warmup_ratio, weight_decay, max_steps, init_from, label_loss_weight, lora, freeze_vision, gradient_checkpointing, "
         "num_workers, min_workers, use_gpu, cpus_per_worker, max_failures, shuffle_buffer, cache_decoded, "
-        "accelerator_resource)"
+        "checkpoint_every_steps, checkpoint_every_minutes, export_dtype, accelerator_resource)"
     ]
     assert "lr: 1.0e-05" in vstar("config", "train.lr=1e-5").stdout
 

@@ -16,14 +16,16 @@ The training memory model (FSDP2 with bf16 compute over fp32 parameters, AdamW, 
 - compute copies: the bf16 all-gathered root unit (embeddings, lm_head) and two decoder layers (one prefetched);
 - activations per token: with gradient checkpointing, each layer's bf16 input plus one layer recomputed in full
   ((8·hidden + 4·mlp)·2 bytes); without, every layer in full; plus the logits over the whole vocabulary at 12 bytes
-  (bf16 logits, their fp32 copy, both gradients), the model's loss keeps every position; then 10% for the
-  allocator.
+  (bf16 logits, their fp32 copy, both gradients) for the answer's positions only (the training loss asks the model
+  for logits where a label is predicted, `collate.loss_positions`); then 10% for the allocator.
 
 Checked against one H200 (Qwen2.5-VL-7B shape cut to 14 layers, full finetune, frozen vision, world 1;
-tests/test_plan.py): steady 67.4 GiB estimated vs 67.6 measured; activation peaks 720p×8 (4,936 tokens) 13.7 vs
-12.7 GiB with checkpointing and 26.9 vs 25.2 without; 1080p×8 (10,916) 26.8 vs 25.5; 1080p×16 (21,680) 50.3 vs
-48.6. The smallest, 360p×8 (1,348 tokens), measured 8.1 GiB where the model says 5.9: a fixed ~2 GiB the linear
-model misses; it matters only on cards that are nearly full without activations.
+tests/test_plan.py, benchmarks/results/gpu_check-2026-11-30-h200-*.json): steady 67.4 GiB estimated vs 67.6
+measured. Activation peaks, measured when the loss still took logits at every position (the model then costed
+them over the whole sequence): 720p×8 (4,936 tokens) 13.7 vs 12.7 GiB with checkpointing and 26.9 vs 25.2 without;
+1080p×8 (10,916) 26.8 vs 25.5; 1080p×16 (21,680) 50.3 vs 48.6; 360p×8 (1,348 tokens) 8.1 GiB where the model says
+5.9 (a fixed ~2 GiB the linear model misses: ACTIVATION_FIXED_GIB). With logits at the answer positions only,
+720p×8 with checkpointing measured 6.3 GiB, the model says 6.9.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ ANSWER_TOKENS = 512  # a training answer (rationale + "Answer: ...") at most, as
 CUDA_CONTEXT_GIB = 1.0  # CUDA context, NCCL and cuBLAS workspaces: outside torch's allocator
 ALLOCATOR_MARGIN = 1.10
 LOGIT_BYTES = 12  # per token and vocabulary entry: bf16 logits, the loss's fp32 copy, both gradients
+ACTIVATION_FIXED_GIB = 1.5  # what the per-token model misses at any length (measured: 360p x 8 and 720p x 8)
 VLLM_WORKSPACE_GIB = 3.0  # vLLM's activations, CUDA graphs and vision encoder: a rough allowance
 
 
@@ -181,11 +184,11 @@ def train_memory(shape: ModelShape, tokens: int, cfg: Config) -> dict:
     per_token = (
         (shape.layers * shape.hidden * 2 + layer_full) if t.gradient_checkpointing else shape.layers * layer_full
     )
-    per_token += shape.vocab * LOGIT_BYTES
     if not t.freeze_vision:  # the vision tower's activations too: 4 patches a token, checkpointed or not alike
         vision_full = (8 * shape.vision_hidden + 4 * shape.vision_mlp) * 2
         per_token += 4 * shape.vision_depth * (shape.vision_hidden * 2 if t.gradient_checkpointing else vision_full)
-    activations = ALLOCATOR_MARGIN * tokens * per_token * t.micro_batch_size
+    logits = shape.vocab * LOGIT_BYTES * min(tokens, ANSWER_TOKENS)  # the answer's positions (`loss_positions`)
+    activations = ALLOCATOR_MARGIN * (tokens * per_token + logits) * t.micro_batch_size + ACTIVATION_FIXED_GIB * GIB
     total = steady + copies + activations + CUDA_CONTEXT_GIB * GIB
     return {k: v / GIB for k, v in dict(steady=steady, copies=copies, activations=activations, total=total).items()}
 
@@ -201,7 +204,7 @@ def vllm_memory(shape: ModelShape, seq_len: int, cfg: Config, card_gib: float, u
         "kv_pool": pool / GIB,
         "kv_per_sequence": kv_per_token * seq_len / GIB,
         "sequences_that_fit": max(0, int(pool // (kv_per_token * seq_len))),
-        "sequences_wanted": g.batch_size * g.num_candidates,
+        "sequences_wanted": min(g.max_num_seqs, g.batch_size * g.num_candidates),
     }
 
 
@@ -245,7 +248,7 @@ def plan(cfg: Config, card_gib: float = 80.0, utilization: float = 0.9) -> Plan:
         f"vLLM actor (tensor parallel {cfg.generate.tensor_parallel_size}, gpu_memory_utilization {utilization:g}): "
         f"weights {gen['weights']:.1f} GiB, KV pool {gen['kv_pool']:.1f} GiB holds {gen['sequences_that_fit']} "
         f"sequences of {gen_len:,} tokens ({gen['kv_per_sequence']:.2f} GiB each); a batch asks for "
-        f"{gen['sequences_wanted']} (generate.batch_size x num_candidates)"
+        f"{gen['sequences_wanted']} (generate.batch_size x num_candidates, at most generate.max_num_seqs)"
         + (", the rest wait" if gen["sequences_wanted"] > gen["sequences_that_fit"] else ""),
     ]
     return Plan(lines, refusals(mem, gen, card_gib, cfg, most / train_len))

@@ -34,15 +34,16 @@ class Backend(Protocol):
     def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]: ...
 
 
-def load_hf(model: str, dtype: str = "auto", device: str | None = None) -> tuple:
+def load_hf(model: str, dtype: str = "auto", device: str | None = None, max_frame_pixels: int | None = None) -> tuple:
     """A transformers model on `device` (default: the GPU when there is one), its processor, the device and its
-    end-of-sequence ids. The processor pads on the left, whatever the checkpoint's tokenizer says."""
+    end-of-sequence ids. The processor pads on the left, whatever the checkpoint's tokenizer says, and bounds
+    frames to `max_frame_pixels` (`data.max_frame_pixels`) when given."""
     import torch
 
     from vstar.models import load_vlm
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded, processor = load_vlm(model, dtype, device)
+    loaded, processor = load_vlm(model, dtype, device, max_frame_pixels)
     # batched generation continues every row from its last column: a right-padded row would continue from padding
     # (Qwen2.5-VL's tokenizer sets no padding_side, so it pads right)
     processor.tokenizer.padding_side = "left"
@@ -53,10 +54,17 @@ def load_hf(model: str, dtype: str = "auto", device: str | None = None) -> tuple
 class HFBackend:
     """transformers `generate`, batched; bf16 on a GPU, fp32 on a CPU unless `dtype` says otherwise."""
 
-    def __init__(self, model: str, sampling: Sampling, dtype: str = "auto", device: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        sampling: Sampling,
+        dtype: str = "auto",
+        device: str | None = None,
+        max_frame_pixels: int | None = None,
+    ):
         import torch
 
-        self.model, self.processor, self.device, self.eos = load_hf(model, dtype, device)
+        self.model, self.processor, self.device, self.eos = load_hf(model, dtype, device, max_frame_pixels)
         self.sampling = sampling
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)

@@ -210,6 +210,8 @@ def generate_stage(
     if gen.backend == "vllm":
         backend_kwargs.update(gen.vllm_kwargs())
         backend_kwargs.update(mm_processor_kwargs=mm_processor_kwargs(data))  # vLLM bounds frames as decode did
+    else:
+        backend_kwargs.update(max_frame_pixels=data.max_frame_pixels)  # so does the transformers processor
     rows = prompt_rows(todo, kind)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // gen.batch_size, 200)))
     ds = ds.map(frames_row, fn_kwargs=decode_options(data))

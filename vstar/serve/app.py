@@ -203,6 +203,8 @@ def build_app(model: str, model_id: str, cfg: Config) -> Application:
     if cfg.generate.backend == "vllm":
         engine_kwargs.update(cfg.generate.vllm_kwargs())
         engine_kwargs.update(mm_processor_kwargs=mm_processor_kwargs(cfg.data))  # vLLM bounds frames as decode did
+    else:
+        engine_kwargs.update(max_frame_pixels=cfg.data.max_frame_pixels)  # so does the transformers processor
     deployment = ChatServer.options(
         # room for the next batch's requests to fetch and decode their videos while one batch generates
         max_ongoing_requests=4 * max_batch_size,

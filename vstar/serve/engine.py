@@ -51,10 +51,10 @@ class Delta:
 class HFEngine:
     """transformers `generate` on a batch, streamed step by step, with per-job token limits and cancelling."""
 
-    def __init__(self, model: str, dtype: str = "auto", seed: int = 0):
+    def __init__(self, model: str, dtype: str = "auto", seed: int = 0, max_frame_pixels: int | None = None):
         import torch
 
-        self.model, self.processor, self.device, self.eos = load_hf(model, dtype)
+        self.model, self.processor, self.device, self.eos = load_hf(model, dtype, max_frame_pixels=max_frame_pixels)
         torch.manual_seed(seed)
 
     def prompt(self, messages: list[dict]) -> str:

@@ -118,13 +118,13 @@ def _load(cfg: dict, rank: int, world: int):
     copy of a 7B model in host memory (33 GB fp32) instead of eight; `setup_model` then broadcasts its weights
     into every rank's shards."""
     if world == 1 or rank == 0:
-        return load_vlm(cfg["init"], "float32", "cpu")
+        return load_vlm(cfg["init"], "float32", "cpu", cfg.get("max_frame_pixels"))
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(cfg["init"])
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    return model.eval(), load_processor(cfg["init"])
+    return model.eval(), load_processor(cfg["init"], cfg.get("max_frame_pixels"))
 
 
 def setup_model(cfg: dict, device: str, world: int, rank: int = 0):
@@ -181,7 +181,8 @@ def train_worker(
 
     `cfg` is plain data: init (model path), out (export folder), lr, weight_decay, epochs, global_batch_size,
     micro_batch_size, warmup_ratio, freeze_vision, gradient_checkpointing, lora (dict or None), use_gpu,
-    num_samples, max_steps (or None), checkpoint_every, label_loss_weight, seed.
+    num_samples, max_steps (or None), checkpoint_every, label_loss_weight, seed; optional: checkpoint_every_s,
+    export_dtype ("auto"), max_frame_pixels (the processor's bound on a frame).
     `epoch_batches(seed)` gives this rank's micro-batches of one epoch (numpy dict batches of `frames_row` rows
     plus question, answer, label_words), shuffled with `seed`: the same seed must give the same order, since a
     resumed epoch skips the micro-batches it already trained on. `report(metrics, None)` gets the steps since the

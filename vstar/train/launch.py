@@ -186,6 +186,7 @@ def train(
         shuffle_buffer=train_cfg.shuffle_buffer,
         label_loss_weight=train_cfg.label_loss_weight,
         export_dtype=train_cfg.export_dtype,
+        max_frame_pixels=data.max_frame_pixels,  # the processor bounds frames as decode did
         seed=seed,
     )
     trainer = TorchTrainer(

@@ -267,19 +267,25 @@ def real_processor(tokenizer, numpy_video: bool = False):
     )
 
 
+def shape_7b(smoke: bool):
+    """Qwen2.5-VL-7B-Instruct's shape, from vstar.plan's table (the one copy of its config.json numbers); --smoke:
+    the same structure at toy width."""
+    from vstar.plan import KNOWN, ModelShape
+
+    return ModelShape(64, 28, 2, 1, 128, 2048, 4, 32, 64) if smoke else KNOWN["Qwen/Qwen2.5-VL-7B-Instruct"]
+
+
 def config_7b(tokenizer, layers: int, smoke: bool):
-    """Qwen2.5-VL-7B-Instruct's config (text 3584 wide, 28 heads / 4 KV heads, MLP 18944, vocab 152064; vision 32
-    blocks of 1280, MLP 3420, 16 heads, window 112, full attention at 7/15/23/31, tokens_per_second 2) with the
-    offline tokenizer's special-token ids. --smoke: the same structure at toy width."""
+    """Qwen2.5-VL-7B-Instruct's config (`shape_7b`; vision 16 heads, window 112, full attention at 7/15/23/31,
+    tokens_per_second 2) with `layers` decoder layers and the offline tokenizer's special-token ids."""
     from transformers import Qwen2_5_VLConfig
 
     from vstar.models.tiny import SPECIAL_TOKENS
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    if smoke:
-        hidden, inter, heads, kv, vocab, vw, vi, vh, vd = 64, 128, 2, 1, 2048, 32, 64, 2, 4
-    else:
-        hidden, inter, heads, kv, vocab, vw, vi, vh, vd = 3584, 18944, 28, 4, 152064, 1280, 3420, 16, 32
+    shape = shape_7b(smoke)
+    hidden, inter, heads, kv, vocab = shape.hidden, shape.mlp, shape.heads, shape.kv_heads, shape.vocab
+    vw, vi, vh, vd = shape.vision_hidden, shape.vision_mlp, 2 if smoke else 16, shape.vision_depth
     head_half = hidden // heads // 2
     mrope = [16, 24, 24] if not smoke else [head_half - 2 * (head_half // 3), head_half // 3, head_half // 3]
     text = dict(
@@ -357,17 +363,19 @@ def peak_flops() -> float | None:
     return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def train_flops_per_sample(tokens: float, video_tokens: float, layers: int, gc_on: bool, smoke: bool) -> float:
-    """Matmul FLOPs of one sample: LM (layers + lm_head) fwd+bwd (+ recompute with GC), causal attention, and the
-    frozen vision tower forward (4 patches per video token)."""
-    h, inter, kvd = (64, 128, 32) if smoke else (3584, 18944, 512)
+def train_flops_per_sample(
+    tokens: float, video_tokens: float, logit_positions: float, layers: int, gc_on: bool, smoke: bool
+) -> float:
+    """Matmul FLOPs of one sample: LM layers fwd+bwd (+ recompute with GC), the LM head at the positions whose
+    logits the loss takes, causal attention, and the frozen vision tower forward (4 patches per video token)."""
+    shape = shape_7b(smoke)
+    h, inter, kvd = shape.hidden, shape.mlp, shape.hidden // shape.heads * shape.kv_heads
     per_layer = 2 * h * h + 2 * h * kvd + 3 * h * inter
-    lm_head = h * (2048 if smoke else 152064)
     passes = 4 if gc_on else 3  # fwd, bwd (2x), recompute
-    dense = 2 * (layers * per_layer + lm_head) * tokens * passes
+    dense = 2 * layers * per_layer * tokens * passes + 2 * h * shape.vocab * logit_positions * 3
     attn = 2 * tokens * tokens * h * layers * passes / 1  # QK^T + PV, causal half, x2 flops/mac
-    vw, vi = (32, 64) if smoke else (1280, 3420)
-    vision = 2 * (32 if not smoke else 4) * (4 * vw * vw + 3 * vw * vi) * 4 * video_tokens
+    vw, vi = shape.vision_hidden, shape.vision_mlp
+    vision = 2 * shape.vision_depth * (4 * vw * vw + 3 * vw * vi) * 4 * video_tokens
     return dense + attn + vision
 
 
@@ -411,8 +419,11 @@ class Instrument:
     def __init__(self, loop):
         self.loop, self.orig = loop, (loop._loss, loop.optimizer_step, loop._inputs)
         self.base, self.peaks, self.inputs_s, self.tokens, self.video_tokens = [], [], 0.0, [], []
+        self.logit_positions = []
 
     def __enter__(self):
+        from vstar.train.collate import loss_positions
+
         loss0, step0, inputs0 = self.orig
         cuda = torch.cuda.is_available()
 
@@ -422,6 +433,7 @@ class Instrument:
                 self.base.append(torch.cuda.memory_allocated())
                 torch.cuda.reset_peak_memory_stats()
             self.tokens.append(int(inputs["attention_mask"].sum()))
+            self.logit_positions.append(len(loss_positions(inputs["labels"])))
             if "video_grid_thw" in inputs:
                 self.video_tokens.append(int(inputs["video_grid_thw"].prod(-1).sum()) // 4)
             return loss0(model, inputs)
@@ -471,7 +483,8 @@ def run_train(name, *, loop, model_fn, processor, rows, gb, steps, gc_on, lora, 
     step_s = sum(h["step_time_s"] for h in timed) / len(timed)
     tokens = float(np.mean(ins.tokens)) if ins.tokens else 0.0
     vtok = float(np.mean(ins.video_tokens)) if ins.video_tokens else 0.0
-    flops = train_flops_per_sample(tokens, vtok, layers, gc_on, smoke) * gb
+    logits = float(np.mean(ins.logit_positions)) if ins.logit_positions else 0.0
+    flops = train_flops_per_sample(tokens, vtok, logits, layers, gc_on, smoke) * gb
     peak = peak_flops()
     act = [p - b for p, b in zip(ins.peaks, ins.base[gb - 1 :: gb], strict=False)]  # accum = gb (micro 1, world 1)
     res = dict(

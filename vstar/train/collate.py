@@ -12,7 +12,9 @@ the video tokens and the padding never carry loss.
 A label word is one token of many in a rationale ("The video shows a red shape. Answer: left"): with
 `label_weight` > 1 and each record's `label_words` (its labels' text values), `collate` also returns
 `loss_weights`, `label_weight` on the answer tokens that spell a label word and 1 on the others, and the loss is
-their weighted mean (`weighted_loss`): the supervision that verified the answer gets its share of the gradient.
+their weighted mean: the supervision that verified the answer gets its share of the gradient. Training asks the
+model for logits at the positions that predict an answer token only (`loss_positions`) and takes `token_loss`
+of them (`targets_at`); `weighted_loss` is the same over every position's logits.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vstar.config import Config
-from vstar.data.frames import MIN_FRAME_PIXELS, frame_pixel_cap
+from vstar.data.frames import MIN_FRAME_PIXELS, fit_shape, frame_pixel_cap, longer_side_shape
 
 GIB = 2**30
 MAX_CLIPS = 200
@@ -146,12 +146,8 @@ def video_tokens(width: int, height: int, num_frames: int, data) -> int:
 
     h, w = height, width
     if data.frame_size is not None:
-        scale = data.frame_size / max(h, w)
-        h, w = max(1, round(h * scale)), max(1, round(w * scale))
-    cap = frame_pixel_cap(num_frames, data.max_frame_pixels, data.max_video_pixels)
-    if h * w > cap:
-        scale = math.sqrt(cap / (h * w))
-        h, w = max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
+        h, w = longer_side_shape(h, w, data.frame_size)
+    h, w = fit_shape(h, w, frame_pixel_cap(num_frames, data.max_frame_pixels, data.max_video_pixels))
     rh, rw = smart_resize(h, w, 28, MIN_FRAME_PIXELS, data.max_frame_pixels)
     return math.ceil(num_frames / 2) * (rh // 28) * (rw // 28)
 

@@ -84,9 +84,14 @@ def frame_indices(
 def resize_longer_side(array: np.ndarray, size: int) -> np.ndarray:
     """Resize [T, H, W, 3] frames (bicubic) so the longer side is `size`, keeping the aspect ratio."""
     h, w = array.shape[1:3]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = longer_side_shape(h, w, size)
     return array if (nh, nw) == (h, w) else resize_to(array, nh, nw)
+
+
+def longer_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) with the longer side `size`, aspect kept: what `resize_longer_side` makes."""
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 MIN_FRAME_PIXELS = 56 * 56  # the Qwen2-VL processors' own floor (min_pixels): a smaller frame is scaled *up*
@@ -110,11 +115,16 @@ def fit_pixels(array: np.ndarray, max_pixels: int) -> np.ndarray:
     (1, 363, 646, 3)
     """
     h, w = array.shape[1:3]
+    nh, nw = fit_shape(h, w, max_pixels)
+    return array if (nh, nw) == (h, w) else resize_to(array, nh, nw)
+
+
+def fit_shape(h: int, w: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of at most `max_pixels`, aspect kept, never larger: what `fit_pixels` makes."""
     if h * w <= max_pixels:
-        return array
+        return h, w
     scale = math.sqrt(max_pixels / (h * w))
-    nh, nw = max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
-    return resize_to(array, nh, nw)
+    return max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
 
 
 def resize_to(array: np.ndarray, nh: int, nw: int) -> np.ndarray:

@@ -206,6 +206,46 @@ def test_stage_every_row_once_with_a_damaged_video(ray_local, tiny_vlm_dir, ques
     assert sorted((tmp_path / "answer").iterdir()) == before
 
 
+def test_an_answer_pass_rationalizes_its_failures_and_a_rationale_pass_the_rest(
+    ray_local, tiny_vlm_dir, questioned, tmp_path
+):
+    answers, rationales = tmp_path / "answers", tmp_path / "rationales"
+    samples = questioned[:12]
+    run = partial(generate_stage, model=str(tiny_vlm_dir), gen=CFG.generate, sampling=SAMPLING, data=CFG.data)
+    run(samples, "answer", answers, verify=CFG.verify, rationales_to=rationales)
+    a, r = read_rows(answers), read_rows(rationales)
+    assert sorted(a["sample_id"]) == sorted(s.sample_id for s in samples) and (a["kind"] == "answer").all()
+    failed = set(a.loc[(a["num_passed"] == 0) & a["error"].isna(), "sample_id"])
+    assert failed and sorted(r["sample_id"]) == sorted(failed)  # the random model fails some: exactly those
+    assert (r["kind"] == "rationale").all() and all(len(json.loads(v)) == 3 for v in r["verdicts"])
+    q = {s.sample_id: s.question for s in samples}
+    assert all(r["question"] == r["sample_id"].map(q)) and all(r["prompt"].str.contains("\nAnswer: "))
+    assert all(r["duration_s"] == 6.0)
+    # a rationale file lost (a kill between a block's answers and its rationales): the rationale pass makes only it
+    part = sorted(rationales.glob("*.parquet"))[0]
+    lost = set(pd.read_parquet(part)["sample_id"])
+    part.unlink()
+    run(samples, "rationale", rationales, verify=CFG.verify, keep=failed)
+    again = read_rows(rationales)
+    assert sorted(again["sample_id"]) == sorted(failed) and lost <= set(again["sample_id"])
+
+
+def test_the_frames_step_is_never_fused_into_the_generation_actors(ray_local):
+    import io
+
+    import ray
+
+    from vstar.generate.stage import generated, with_frames
+
+    ds = with_frames(ray.data.from_items([{"video": "v.mp4", "start_s": None, "end_s": None}]), CFG.data)
+    plan = io.StringIO()
+    with contextlib.redirect_stdout(plan):
+        generated(ds, lambda: None, "m", CFG.generate).explain()
+    physical = plan.getvalue().split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(GenerateActor)]" in physical
+    assert "TaskPoolMapOperator[MapBatches(decode_batch)]" in physical  # its own CPU tasks, not inside the actor
+
+
 @pytest.mark.slow
 def test_killed_part_way_then_rerun_generates_nothing_twice(ray_local, tmp_path):
     """A real `vstar generate` process killed with SIGKILL while it writes, then run again to completion."""

@@ -93,10 +93,11 @@ def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None) -> Pat
 
 
 def video_star_sft(cfg: Config, model: str, samples: list[Sample], cycle: Cycle) -> dict:
-    """Steps 1-3 of Video-STaR: answers, the failures rationalized, both verified and curated into SFT records."""
-    generate(cfg, model, samples, "answer", cycle.answers)
-    failed = failed_ids(read_rows(cycle.answers))
-    generate(cfg, model, [s for s in samples if s.sample_id in failed], "rationale", cycle.rationales)
+    """Steps 1-3 of Video-STaR: answers, the failures rationalized, both verified and curated into SFT records. A
+    sample is rationalized as soon as its answers failed, in the answer pass; the rationale pass then makes only
+    those a kill interrupted."""
+    generate(cfg, model, samples, "answer", cycle.answers, rationales_to=cycle.rationales)
+    generate(cfg, model, samples, "rationale", cycle.rationales, keep=failed_ids(read_rows(cycle.answers)))
     return curate_records(cfg, cycle)
 
 
@@ -193,24 +194,36 @@ def split(samples: list[Sample], eval_cfg: EvalConfig) -> tuple[list[Sample], li
 
 
 def generate(
-    cfg: Config, model: str, samples: list[Sample], kind: str, out: Path, sampling: Sampling | None = None
+    cfg: Config,
+    model: str,
+    samples: list[Sample],
+    kind: str,
+    out: Path,
+    sampling: Sampling | None = None,
+    keep: set[str] | None = None,
+    rationales_to: Path | None = None,
 ) -> dict:
     """A generation stage (answers, rationales or eval answers) run once: `kind` "answer" asks the question,
-    "rationale" adds the label as a hint; every row verified. Returns the stage's stats."""
+    "rationale" adds the label as a hint; every row verified; `keep`: only these samples; `rationales_to`: the
+    answers' failures rationalized in the same pass, into that folder. Returns the stage's stats (its rows')."""
 
     def stage() -> dict:
         start = time.perf_counter()
         how = sampling or Sampling.from_config(cfg.generate, cfg.run.seed)
-        generate_stage(samples, kind, out, model, cfg.generate, how, cfg.data, cfg.verify, cfg.model.dtype)
+        generate_stage(
+            samples, kind, out, model, cfg.generate, how, cfg.data, cfg.verify, cfg.model.dtype,
+            keep=keep, rationales_to=rationales_to,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
-        stats = {"model": model, "samples": len(samples), **generation_stats(read_rows(out))}
-        stats |= {"seconds": seconds, "rows_per_s": len(samples) / seconds if seconds else None}
+        rows = read_rows(out)
+        stats = {"model": model, "samples": len(rows), **generation_stats(rows)}
+        stats |= {"seconds": seconds, "rows_per_s": len(rows) / seconds if seconds else None}
         log.info(
             "%s/%s: %d/%d samples with a passing answer (%.1f%%), %d errors, %.1f s",
             out.parent.name,
             out.name,
             stats["passed"],
-            len(samples) - stats["errors"],
+            stats["samples"] - stats["errors"],
             100 * stats["yield"],
             stats["errors"],
             seconds,

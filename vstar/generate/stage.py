@@ -1,17 +1,25 @@
-"""The Ray Data stages over samples: the generation stage — decode frames (CPU tasks) → generate (an actor pool,
-the model loaded once per actor) → verify → Parquet files under `out_dir` — and the video check and the verifier
-alone, which share its pieces.
+"""The generation stage on Ray Data: sample rows → prompts → frames (CPU tasks: the frame store, or the decoder) →
+generate (an actor pool, the model loaded once per actor) → verify → Parquet files under `out_dir`; and the verifier
+alone, which shares its pieces.
 
     vstar generate jobs/demo.yaml --mode answer --out runs/demo/cycle_1/answers
+
+The frames come from CPU tasks beside the actors, never fused into them, so an accelerator never waits for a decoder:
+while an actor generates one batch the next ones are being read. With `rationales_to`, an answer stage also
+rationalizes: the rows of a batch whose answers all failed verification are asked again with the label as a hint in
+the same actor call, on the frames it already holds, while other answers are still being generated; their rows go
+to `rationales_to`. (A rationale row that a kill lost is made by a rationale stage over the failed answers without
+one: `pending_rationales`.)
 
 Every input row comes out once: with K candidates and their verdicts, or with an `error` (the video
 could not be decoded, or the model refused that row's input). Any other failure is the engine's (vLLM's engine
 died, a CUDA error): the actor exits, Ray restarts it and retries its batch (`ENGINE_RETRIES` times), then the
-stage fails with nothing of that batch written. Resumable: a rerun skips the `sample_id`s
-already written, so nothing is generated twice; a file cut short by a kill is unreadable, removed, and
-its rows are generated again.
+stage fails with nothing of that batch written. Resumable: each block is one file, named after its rows' sample_ids
+and moved in place when whole (a retried block replaces its file, never adds a second), and a rerun skips the
+`sample_id`s already written, so nothing is generated twice.
 
-Columns: sample_id, kind (answer/rationale), task, template_id, question (never with the hint),
+Input: a Parquet sample table (`vstar.data.table`: one row a sample, labels as JSON text) or a list of Samples.
+Columns written: sample_id, kind (answer/rationale), task, template_id, question (never with the hint),
 prompt, labels (JSON), candidates, candidate_tokens, prompt_tokens, frame_indices, fps, total_frames,
 duration_s, frame_width, frame_height, decode_backend, model, error, and from verification
 verdicts (JSON), passed, num_passed.
@@ -19,6 +27,7 @@ verdicts (JSON), passed, num_passed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +36,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from vstar.config import DataConfig, GenerateConfig, VerifyConfig, accelerator_resources
@@ -35,11 +46,15 @@ from vstar.data.frames import decode_options, frames_from_batch, frames_row, mm_
 from vstar.generate.backends import BACKENDS, Backend
 from vstar.generate.prompts import PROMPTS
 from vstar.generate.sampling import Sampling
-from vstar.schema import GENERATED, Sample
+from vstar.schema import GENERATED, Label, Sample
 from vstar.verify.batch import verify_rows
 
 log = logging.getLogger("vstar")
 ENGINE_RETRIES = 2  # a batch whose engine fails is retried this many times on a restarted actor
+FRAMES = ("frames", "frames_shape", "frame_indices", "fps", "total_frames", "decode_backend", "error")
+# CPUs a frames task asks for: distinct from an actor's (1), so Ray Data never fuses the frames step into the
+# generation actors (it fuses a task map into an actor map only when their resources are equal)
+FRAMES_CPUS = 0.5
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -47,14 +62,100 @@ def conform(table: pa.Table) -> pa.Table:
     return pa.table([table.column(f.name).cast(f.type) for f in GENERATED], schema=GENERATED)
 
 
-class GenerateActor:
-    """A Ray Data callable class: one backend (one model) per actor, a batch of decoded rows per call."""
+# ---- input: sample rows → prompt rows ------------------------------------------------------------------------
 
-    def __init__(self, make_backend: Callable[[], Backend], model: str):
+
+def sample_row(s: Sample) -> dict:
+    """A Sample as a row of the stage's input table (labels as JSON text: their values mix types)."""
+    return {
+        "sample_id": s.sample_id,
+        "task": s.task,
+        "template_id": s.template_id,
+        "video": s.video,
+        "start_s": s.start_s,
+        "end_s": s.end_s,
+        "question": s.question,
+        "labels": json.dumps([x.to_json() for x in s.labels]),
+    }
+
+
+def prompt_rows(samples: list[Sample], kind: str) -> list[dict]:
+    """One row per sample: the prompt for `kind` and what the written record keeps (the question without hint)."""
+    return with_prompts(pd.DataFrame([sample_row(s) for s in samples]), kind).to_dict(orient="records")
+
+
+def with_prompts(
+    batch: pd.DataFrame, kind: str, skip: frozenset = frozenset(), keep: frozenset | None = None
+) -> pd.DataFrame:
+    """Sample rows → prompt rows for `kind`: `kind` and `prompt` added; only the rows whose sample_id is in `keep`
+    (None: every row) and not in `skip` (already written)."""
+    columns = ["sample_id", "task", "template_id", "video", "start_s", "end_s", "question", "labels"]
+    wanted = ~batch["sample_id"].isin(skip) & (batch["sample_id"].isin(keep) if keep is not None else True)
+    batch = batch.loc[wanted, columns].reset_index(drop=True)
+    if not batch["question"].notna().all():
+        missing = batch.loc[batch["question"].isna(), "sample_id"].tolist()
+        raise ValueError(f"samples without a question (assign questions first): {missing[:5]}")
+    build = PROMPTS[kind]
+    prompts = [build(q, _labels(raw)) for q, raw in zip(batch["question"], batch["labels"], strict=True)]
+    return batch.assign(kind=kind, prompt=pd.Series(prompts, dtype=object, index=batch.index))
+
+
+def _labels(raw: str) -> list[Label]:
+    return [Label.model_validate(x) for x in json.loads(raw)]
+
+
+# ---- frames ---------------------------------------------------------------------------------------------------
+
+
+def decode_batch(batch: dict[str, np.ndarray], **options) -> dict[str, np.ndarray]:
+    """The batch plus its rows' frames (`frames_row`'s columns), decoded here: the frames step without a store."""
+    rows = [
+        frames_row({"video": str(v), "start_s": _given(s), "end_s": _given(e)}, **options)
+        for v, s, e in zip(batch["video"], batch["start_s"], batch["end_s"], strict=True)
+    ]
+    return {**batch, **{k: _objects([r[k] for r in rows]) for k in FRAMES}}
+
+
+def with_frames(ds: ray.data.Dataset, data: DataConfig, store=None, batch_size: int = 16) -> ray.data.Dataset:
+    """Rows → rows with their frames, as CPU tasks (never fused into the generation actors): read from the frame
+    store (`vstar.data.store`; a miss is decoded and stored) or, without one, decoded."""
+    if store is not None:
+        fn, kwargs = store.read_batch, {}
+    else:
+        fn, kwargs = decode_batch, decode_options(data)
+    return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy", num_cpus=FRAMES_CPUS)
+
+
+# ---- generate -------------------------------------------------------------------------------------------------
+
+
+class GenerateActor:
+    """A Ray Data callable class: one backend (one model) per actor, a batch of rows with frames per call.
+
+    With `rationalize` (a `VerifyConfig` and the label sets), the answers are verified here and the rows with no
+    passing answer asked again with the label as a hint, on the same frames: both kinds of rows come out verified.
+    """
+
+    def __init__(self, make_backend: Callable[[], Backend], model: str, rationalize: tuple | None = None):
         self.model = model
         self.backend = make_backend()
+        self.rationalize = rationalize
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            out = self._answer(batch)
+            if self.rationalize is not None:
+                out = self._with_rationales(batch, out)
+            return out
+        except Exception:
+            if ray.get_runtime_context().get_actor_id() is None:  # called directly, outside Ray Data
+                raise
+            # the engine is broken (and a CUDA error poisons the process): exit so Ray restarts the actor and
+            # retries this batch, instead of writing its rows as errors that count as done
+            log.exception("the engine failed; exiting so Ray restarts this actor and retries the batch")
+            os._exit(1)
+
+    def _answer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["sample_id"])
         out = {k: v for k, v in batch.items() if k not in ("frames", "frames_shape")}  # not written
         # equal-length lists arrive as a 2-D array; as lists they keep one Arrow type with or without error rows
@@ -64,16 +165,7 @@ class GenerateActor:
             (int(s[1]), int(s[2])) if e is None else (0, 0) for s, e in zip(batch["frames_shape"], errors, strict=True)
         ]
         candidates, tokens, prompt_tokens = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
-        try:
-            results = self._generate(batch, [i for i in range(n) if errors[i] is None], errors)
-        except Exception:
-            if ray.get_runtime_context().get_actor_id() is None:  # called directly, outside Ray Data
-                raise
-            # the engine is broken (and a CUDA error poisons the process): exit so Ray restarts the actor and
-            # retries this batch, instead of writing its rows as errors that count as done
-            log.exception("the engine failed; exiting so Ray restarts this actor and retries the batch")
-            os._exit(1)
-        for i, result in results:
+        for i, result in self._generate(batch, [i for i in range(n) if errors[i] is None], errors):
             candidates[i], tokens[i], prompt_tokens[i] = (
                 result.candidates,
                 result.candidate_tokens,
@@ -90,6 +182,26 @@ class GenerateActor:
         )
         return out
 
+    def _with_rationales(self, batch: dict[str, np.ndarray], answers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The answers verified, plus a verified rationale row for each row with no passing answer (and no error)."""
+        verify, label_sets = self.rationalize
+        answered = verify_batch(answers, verify, label_sets)
+        failed = [
+            i
+            for i, (passed, error) in enumerate(zip(answered["num_passed"], answered["error"], strict=True))
+            if passed == 0 and not isinstance(error, str)
+        ]
+        if not failed:
+            return answered
+        hinted = {k: v[failed] for k, v in batch.items()}
+        build = PROMPTS["rationale"]
+        hinted["kind"] = np.array(["rationale"] * len(failed), dtype=object)
+        hinted["prompt"] = _objects(
+            [build(str(q), _labels(str(x))) for q, x in zip(hinted["question"], hinted["labels"], strict=True)]
+        )
+        rationales = verify_batch(self._answer(hinted), verify, label_sets)
+        return {k: np.concatenate([answered[k], rationales[k]]) for k in answered}
+
     def _generate(self, batch, rows: list[int], errors: list):
         """Generate for the rows as one batch. A row's own bad input raises ValueError (a frame array the processor
         refuses; vLLM's VLLMValidationError, e.g. a prompt longer than max_model_len): then row by row, so that row
@@ -105,12 +217,26 @@ class GenerateActor:
             return [pair for i in rows for pair in self._generate(batch, [i], errors)]
 
 
-def generated(ds: ray.data.Dataset, make_backend: Callable[[], Backend], model: str, gen: GenerateConfig):
-    """Decoded rows → rows with candidates, on `gen.num_actors` actors of `gen.batch_size` rows a call. An actor
+def verify_batch(batch: dict[str, np.ndarray], cfg: VerifyConfig, label_sets: dict | None) -> dict[str, np.ndarray]:
+    """A numpy batch of generated rows with its duration and verdicts added (`add_duration`, `verify_rows`)."""
+    frame = pd.DataFrame({k: list(v) if v.ndim > 1 else v for k, v in batch.items()})
+    frame = pd.DataFrame([add_duration(r) for r in frame.to_dict(orient="records")])
+    verified_ = verify_rows(frame, cfg, **({"label_sets": label_sets} if label_sets else {}))
+    return {k: _objects(list(verified_[k])) for k in verified_.columns}
+
+
+def generated(
+    ds: ray.data.Dataset,
+    make_backend: Callable[[], Backend],
+    model: str,
+    gen: GenerateConfig,
+    rationalize: tuple | None = None,
+):
+    """Rows with frames → rows with candidates, on `gen.num_actors` actors of `gen.batch_size` rows a call. An actor
     that exits (a failed engine) is restarted and its batch retried."""
     return ds.map_batches(
         GenerateActor,
-        fn_constructor_args=(make_backend, model),
+        fn_constructor_args=(make_backend, model, rationalize),
         compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
         num_gpus=gen.num_gpus_per_actor,
         resources=accelerator_resources(gen.accelerator_resource, gen.num_gpus_per_actor),
@@ -132,38 +258,39 @@ def _objects(values: list) -> np.ndarray:
     return arr
 
 
-def prompt_rows(samples: list[Sample], kind: str) -> list[dict]:
-    """One row per sample: the prompt for `kind` and what the written record keeps (the question without hint)."""
-    build = PROMPTS[kind]
-    return [
-        {
-            "sample_id": s.sample_id,
-            "kind": kind,
-            "task": s.task,
-            "template_id": s.template_id,
-            "video": s.video,
-            "start_s": s.start_s,
-            "end_s": s.end_s,
-            "question": s.question,
-            "prompt": build(s.question, s.labels),
-            "labels": json.dumps([x.to_json() for x in s.labels]),
-        }
-        for s in samples
-    ]
+# ---- output ---------------------------------------------------------------------------------------------------
 
 
 def written_ids(out_dir: Path) -> set[str]:
     """sample_ids already written; a Parquet file a kill cut short is removed (its rows were never written)."""
-    import pyarrow.parquet as pq
-
     done = set()
     for path in sorted(out_dir.glob("*.parquet")):
         try:
             done.update(pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist())
-        except Exception as e:  # unreadable: a partial file
+        except Exception as e:  # unreadable: a partial file (files are moved in place whole; an older vstar's)
             log.warning("removing unreadable %s (%s); its rows will be generated again", path, type(e).__name__)
             path.unlink()
     return done
+
+
+def write_parts(table: pa.Table, dirs: dict[str, str]) -> pa.Table:
+    """Write a block's rows, each kind to its folder (`dirs[kind]`), as one file per kind named after its rows'
+    sample_ids and moved in place whole: a retried block replaces its file. Answers before rationales, so a
+    rationale row is never on disk without its answer row. Returns (kind, rows) per file written."""
+    table = conform(table)
+    kinds, counts = [], []
+    for kind in ("answer", "rationale"):
+        part = table.filter(pa.compute.equal(table.column("kind"), kind))
+        if not part.num_rows:
+            continue
+        ids = "\n".join(sorted(part.column("sample_id").to_pylist()))
+        path = Path(dirs[kind], f"part-{hashlib.sha1(ids.encode()).hexdigest()[:20]}.parquet")
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(part, tmp)
+        os.replace(tmp, path)
+        kinds.append(kind)
+        counts.append(part.num_rows)
+    return pa.table({"kind": pa.array(kinds, pa.string()), "rows": pa.array(counts, pa.int64())})
 
 
 def _given(x) -> float | None:
@@ -180,8 +307,31 @@ def add_duration(row: dict) -> dict:
     return {**row, "duration_s": min(end or full, full) - (start or 0.0)}
 
 
+# ---- the stage ------------------------------------------------------------------------------------------------
+
+
+def sample_dataset(samples: list[Sample] | str | Path) -> ray.data.Dataset:
+    """The stage's input rows: a Parquet sample table read by Ray Data (streamed, never held by the driver), or a
+    list of Samples."""
+    if isinstance(samples, (str, Path)):
+        return ray.data.read_parquet(str(samples))
+    rows = [sample_row(s) for s in samples]
+    return ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 16, 200)))
+
+
+def todo_count(samples: list[Sample] | str | Path, keep: frozenset | None, done: frozenset) -> tuple[int, int]:
+    """(samples in the stage, samples left to generate), from the ids alone (a columnar read of a table)."""
+    if isinstance(samples, (str, Path)):
+        ids = pq.read_table(samples, columns=["sample_id"]).column("sample_id").to_pylist()
+    else:
+        ids = [s.sample_id for s in samples]
+    if keep is not None:
+        ids = [i for i in ids if i in keep]
+    return len(ids), sum(i not in done for i in ids)
+
+
 def generate_stage(
-    samples: list[Sample],
+    samples: list[Sample] | str | Path,
     kind: str,
     out_dir: str | Path,
     model: str,
@@ -190,20 +340,31 @@ def generate_stage(
     data: DataConfig,
     verify: VerifyConfig,
     dtype: str = "auto",
+    *,
+    keep: set[str] | None = None,
+    store=None,
+    label_sets: dict | None = None,
+    rationales_to: str | Path | None = None,
 ) -> Path:
     """Run the stage for the samples not yet written under `out_dir`; return `out_dir`. `kind`: "answer" asks the
     question, "rationale" adds the labels as a hint; `gen` says how the work is spread (backend, actors, GPUs,
-    batch), `sampling` what each row gets (candidates, temperature, top_p, tokens, seed)."""
+    batch), `sampling` what each row gets (candidates, temperature, top_p, tokens, seed). `samples`: a Parquet
+    sample table or a list (`keep`: only these ids); `store`: the frame store to read frames from (None: decode);
+    `label_sets`: the manifest's, for the verifier; `rationales_to`: rationalize the failures of an answer stage in
+    the same pass, into this folder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = written_ids(out_dir)
-    todo = [s for s in samples if s.sample_id not in done]
-    missing_q = [s.sample_id for s in todo if not s.question]
-    if missing_q:
-        raise ValueError(f"samples without a question (assign questions first): {missing_q[:5]}")
-    log.info(
-        "%s: %d samples, %d already written, %d to generate → %s", kind, len(samples), len(done), len(todo), out_dir
-    )
+    dirs = {kind: str(out_dir)}
+    if rationales_to is not None:
+        if kind != "answer":
+            raise ValueError("rationales_to applies to an answer stage")
+        Path(rationales_to).mkdir(parents=True, exist_ok=True)
+        dirs["rationale"] = str(rationales_to)
+        written_ids(Path(rationales_to))  # removes a part file a kill cut short
+    done = frozenset(written_ids(out_dir))
+    keep = frozenset(keep) if keep is not None else None
+    total, todo = todo_count(samples, keep, done)
+    log.info("%s: %d samples, %d already written, %d to generate → %s", kind, total, total - todo, todo, out_dir)
     if not todo:
         return out_dir
     backend_kwargs = dict(dtype=dtype)
@@ -212,21 +373,31 @@ def generate_stage(
         backend_kwargs.update(mm_processor_kwargs=mm_processor_kwargs(data))  # vLLM bounds frames as decode did
     else:
         backend_kwargs.update(max_frame_pixels=data.max_frame_pixels)  # so does the transformers processor
-    rows = prompt_rows(todo, kind)
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // gen.batch_size, 200)))
-    ds = ds.map(frames_row, fn_kwargs=decode_options(data))
-    ds = generated(ds, partial(BACKENDS[gen.backend], model, sampling, **backend_kwargs), model, gen)
-    ds = ds.map(add_duration)
-    ds = verified(ds, verify, batch_size=None)  # whole blocks: each stays one written file, the unit a rerun keeps
-    ds = ds.map_batches(conform, batch_format="pyarrow")
-    ds.write_parquet(str(out_dir))
+    ds = sample_dataset(samples)
+    ds = ds.map_batches(with_prompts, fn_kwargs={"kind": kind, "skip": done, "keep": keep}, batch_format="pandas")
+    ds = with_frames(ds, data, store)
+    make_backend = partial(BACKENDS[gen.backend], model, sampling, **backend_kwargs)
+    rationalize = (verify, label_sets) if rationales_to is not None else None
+    ds = generated(ds, make_backend, model, gen, rationalize)
+    if rationalize is None:
+        ds = ds.map(add_duration)
+        ds = verified(ds, verify, label_sets, batch_size=None)
+    ds = ds.map_batches(write_parts, fn_kwargs={"dirs": dirs}, batch_format="pyarrow", batch_size=None)
+    written = {}
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for k, n in zip(batch.column("kind").to_pylist(), batch.column("rows").to_pylist(), strict=True):
+            written[k] = written.get(k, 0) + n
+    log.info("%s: wrote %s", kind, ", ".join(f"{n} {k} rows" for k, n in written.items()) or "nothing")
     return out_dir
 
 
-def verified(ds: ray.data.Dataset, cfg: VerifyConfig, batch_size: int | None = 256) -> ray.data.Dataset:
+def verified(
+    ds: ray.data.Dataset, cfg: VerifyConfig, label_sets: dict | None = None, batch_size: int | None = 256
+) -> ray.data.Dataset:
     """Answer rows (`labels` + `candidates` or `answer`) with `verdicts`, `passed` and `num_passed` added, verified
     `batch_size` rows at a time (None: a block at a time)."""
-    return ds.map_batches(verify_rows, batch_format="pandas", batch_size=batch_size, fn_kwargs={"cfg": cfg})
+    kwargs = {"cfg": cfg, **({"label_sets": label_sets} if label_sets else {})}
+    return ds.map_batches(verify_rows, batch_format="pandas", batch_size=batch_size, fn_kwargs=kwargs)
 
 
 def check_clips(samples: list[Sample], data: DataConfig) -> list[dict]:

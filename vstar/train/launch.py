@@ -19,16 +19,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
-import numpy as np
 import ray
 import ray.train
 from ray.train import CheckpointConfig, CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vstar.config import DataConfig, TrainConfig, accelerator_resources
-from vstar.data.frames import decode_options, frames_row
+from vstar.generate.stage import with_frames
 from vstar.train.collate import label_words
 from vstar.train.core import total_steps, train_worker
 
@@ -137,8 +137,43 @@ def scaling_config(cfg: TrainConfig) -> ScalingConfig:
     )
 
 
+TRAIN_KEYS = ("sample_id", "video", "start_s", "end_s", "question", "answer")
+
+
+def training_table(records: str | Path | list[dict], path: Path, chunk: int = 10_000) -> int:
+    """SFT records (a records.jsonl, streamed line by line, or a list) → a Parquet table of what training reads
+    (TRAIN_KEYS and `label_words` as JSON), written a row group at a time; returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def lines():
+        if isinstance(records, list):
+            yield from records
+            return
+        with open(records) as f:
+            yield from (json.loads(line) for line in f if line.strip())
+
+    schema = pa.schema(
+        [("sample_id", pa.string()), ("video", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+         ("question", pa.string()), ("answer", pa.string()), ("label_words", pa.string())]
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, n, rows = path.with_name(f".{path.name}.tmp"), 0, []
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for r in lines():
+            rows.append({**{k: r.get(k) for k in TRAIN_KEYS}, "label_words": json.dumps(label_words(r.get("labels")))})
+            if len(rows) == chunk:
+                writer.write_table(pa.Table.from_pylist(rows, schema))
+                n, rows = n + len(rows), []
+        if rows or not n:
+            writer.write_table(pa.Table.from_pylist(rows, schema))
+            n += len(rows)
+    os.replace(tmp, path)
+    return n
+
+
 def train(
-    records: list[dict],
+    records: str | Path | list[dict],
     init: str,
     out: str | Path,
     train_cfg: TrainConfig,
@@ -148,23 +183,25 @@ def train(
     max_steps: int | None = None,
     checkpoint_every: int | None = None,
     seed: int = 0,
+    store=None,
 ):
-    """Finetune `init` on the records; export the result to `out`. Returns Ray Train's Result.
+    """Finetune `init` on the records (a records.jsonl or a list); export the result to `out`. Returns Ray Train's
+    Result. Frames come from `store` (the frame store; None: decoded).
 
     A checkpoint every `checkpoint_every` steps (default: `train.checkpoint_every_steps`, or a quarter of the run's
     steps), every `train.checkpoint_every_minutes`, and at the last step.
     """
-    keys = ("sample_id", "video", "start_s", "end_s", "question", "answer")
-    rows = [{**{k: r.get(k) for k in keys}, "label_words": json.dumps(label_words(r.get("labels")))} for r in records]
-    rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]  # curated records come sorted
-    ds = ray.data.from_items(rows).map(frames_row, fn_kwargs=decode_options(data))
-    ds = ds.filter(lambda r: r["error"] is None)
-    if train_cfg.cache_decoded:  # small data, several epochs: decode once instead of once an epoch
+    table = Path(storage).resolve() / name / "records.parquet"  # beside the run's checkpoints: read by every worker
+    num_rows = training_table(records, table)
+    # curated records come sorted: shuffled once, rows without frames (a small shuffle), then the frames read
+    ds = ray.data.read_parquet(str(table)).random_shuffle(seed=seed)
+    ds = with_frames(ds, data, store).filter(lambda r: r["error"] is None)
+    if train_cfg.cache_decoded:  # small data, several epochs: frames read once instead of once an epoch
         ds = ds.materialize()
     lora = train_cfg.lora.model_dump() if train_cfg.lora.enabled else None
     checkpoint_every = checkpoint_every or train_cfg.checkpoint_every_steps
     if checkpoint_every is None:
-        total = total_steps(len(rows), train_cfg.global_batch_size, train_cfg.epochs, max_steps)
+        total = total_steps(num_rows, train_cfg.global_batch_size, train_cfg.epochs, max_steps)
         checkpoint_every = max(1, total // 4)
     loop_cfg = dict(
         init=init,
@@ -179,7 +216,7 @@ def train(
         gradient_checkpointing=train_cfg.gradient_checkpointing,
         lora=lora,
         use_gpu=train_cfg.use_gpu,
-        num_samples=len(rows),
+        num_samples=num_rows,
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
         checkpoint_every_s=train_cfg.checkpoint_every_minutes * 60 if train_cfg.checkpoint_every_minutes else None,

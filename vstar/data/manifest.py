@@ -130,8 +130,8 @@ def _json_row(line: str) -> Any:
 
 def _clean(row: dict, base: Path | None) -> dict:
     """Normalise what file formats add: NaN and None cells dropped, labels given as JSON text parsed,
-    relative video paths resolved against the manifest's folder."""
-    row = {k: v for k, v in row.items() if not (v is None or (isinstance(v, float) and math.isnan(v)))}
+    relative video paths resolved against the manifest's folder, the sample table's `clip` (derived) dropped."""
+    row = {k: v for k, v in row.items() if not (v is None or (isinstance(v, float) and math.isnan(v)) or k == "clip")}
     if isinstance(row.get("labels"), str):
         try:
             row["labels"] = json.loads(row["labels"])
@@ -155,7 +155,7 @@ def parse_label_sets(raw: Any) -> dict[str, tuple[str, ...]]:
     Traceback (most recent call last):
     ValueError: label set 'directions': expected a non-empty list of class names, got []
     """
-    if not isinstance(raw, dict) or not raw:
+    if not isinstance(raw, dict):
         raise ValueError(f"expected {{name: [class names]}}, got {str(raw)[:200]}")
     sets = {}
     for name, members in raw.items():

@@ -21,7 +21,7 @@ The YAML names the table and says which column holds what (only `rows`, `video` 
 
 Label values are written as the label types of vstar.schema expect them: timestamps and spans as fractions of the
 clip, boxes as normalized [x1, y1, x2, y2]; in a CSV cell a span, box or sequence is a JSON list. A class label's
-`choices` default to every value of its column. An empty cell leaves that label out of the row's sample. A row whose
+`choices` default to every value of its column: a label set named after the column. An empty cell leaves that label out of the row's sample. A row whose
 video is missing, or that has no label, is reported; so is every value the schema refuses, with its field.
 """
 
@@ -78,7 +78,7 @@ def _labels(specs: dict[str, dict[str, Any]], row: dict[str, Any], choices: dict
         if "at" in spec:
             label["at"] = row.get(spec["at"])
         if spec["type"] == "class" and "choices" not in spec and len(choices[column]) > 1:
-            label["choices"] = choices[column]
+            label["label_set"] = column
         labels.append({k: v for k, v in label.items() if v is not None})
     return labels
 
@@ -125,4 +125,5 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
             if key in cfg and row.get(cfg[key]) is not None:
                 sample[key] = row[cfg[key]]
         rows.append((where, sample))
-    return report_from(rows, unusable)
+    label_sets = {c: tuple(names) for c, names in choices.items() if len(names) > 1}
+    return report_from(rows, unusable, label_sets)

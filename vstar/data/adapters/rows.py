@@ -14,14 +14,18 @@ its field and reason, never as a bad sample.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from vstar.data.manifest import ManifestReport, Rejected, validate_rows
 
 
-def report_from(rows: list[tuple[str, dict[str, Any]]], unusable: list[Rejected]) -> ManifestReport:
-    """Validated samples of `rows`; the rejected are the unusable rows first, then the rows that failed validation."""
-    report = validate_rows(rows)
+def report_from(
+    rows: Iterable[tuple[str, dict[str, Any]]], unusable: list[Rejected], label_sets: dict | None = None
+) -> ManifestReport:
+    """Validated samples of `rows` (their labels may name the `label_sets`); the rejected are the unusable rows
+    first, then the rows that failed validation. `rows` may be a generator that fills `unusable` as it goes."""
+    report = validate_rows(rows, label_sets=label_sets)
     report.rejected = unusable + report.rejected
     return report
 

@@ -468,29 +468,32 @@ def cmd_synth(args) -> int:
 def cmd_convert(args) -> int:
     from pathlib import Path
 
-    from vstar.data.adapters import CONVERTERS
-    from vstar.data.manifest import write_manifest
+    from vstar.data.adapters import STREAMS
+    from vstar.data.manifest import write_stream
 
-    report = CONVERTERS[args.source](Path(args.annotations), Path(args.videos))
-    for rejected in report.rejected:
-        print(f"rejected {rejected.message}", file=sys.stderr)
-    print(report.summary())
-    print(f"wrote {write_manifest(report, args.out)}")
-    return 0 if report.samples else 1  # missing videos are normal in these datasets; no sample at all is a failure
+    label_sets: dict = {}
+    items = _shown(STREAMS[args.source](Path(args.annotations), Path(args.videos), label_sets))
+    tally = write_stream(items, args.out, label_sets)
+    print(tally.text())
+    print(f"wrote {Path(args.out) / 'samples.jsonl'}")
+    return 0 if tally.samples else 1  # missing videos are normal in these datasets; no sample at all is a failure
+
+
+def _shown(items):
+    """The items, each Rejected row printed to stderr as it passes."""
+    from vstar.data.manifest import Rejected
+
+    for item in items:
+        if isinstance(item, Rejected):
+            print(f"rejected {item.message}", file=sys.stderr)
+        yield item
 
 
 def cmd_validate(args) -> int:
-    from vstar.data.manifest import Rejected, Tally, stream_manifest, write_stream
+    from vstar.data.manifest import Tally, stream_manifest, write_stream
 
     label_sets: dict = {}
-
-    def shown(items):
-        for item in items:
-            if isinstance(item, Rejected):
-                print(f"rejected {item.message}", file=sys.stderr)
-            yield item
-
-    items = shown(stream_manifest(args.manifest, label_sets))  # one row at a time: any size of manifest
+    items = _shown(stream_manifest(args.manifest, label_sets))  # one row at a time: any size of manifest
     if args.out:
         tally = write_stream(items, args.out, label_sets)
     else:

@@ -238,14 +238,20 @@ def validated(
             yield sample
 
 
+def collect(items: Iterable[Sample | Rejected], label_sets: dict) -> ManifestReport:
+    """Samples and Rejected rows gathered into a report, with the label sets they were validated against."""
+    report = ManifestReport(label_sets=label_sets)
+    for item in items:
+        (report.rejected if isinstance(item, Rejected) else report.samples).append(item)
+    return report
+
+
 def validate_rows(
     rows: Iterable[tuple[str, Any]], base: Path | None = None, label_sets: dict | None = None
 ) -> ManifestReport:
     """`validated` collected into a report (its `label_sets`: the given ones and those the rows define)."""
-    report = ManifestReport(label_sets={} if label_sets is None else label_sets)
-    for item in validated(rows, base, report.label_sets):
-        (report.rejected if isinstance(item, Rejected) else report.samples).append(item)
-    return report
+    sets = {} if label_sets is None else label_sets
+    return collect(validated(rows, base, sets), sets)
 
 
 def _errors(e: ValueError) -> list[tuple[str, str]]:
@@ -276,10 +282,8 @@ def stream_manifest(path: str | os.PathLike, label_sets: dict | None = None) -> 
 
 def load_manifest(path: str | os.PathLike) -> ManifestReport:
     """Read and validate a manifest file into memory (`stream_manifest` for one too large for that)."""
-    report = ManifestReport()
-    for item in stream_manifest(path, report.label_sets):
-        (report.rejected if isinstance(item, Rejected) else report.samples).append(item)
-    return report
+    sets: dict = {}
+    return collect(stream_manifest(path, sets), sets)
 
 
 def sample_lines(sample: Sample, label_sets: LabelSets, written: set[str]) -> str:

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vstar.data.adapters.rows import missing_video, report_from
+from vstar.data.adapters.rows import missing_video, report_from, streamed
 from vstar.data.manifest import ManifestReport, Rejected
+from vstar.schema import Sample
 
 KEYS = {"rows", "video", "id", "task", "split", "question", "start_s", "end_s", "source", "labels"}
 LABEL_KEYS = {"type", "name", "subject", "synonyms", "choices", "at"}
@@ -127,3 +129,8 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
         rows.append((where, sample))
     label_sets = {c: tuple(names) for c, names in choices.items() if len(names) > 1}
     return report_from(rows, unusable, label_sets)
+
+
+def stream(annotations: Path, videos: Path, label_sets: dict) -> Iterator[Sample | Rejected]:
+    """`convert`'s report one item at a time, for `vstar data convert` (converted in memory: generic is small)."""
+    return streamed(convert(annotations, videos), label_sets)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from vstar.data.adapters.rows import missing_video, report_from
-from vstar.data.manifest import ManifestReport, Rejected
+from vstar.data.adapters.rows import missing_video
+from vstar.data.manifest import ManifestReport, Rejected, collect, validated
+from vstar.schema import Sample
 
 LABEL_SET = "kinetics700"  # every class of the CSV: the label's choices, named once in the manifest
 SPLITS = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
@@ -83,8 +85,19 @@ def _rows(annotations: Path, videos: Path, by_name: dict[str, str], unusable: li
             )
 
 
-def convert(annotations: Path, videos: Path) -> ManifestReport:
-    """Samples of every labelled row of the CSV whose clip or full video is under `videos`."""
+def stream(annotations: Path, videos: Path, label_sets: dict) -> Iterator[Sample | Rejected]:
+    """Samples of every labelled row of the CSV whose clip or full video is under `videos`, and the rows left out,
+    one at a time (memory: the index of video names and the sample_ids); the label set is added to `label_sets`."""
     videos, unusable = Path(videos).resolve(), []
-    label_sets = {LABEL_SET: classes_of(annotations)}
-    return report_from(_rows(Path(annotations), videos, index_videos(videos), unusable), unusable, label_sets)
+    label_sets[LABEL_SET] = classes_of(annotations)
+    for item in validated(_rows(Path(annotations), videos, index_videos(videos), unusable), label_sets=label_sets):
+        yield from unusable  # the rows left out before this one
+        unusable.clear()
+        yield item
+    yield from unusable
+
+
+def convert(annotations: Path, videos: Path) -> ManifestReport:
+    """`stream` gathered into a report."""
+    label_sets: dict = {}
+    return collect(stream(annotations, videos, label_sets), label_sets)

@@ -14,10 +14,11 @@ its field and reason, never as a bad sample.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vstar.data.manifest import ManifestReport, Rejected, validate_rows
+from vstar.schema import Sample
 
 
 def report_from(
@@ -33,3 +34,11 @@ def report_from(
 def missing_video(where: str, raw: Any, *tried: object) -> Rejected:
     """A row whose video is not there: not fatal, reported with every path that was looked for."""
     return Rejected(where, [("video", "not found: " + " or ".join(str(p) for p in tried))], raw)
+
+
+def streamed(report: ManifestReport, label_sets: dict) -> Iterator[Sample | Rejected]:
+    """A converter's report as the items `vstar data convert` writes one at a time, its label sets added to
+    `label_sets` (for a source small enough to convert in memory)."""
+    label_sets.update(report.label_sets)
+    yield from report.rejected
+    yield from report.samples

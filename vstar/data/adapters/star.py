@@ -36,11 +36,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vstar.data.adapters.rows import missing_video, report_from
+from vstar.data.adapters.rows import missing_video, report_from, streamed
 from vstar.data.manifest import ManifestReport, Rejected
+from vstar.schema import Sample
 
 PERSON = "o000"
 OBJECTS = "star_objects"  # the label set of star_object: every object class of object_classes.txt
@@ -207,3 +209,8 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
         if skipped:
             unusable.append(Rejected(where, [("situations", why) for why in skipped], raw))
     return report_from(rows, unusable, label_sets)
+
+
+def stream(annotations: Path, videos: Path, label_sets: dict) -> Iterator[Sample | Rejected]:
+    """`convert`'s report one item at a time, for `vstar data convert` (converted in memory: star is small)."""
+    return streamed(convert(annotations, videos), label_sets)

@@ -18,9 +18,11 @@ import pandas as pd
 import pytest
 
 from vstar.data.adapters import CONVERTERS
+from vstar.data.adapters.kinetics700 import clip_name
 from vstar.data.manifest import load_manifest, write_manifest
 from vstar.data.questions import assign_question
 from vstar.data.synth import make_scene, render, write_video
+from vstar.schema import resolve
 from vstar.verify import render_label, render_labels, verify
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapters"
@@ -48,7 +50,7 @@ def check_samples(report) -> None:
     for s in report.samples:
         assert type(s).model_validate(s.to_json()) == s
         answer = "Let me look at the video. Answer: " + render_labels(s.labels)
-        verdict = verify(answer, s.labels)
+        verdict = verify(answer, resolve(s.labels, report.label_sets))  # strict, against the label sets' classes
         assert verdict.passed, (s.sample_id, answer, [v.reason for v in verdict.per_label])
         for seed in range(16):
             question = assign_question(s, seed).question
@@ -78,7 +80,8 @@ def test_kinetics700(tmp_path):
     a, g, s = got.values()
     assert a.video == str((videos / "train/abseiling/0347ZoDXyP0_000014_000024.mp4").resolve())
     assert (a.start_s, a.end_s, a.split, a.task, a.source) == (None, None, "train", "kinetics_action", "kinetics700")
-    assert labels_json(a) == [{"name": "action", "type": "class", "value": "abseiling", "choices": classes}]
+    assert labels_json(a) == [{"name": "action", "type": "class", "value": "abseiling", "label_set": "kinetics700"}]
+    assert report.label_sets == {"kinetics700": tuple(classes)}
     assert (g.video, g.start_s, g.end_s) == (str((videos / "full/--07WQ2iBlw.mp4").resolve()), 1.0, 11.0)
     assert g.labels[0].value == "playing guitar"
     assert (s.split, s.labels[0].value) == ("val", "shooting goal (soccer)")
@@ -97,7 +100,33 @@ def test_kinetics700(tmp_path):
     ]
     check_samples(report)
     # A strict verifier fails an answer that names a second Kinetics class.
-    assert not verify("Answer: abseiling or playing guitar", a.labels).passed
+    assert not verify("Answer: abseiling or playing guitar", resolve(a.labels, report.label_sets)).passed
+
+
+def test_kinetics700_manifest_names_its_label_set_once(tmp_path):
+    """2,000 rows of 700 classes: the written manifest defines the set on its first line and is under 1 KB a sample
+    (it was 27.5 KB with the classes on every row)."""
+    classes = [f"class number {i:03d}" for i in range(700)]
+    videos = tmp_path / "k700"
+    stand_in(videos / "one.mp4")
+    lines = ["label,youtube_id,time_start,time_end,split"]
+    for i in range(2000):
+        yid = f"yt{i:09d}"
+        (videos / classes[i % 700]).mkdir(exist_ok=True)
+        (videos / classes[i % 700] / clip_name(yid, i, i + 10)).symlink_to(videos / "one.mp4")
+        lines.append(f"{classes[i % 700]},{yid},{i},{i + 10},train")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    report = CONVERTERS["kinetics700"](tmp_path / "train.csv", videos)
+    assert len(report.samples) == 2000 and not report.rejected
+    manifest = write_manifest(report, tmp_path / "out")
+    first, second = manifest.read_text().splitlines()[:2]
+    assert json.loads(first) == {"label_sets": {"kinetics700": classes}}
+    assert json.loads(second)["labels"] == [
+        {"name": "action", "type": "class", "value": "class number 000", "label_set": "kinetics700"}
+    ]
+    assert manifest.stat().st_size / 2000 <= 1024
+    back = load_manifest(manifest)
+    assert back.samples == report.samples and back.label_sets == report.label_sets
 
 
 # ---- FineDiving ------------------------------------------------------------------------------------------
@@ -297,8 +326,9 @@ def test_star(tmp_path):
     objects = ["closet/cabinet", "cup/glass/bottle", "door", "person", "sandwich"]
     cup = "the object in the box [0.50, 0.40, 0.60, 0.60] at 0.50 of the video"
     assert one["object"] == [
-        {"name": "object", "type": "class", "value": "cup/glass/bottle", "choices": objects, "subject": cup}
+        {"name": "object", "type": "class", "value": "cup/glass/bottle", "label_set": "star_objects", "subject": cup}
     ]
+    assert report.label_sets == {"star_objects": tuple(objects)}
     assert one["box"] == [
         {"name": "location", "type": "box", "value": [0.5, 0.4, 0.6, 0.6], "subject": "the cup/glass/bottle", "at": 0.5}
     ]
@@ -367,15 +397,14 @@ def test_generic_csv(tmp_path):
         None,
     )
     assert labels_json(c1) == [
-        {"name": "dish", "type": "class", "value": "omelette", "choices": ["omelette", "pancake"]},
+        {"name": "dish", "type": "class", "value": "omelette", "label_set": "dish"},
         {"name": "servings", "type": "number", "value": 2.0, "subject": "the dish"},
         {"name": "recipe steps", "type": "sequence", "value": ["crack eggs", "whisk", "fry", "whisk"]},
         {"name": "pan", "type": "box", "value": [0.1, 0.2, 0.5, 0.6], "subject": "the pan", "at": 0.25},
     ]
     assert (c2.split, c2.start_s, c2.end_s) == ("val", 1.5, 4.0)
-    assert labels_json(c2) == [
-        {"name": "dish", "type": "class", "value": "pancake", "choices": ["omelette", "pancake"]}
-    ]
+    assert labels_json(c2) == [{"name": "dish", "type": "class", "value": "pancake", "label_set": "dish"}]
+    assert report.label_sets == {"dish": ("omelette", "pancake")}
 
     table = mapping.parent / "clips.csv"
     rejected = [(r.where, r.errors) for r in report.rejected]

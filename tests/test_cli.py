@@ -58,6 +58,31 @@ def test_synth_and_validate(tmp_path, capsys):
     assert (tmp_path / "v" / "rejected.jsonl").read_text().count("\n") == 1
 
 
+def test_validate_a_lean_manifest(tmp_path, capsys):
+    label = {"name": "direction", "type": "class", "value": "left", "label_set": "directions"}
+    row = {"sample_id": "a", "video": "/v/a.mp4", "task": "direction", "labels": [label]}
+    lines = [{"label_sets": {"directions": ["left", "right"], "unused": ["x"]}}, row, {**row, "sample_id": "b"}, row]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["data", "validate", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "v")]) == 1
+    assert "m.jsonl line 4: sample_id: duplicate of" in capsys.readouterr().err
+    written = [json.loads(x) for x in (tmp_path / "v" / "samples.jsonl").read_text().splitlines()]
+    assert written == [
+        {"label_sets": {"directions": ["left", "right"]}},
+        *(
+            s
+            | {
+                "start_s": None,
+                "end_s": None,
+                "source": "custom",
+                "split": "train",
+                "question": None,
+                "template_id": None,
+            }
+            for s in lines[1:3]
+        ),
+    ]
+
+
 @pytest.mark.slow
 def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
     """`vstar run` on a manifest holding a damaged video: the run goes on and records it."""
@@ -117,19 +142,29 @@ def test_verify_command(ray_local, tmp_path, capsys):
             "duration_s": 8.0,
         },
         {"sample_id": "c", "labels": [{"name": "x", "type": "span", "value": [0.6, 0.2]}], "answer": "from 0.2 to 0.6"},
+        {
+            "sample_id": "d",
+            "labels": [{"name": "direction", "type": "class", "value": "left", "label_set": "directions"}],
+            "candidates": ["It moves left.", "It moves left or right."],
+        },
     ]
     path = tmp_path / "answers.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "label_sets.json").write_text(json.dumps({"directions": ["left", "right"]}))  # found beside ANSWERS
     assert main(["verify", str(path), "verify.class_strict=true"]) == 0
     out = {
         r["sample_id"]: r for r in map(json.loads, (tmp_path / "verified" / "verified.jsonl").read_text().splitlines())
     }
     assert out["a"]["passed"] == [True, False, False] and out["b"]["passed"] == [True]
+    assert out["d"]["passed"] == [True, False]  # the set's classes are its choices
     assert out["c"]["passed"] == [] and "span start must be before its end" in out["c"]["error"]
     summary = json.loads((tmp_path / "verified" / "summary.json").read_text())
-    assert summary["rows_with_a_passing_candidate"] == 2 and summary["label_pass_rate"] == {
-        "class": 0.3333,
+    assert summary["rows_with_a_passing_candidate"] == 3 and summary["label_pass_rate"] == {
+        "class": 0.4,
         "span": 1.0,
     }
+    (tmp_path / "label_sets.json").rename(tmp_path / "sets.json")
+    assert main(["verify", str(path), "--label-sets", str(tmp_path / "sets.json"), "--out", str(tmp_path / "v2")]) == 0
+    assert '"passed": [true, false]' in (tmp_path / "v2" / "verified.jsonl").read_text().splitlines()[3]
     assert main(["verify", str(path), "verify.span_min_iou=2"]) == 2  # a bad threshold is a config error
     assert "verify.span_min_iou: Input should be less than or equal to 1" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vstar.data.manifest import load_manifest, read_samples, write_manifest
+from vstar.data.manifest import load_manifest, read_samples, stream_manifest, write_manifest
 
 GOOD = {
     "sample_id": "a",
@@ -110,3 +110,88 @@ def test_unusable_files(tmp_path):
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ValueError, match=r"manifests are \.jsonl"):
         load_manifest(tmp_path / "m.txt")
+
+
+# ---- label sets ------------------------------------------------------------------------------------------
+
+CLASSES = ["abseiling", "playing guitar", "juggling"]
+LEAN = {**GOOD, "labels": [{"name": "action", "type": "class", "value": "abseiling", "label_set": "k"}]}
+
+
+def lean(sample_id: str, label_set: str = "k") -> str:
+    return json.dumps({**LEAN, "sample_id": sample_id, "labels": [{**LEAN["labels"][0], "label_set": label_set}]})
+
+
+def test_label_sets_line_defines_a_set_before_its_rows(tmp_path):
+    path = tmp_path / "m.jsonl"
+    header = json.dumps({"label_sets": {"k": CLASSES}})
+    path.write_text("\n".join([lean("early"), header, lean("a"), lean("b", "other"), json.dumps(GOOD)]) + "\n")
+    report = load_manifest(path)
+    assert [s.sample_id for s in report.samples] == ["a"]
+    assert report.samples[0].labels[0].label_set == "k" and report.samples[0].labels[0].choices == ()  # lean
+    assert report.label_sets == {"k": tuple(CLASSES)}
+    assert [(r.where, r.errors[0]) for r in report.rejected] == [
+        (f"{path} line 1", ("labels.0.label_set", "unknown label set 'k' (defined: none)")),
+        (f"{path} line 4", ("labels.0.label_set", "unknown label set 'other' (defined: k)")),
+        (f"{path} line 5", ("sample_id", f"duplicate of {path} line 3")),
+    ]
+
+
+def test_sidecar_label_sets_for_any_format(tmp_path):
+    (tmp_path / "label_sets.json").write_text(json.dumps({"k": CLASSES}))
+    path = tmp_path / "m.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["sample_id", "video", "task", "labels"])
+        w.writeheader()
+        w.writerow({k: json.dumps(v) if k == "labels" else v for k, v in LEAN.items() if k != "split"})
+    report = load_manifest(path)
+    assert [s.labels[0].label_set for s in report.samples] == ["k"] and not report.rejected
+    assert report.label_sets == {"k": tuple(CLASSES)}
+    (tmp_path / "label_sets.json").write_text(json.dumps({"k": []}))
+    with pytest.raises(ValueError, match="label_sets.json: label set 'k': expected a non-empty list"):
+        load_manifest(path)
+
+
+def test_a_set_defined_again_must_mean_the_same(tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    one.write_text(json.dumps({"label_sets": {"k": CLASSES}}) + "\n" + lean("a") + "\n")
+    two.write_text(json.dumps({"label_sets": {"k": CLASSES[::-1]}}) + "\n" + lean("b") + "\n")
+    both = tmp_path / "both.jsonl"
+    both.write_text(one.read_text() + two.read_text())  # `cat one two`: the same classes, in any order
+    assert [s.sample_id for s in load_manifest(both).samples] == ["a", "b"]
+    both.write_text(one.read_text() + two.read_text().replace("juggling", "jumping"))
+    with pytest.raises(
+        ValueError, match=rf"'k' is defined at {both} line 1 and again, with other classes, at {both} line 3"
+    ):
+        load_manifest(both)
+    (tmp_path / "label_sets.json").write_text(json.dumps({"k": ["abseiling"]}))
+    with pytest.raises(ValueError, match=r"defined at .*label_sets.json and again, with other classes, at .* line 1"):
+        load_manifest(one)
+
+
+def test_bad_label_sets_line_is_a_rejected_row(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"label_sets": {"k": "abseiling"}}) + "\n" + lean("a") + "\n")
+    report = load_manifest(path)
+    assert [r.errors[0][0] for r in report.rejected] == ["label_sets", "labels.0.label_set"]
+
+
+def test_written_manifest_is_lean_streams_back_and_resolves(tmp_path):
+    path = tmp_path / "m.jsonl"
+    inline = {**GOOD, "sample_id": "old", "labels": [{**GOOD["labels"][0], "choices": ["jumping", "running"]}]}
+    rows = [json.dumps({"label_sets": {"k": CLASSES, "unused": ["x"]}}), json.dumps(inline), lean("a"), lean("b")]
+    path.write_text("\n".join(rows) + "\n")
+    out = write_manifest(load_manifest(path), tmp_path / "out")
+    lines = out.read_text().splitlines()
+    # the old inline form is kept as it is; the set is defined once, before its first use, and only the sets used
+    assert [json.loads(x).get("sample_id") for x in lines] == ["old", None, "a", "b"]
+    assert json.loads(lines[1]) == {"label_sets": {"k": CLASSES}}
+    assert "choices" not in lines[2] and json.loads(lines[0])["labels"][0]["choices"] == ["jumping", "running"]
+    sets = {}
+    streamed = list(stream_manifest(out, sets))
+    assert [s.sample_id for s in streamed] == ["old", "a", "b"] and sets == {"k": tuple(CLASSES)}
+    assert streamed == load_manifest(path).samples
+    resolved = read_samples(out)  # the run's samples: choices inline, one tuple a set
+    assert resolved[1].labels[0].choices == tuple(CLASSES) and resolved[1].labels[0].label_set is None
+    assert resolved[1].labels[0].choices is resolved[2].labels[0].choices
+    assert resolved[0] == streamed[0]

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from vstar.schema import Label, Sample
+from vstar.schema import Label, Sample, clip_id, resolve
 
 
 def label(type_, value, **kw):
@@ -79,3 +79,26 @@ def test_sample_contract():
         Sample(
             sample_id="v", video="v.mp4", task="t", split="dev", labels=[{"name": "a", "type": "class", "value": "b"}]
         )
+
+
+def test_label_set_is_lean_and_resolves_to_the_inline_label():
+    lean = Label(name="action", type="class", value="abseiling", label_set="k")
+    assert lean.to_json() == {"name": "action", "type": "class", "value": "abseiling", "label_set": "k"}
+    assert Label.model_validate(lean.to_json()) == lean
+    sets = {"k": ("abseiling", "playing guitar")}
+    inline, number = resolve([lean, label("number", 3)], sets)
+    assert inline == Label(name="action", type="class", value="abseiling", choices=("abseiling", "playing guitar"))
+    assert inline.choices is sets["k"]  # one tuple a set, never a copy per row
+    assert number == label("number", 3)
+    with pytest.raises(ValueError, match=r"unknown label set 'k' \(defined: none\)"):
+        resolve([lean], {})
+    with pytest.raises(ValidationError, match="label_set apply to class labels only"):
+        label("number", 3, label_set="k")
+    with pytest.raises(ValidationError, match="choices or label_set, not both"):
+        label("class", "a", choices=["a", "b"], label_set="k")
+
+
+def test_clip_id_is_stable_and_canonical():
+    a = clip_id("/v/a.mp4", 1, 11)
+    assert a == clip_id("/v/a.mp4", 1.0, 11.0) == "685e81a0fd7fe044"  # a constant: the same in every process
+    assert len({a, clip_id("/v/a.mp4", None, None), clip_id("/v/a.mp4", 1, 12), clip_id("/v/b.mp4", 1, 11)}) == 4

@@ -300,6 +300,25 @@ def test_a_bad_row_does_not_cost_the_batch():
     assert verdicts[1]["per_label"][0]["reason"] == "empty answer"
 
 
+def test_a_label_of_a_set_verifies_as_its_inline_choices():
+    """Rows carry the set's name (lean); the sets are given once. Same verdicts, pass and fail, as inline choices."""
+    sets = {"k700": ("abseiling", "playing guitar", "playing bass guitar", "juggling balls")}
+    label = {"name": "action", "type": "class", "value": "playing guitar"}
+    answers = ["He is playing guitar.", "Answer: playing guitar or juggling balls", "abseiling", "playing bass guitar"]
+    inline = pd.DataFrame({"labels": [json.dumps([{**label, "choices": list(sets["k700"])}])], "candidates": [answers]})
+    lean = pd.DataFrame({"labels": [json.dumps([{**label, "label_set": "k700"}])], "candidates": [answers]})
+    strict = VerifyConfig(class_strict=True)
+    want = verify_rows(inline, strict)
+    got = verify_rows(lean, strict, label_sets=sets)
+    assert want["passed"].tolist() == [[True, False, False, False]]
+    assert got["passed"].tolist() == want["passed"].tolist() and got["verdicts"][0] == want["verdicts"][0]
+    assert "also names 'juggling balls'" in json.loads(got["verdicts"][0])[1]["per_label"][0]["reason"]
+    # without the sets the strict check has no choices; with sets that lack the name, the row is an error
+    assert verify_rows(lean, strict)["passed"].tolist() == [[True, True, False, True]]
+    unknown = verify_rows(lean, strict, label_sets={})
+    assert unknown["passed"].tolist() == [[]] and "unknown label set 'k700'" in unknown["error"][0]
+
+
 # ---- properties --------------------------------------------------------------------------------------------
 
 FILLER = [

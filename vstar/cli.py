@@ -243,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="verify thresholds, e.g. verify.span_min_iou=0.6 verify.class_strict=false"
     )
     p.add_argument("--out", help="folder for verified.jsonl and summary.json (default: ANSWERS' folder/verified)")
+    p.add_argument(
+        "--label-sets",
+        metavar="PATH",
+        help="label_sets.json of the label sets the labels name (default: label_sets.json beside ANSWERS, if there)",
+    )
     p.set_defaults(func=cmd_verify)
     return parser
 
@@ -256,7 +261,8 @@ Examples:
 
 VERIFY_HELP = """\
 Verify answers against their labels with the Parser-Verifier, on Ray Data (a local Ray unless
-RAY_ADDRESS is set). Each row needs `labels` (a list of {name, type, value}, or JSON text of one) and
+RAY_ADDRESS is set). Each row needs `labels` (a list of {name, type, value}, or JSON text of one; a
+class label may name a label set of --label-sets instead of listing its choices) and
 either `candidates` (a list of answers) or `answer`; optional `duration_s` (for answers in seconds) and
 `frame_width`/`frame_height` (for boxes in pixels). Writes every row with `verdicts` (per candidate and
 label: parsed value, score, threshold, pass/fail, reason), `passed` and `num_passed`, and prints pass
@@ -417,17 +423,22 @@ def cmd_verify(args) -> int:
     import ray
 
     from vstar.config import load_config
+    from vstar.data.manifest import SIDECAR, read_label_sets
     from vstar.driver import init_ray
-    from vstar.generate.stage import verified
     from vstar.storage import write_text
-    from vstar.verify.batch import read_answers, summarize, write_jsonl
+    from vstar.verify.batch import read_answers, summarize, verify_rows, write_jsonl
 
     cfg = load_config(None, args.overrides)
     df = read_answers(args.answers)
+    sidecar = Path(args.label_sets) if args.label_sets else Path(args.answers).parent / SIDECAR
+    label_sets = read_label_sets(sidecar) if args.label_sets or sidecar.is_file() else None
     out = Path(args.out) if args.out else Path(args.answers).parent / "verified"
     out.mkdir(parents=True, exist_ok=True)
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
-    result = verified(ray.data.from_pandas(df), cfg.verify).to_pandas()
+    # vstar.generate.stage.verified takes no label sets yet: the same map, with them passed once to every batch
+    kwargs = {"cfg": cfg.verify, "label_sets": label_sets}
+    ds = ray.data.from_pandas(df).map_batches(verify_rows, batch_format="pandas", batch_size=256, fn_kwargs=kwargs)
+    result = ds.to_pandas()
     write_jsonl(result, out / "verified.jsonl")
     summary = summarize(result)
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -457,27 +468,42 @@ def cmd_synth(args) -> int:
 def cmd_convert(args) -> int:
     from pathlib import Path
 
-    from vstar.data.adapters import CONVERTERS
-    from vstar.data.manifest import write_manifest
+    from vstar.data.adapters import STREAMS
+    from vstar.data.manifest import write_stream
 
-    report = CONVERTERS[args.source](Path(args.annotations), Path(args.videos))
-    for rejected in report.rejected:
-        print(f"rejected {rejected.message}", file=sys.stderr)
-    print(report.summary())
-    print(f"wrote {write_manifest(report, args.out)}")
-    return 0 if report.samples else 1  # missing videos are normal in these datasets; no sample at all is a failure
+    label_sets: dict = {}
+    items = _shown(STREAMS[args.source](Path(args.annotations), Path(args.videos), label_sets))
+    tally = write_stream(items, args.out, label_sets)
+    print(tally.text())
+    print(f"wrote {Path(args.out) / 'samples.jsonl'}")
+    return 0 if tally.samples else 1  # missing videos are normal in these datasets; no sample at all is a failure
+
+
+def _shown(items):
+    """The items, each Rejected row printed to stderr as it passes."""
+    from vstar.data.manifest import Rejected
+
+    for item in items:
+        if isinstance(item, Rejected):
+            print(f"rejected {item.message}", file=sys.stderr)
+        yield item
 
 
 def cmd_validate(args) -> int:
-    from vstar.data.manifest import load_manifest, write_manifest
+    from vstar.data.manifest import Tally, stream_manifest, write_stream
 
-    report = load_manifest(args.manifest)
-    for rejected in report.rejected:
-        print(f"rejected {rejected.message}", file=sys.stderr)
-    print(report.summary())
+    label_sets: dict = {}
+    items = _shown(stream_manifest(args.manifest, label_sets))  # one row at a time: any size of manifest
     if args.out:
-        print(f"wrote {write_manifest(report, args.out).parent}")
-    return 1 if report.rejected else 0
+        tally = write_stream(items, args.out, label_sets)
+    else:
+        tally = Tally()
+        for item in items:
+            tally.add(item)
+    print(tally.text())
+    if args.out:
+        print(f"wrote {args.out}")
+    return 1 if tally.rejected else 0
 
 
 if __name__ == "__main__":

@@ -10,11 +10,29 @@ A *Label* is one piece of supervision; an answer passes only if it agrees with e
 >>> Sample(sample_id="v1-action", video="v1.mp4", task="action",
 ...        labels=[{"name": "direction", "type": "class", "value": "left"}]).split
 'train'
+
+A class label's `choices` may be a named *label set* instead (`label_set`), defined once per manifest
+(vstar.data.manifest); `resolve` gives the labels the verifier reads, every label of a set sharing one tuple:
+
+>>> sets = {"directions": ("left", "right")}
+>>> lean = Label(name="direction", type="class", value="left", label_set="directions")
+>>> lean.to_json()
+{'name': 'direction', 'type': 'class', 'value': 'left', 'label_set': 'directions'}
+>>> inline = resolve([lean], sets)[0]
+>>> inline == Label(name="direction", type="class", value="left", choices=("left", "right"))
+True
+>>> inline.choices is sets["directions"]
+True
+>>> clip_id("v1.mp4", None, None) == clip_id("v1.mp4", None, None), len(clip_id("v1.mp4", 1, 2.5))
+(True, 16)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -22,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 LabelType = Literal["class", "number", "timestamp", "span", "box", "sequence", "text"]
 Split = Literal["train", "val", "test"]
+LabelSets = Mapping[str, tuple[str, ...]]  # label set name → its class names
 
 
 def _text(v: Any) -> str:
@@ -93,7 +112,9 @@ class Label(BaseModel):
     `subject` names what the label is about ("the red circle"), for question templates;
     `at` is the time (fraction of the clip) a box refers to; `synonyms` are other accepted
     names of a class; `choices` are the class names of its label set (the value among them), so a
-    strict verifier can fail an answer that names another class too.
+    strict verifier can fail an answer that names another class too. `label_set` names that set instead of
+    listing it (700 Kinetics classes on every row would make the manifest 27 KB a sample); `resolve` turns it
+    into the equivalent label with `choices`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -103,6 +124,7 @@ class Label(BaseModel):
     value: Any
     synonyms: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
+    label_set: str | None = Field(default=None, min_length=1)
     subject: str | None = None
     at: float | None = None
 
@@ -120,15 +142,17 @@ class Label(BaseModel):
 
     @model_validator(mode="after")
     def _fields_fit_type(self) -> Label:
-        for extra in ("synonyms", "choices"):
+        for extra in ("synonyms", "choices", "label_set"):
             if getattr(self, extra) and self.type != "class":
                 raise ValueError(f"{extra} apply to class labels only, not to a {self.type} label")
+        if self.choices and self.label_set:
+            raise ValueError("give choices or label_set, not both (a label set is its choices)")
         if self.at is not None and self.type != "box":
             raise ValueError(f"'at' applies to box labels only, not to a {self.type} label")
         return self
 
     def to_json(self) -> dict[str, Any]:
-        """The label as plain JSON types, without unset optional fields."""
+        """The label as plain JSON types, without unset optional fields (a label of a set names it, lean)."""
         d = self.model_dump(exclude_defaults=True)
         d["type"], d["value"] = self.type, list(self.value) if isinstance(self.value, tuple) else self.value
         for extra in ("synonyms", "choices"):
@@ -168,6 +192,28 @@ class Sample(BaseModel):
         d = self.model_dump(exclude={"labels"})
         d["labels"] = [label.to_json() for label in self.labels]
         return d
+
+
+def resolve(labels: Iterable[Label], label_sets: LabelSets) -> list[Label]:
+    """The labels as the verifier reads them: a label of a set becomes the equivalent label with inline `choices`
+    (the set's own tuple, shared by every label of the set, never copied); other labels are returned as they are.
+    An unknown set is a ValueError naming it."""
+    out = []
+    for label in labels:
+        if label.label_set is not None:
+            if label.label_set not in label_sets:
+                known = ", ".join(sorted(label_sets)) or "none"
+                raise ValueError(f"unknown label set {label.label_set!r} (defined: {known})")
+            label = label.model_copy(update={"choices": label_sets[label.label_set], "label_set": None})
+        out.append(label)
+    return out
+
+
+def clip_id(video: str, start_s: float | None, end_s: float | None) -> str:
+    """A stable id of the clip [start_s, end_s] of `video` (the whole video when unset): the first 16 hex digits of
+    the SHA-1 of its canonical JSON, the same in every process (Python's `hash` is salted per process)."""
+    bounds = [None if x is None else float(x) for x in (start_s, end_s)]
+    return hashlib.sha1(json.dumps([video, *bounds]).encode()).hexdigest()[:16]
 
 
 # The rows a generation stage writes (answers, rationales, eval answers; vstar.generate.stage), one schema for every

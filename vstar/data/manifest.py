@@ -6,6 +6,13 @@ Every bad row is reported with its file, line (JSONL, CSV) or row (Parquet), fie
 rows are kept. In CSV the `labels` cell holds the labels as JSON, and an empty cell is a missing value.
 A relative `video` path is resolved against the manifest's folder.
 
+Label sets: a class label may name a set (`"label_set": "kinetics700"`) instead of listing its `choices`. The sets
+are defined by `label_sets.json` beside the manifest (`{"kinetics700": ["abseiling", ...]}`, any format) or, in
+JSONL, by a line whose only key is `label_sets` (`{"label_sets": {"kinetics700": [...]}}`) before the rows that use
+it; `cat` of two manifests is a manifest, and a set defined twice must have the same classes both times. Files are
+read and written one row at a time (`stream_manifest`, `write_stream`): memory is flat in the number of rows but
+for the sample_ids kept for the duplicate check.
+
     >>> report = validate_rows([("m.jsonl line 1", {"sample_id": "a", "video": "/v/a.mp4", "task": "action",
     ...     "labels": [{"name": "action", "type": "class", "value": "jumping"}]}),
     ...     ("m.jsonl line 2", {"sample_id": "b", "video": "/v/b.mp4", "task": "action", "labels": []})])
@@ -16,6 +23,7 @@ A relative `video` path is resolved against the manifest's folder.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
@@ -28,12 +36,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vstar.schema import Sample
-from vstar.storage import write_jsonl, write_text
+from vstar.schema import LabelSets, Sample, resolve
+from vstar.storage import atomic_write, write_text
 
 log = logging.getLogger("vstar")
 
 FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+SIDECAR = "label_sets.json"  # a manifest's label sets, beside it (any format)
 
 
 @dataclass(frozen=True)
@@ -50,20 +59,43 @@ class Rejected:
 
 
 @dataclass
-class ManifestReport:
-    samples: list[Sample] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
+class Tally:
+    """Counts of a manifest's kept and rejected rows, by field of the rejection."""
 
-    def summary(self) -> str:
-        reasons = Counter(f for r in self.rejected for f, _ in r.errors)
-        line = f"{len(self.samples)} samples kept, {len(self.rejected)} rows rejected"
-        if reasons:
-            line += " (by field: " + ", ".join(f"{f or 'row'} ×{n}" for f, n in reasons.most_common()) + ")"
+    samples: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, item: Sample | Rejected) -> None:
+        if isinstance(item, Rejected):
+            self.rejected += 1
+            self.reasons.update(f for f, _ in item.errors)
+        else:
+            self.samples += 1
+
+    def text(self) -> str:
+        line = f"{self.samples} samples kept, {self.rejected} rows rejected"
+        if self.reasons:
+            line += " (by field: " + ", ".join(f"{f or 'row'} ×{n}" for f, n in self.reasons.most_common()) + ")"
         return line
 
 
+@dataclass
+class ManifestReport:
+    samples: list[Sample] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    label_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        tally = Tally()
+        for item in self.rejected:
+            tally.add(item)
+        tally.samples = len(self.samples)
+        return tally.text()
+
+
 def read_rows(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
-    """(where, row) pairs from a JSONL, Parquet or CSV manifest. A JSONL line that is not a JSON object
+    """(where, row) pairs from a JSONL, Parquet or CSV manifest, one at a time. A JSONL line that is not a JSON object
     is yielded as its raw text, to be rejected with the rest."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -82,8 +114,11 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
     else:
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path} row {i}", row
+        parquet, n = pq.ParquetFile(path), 0
+        for batch in parquet.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                yield f"{path} row {n}", row
+                n += 1
 
 
 def _json_row(line: str) -> Any:
@@ -95,8 +130,8 @@ def _json_row(line: str) -> Any:
 
 def _clean(row: dict, base: Path | None) -> dict:
     """Normalise what file formats add: NaN and None cells dropped, labels given as JSON text parsed,
-    relative video paths resolved against the manifest's folder."""
-    row = {k: v for k, v in row.items() if not (v is None or (isinstance(v, float) and math.isnan(v)))}
+    relative video paths resolved against the manifest's folder, the sample table's `clip` (derived) dropped."""
+    row = {k: v for k, v in row.items() if not (v is None or (isinstance(v, float) and math.isnan(v)) or k == "clip")}
     if isinstance(row.get("labels"), str):
         try:
             row["labels"] = json.loads(row["labels"])
@@ -108,26 +143,115 @@ def _clean(row: dict, base: Path | None) -> dict:
     return row
 
 
-def validate_rows(rows: Iterable[tuple[str, Any]], base: Path | None = None) -> ManifestReport:
-    """Validate (where, row) pairs into Samples; duplicates of an earlier sample_id are rejected."""
-    report, first_seen = ManifestReport(), {}
+# ---- label sets ----------------------------------------------------------------------------------------------
+
+
+def parse_label_sets(raw: Any) -> dict[str, tuple[str, ...]]:
+    """`{name: [class, ...]}` as label sets (names and classes stripped, repeats dropped, order kept).
+
+    >>> parse_label_sets({"directions": ["left", " right", "left"]})
+    {'directions': ('left', 'right')}
+    >>> parse_label_sets({"directions": []})
+    Traceback (most recent call last):
+    ValueError: label set 'directions': expected a non-empty list of class names, got []
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected {{name: [class names]}}, got {str(raw)[:200]}")
+    sets = {}
+    for name, members in raw.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a label set's name must be a non-empty string, got {name!r}")
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) and m.strip() for m in members):
+            raise ValueError(f"label set {name!r}: expected a non-empty list of class names, got {str(members)[:200]}")
+        sets[name.strip()] = tuple(dict.fromkeys(m.strip() for m in members))
+    return sets
+
+
+def define_label_sets(
+    known: dict[str, tuple[str, ...]], defined_at: dict[str, str], new: dict[str, tuple[str, ...]], where: str
+) -> None:
+    """Add `new` (defined at `where`) to `known`; a set defined again must have the same classes (any order), else
+    a ValueError naming both places."""
+    for name, members in new.items():
+        if name in known and set(known[name]) != set(members):
+            extra, missing = sorted(set(members) - set(known[name])), sorted(set(known[name]) - set(members))
+            raise ValueError(
+                f"label set {name!r} is defined at {defined_at[name]} and again, with other classes, at {where} "
+                f"(there also {extra[:5]}, not {missing[:5]}; {len(known[name])} vs {len(members)} classes)"
+            )
+        if name not in known:
+            known[name], defined_at[name] = members, where
+
+
+def read_label_sets(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """The label sets of a `label_sets.json` file (`{name: [class, ...]}`)."""
+    try:
+        return parse_label_sets(json.loads(Path(path).read_text()))
+    except (json.JSONDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def used_label_sets(samples: Iterable[Sample]) -> set[str]:
+    return {label.label_set for s in samples for label in s.labels if label.label_set is not None}
+
+
+# ---- validation ----------------------------------------------------------------------------------------------
+
+
+def validated(
+    rows: Iterable[tuple[str, Any]], base: Path | None = None, label_sets: dict | None = None
+) -> Iterator[Sample | Rejected]:
+    """Validate (where, row) pairs into Samples, one at a time; duplicates of an earlier sample_id are rejected, so
+    are labels of a set not in `label_sets`. A row `{"label_sets": {...}}` adds its sets to `label_sets` (a dict the
+    caller may pass to see them) and yields nothing. Memory: the sample_ids seen, whatever the number of rows."""
+    sets = {} if label_sets is None else label_sets
+    defined_at = dict.fromkeys(sets, "the label sets given")
+    first_seen: dict[str, str] = {}
     for where, raw in rows:
+        if isinstance(raw, dict) and raw.keys() == {"label_sets"}:
+            try:
+                new = parse_label_sets(raw["label_sets"])
+            except ValueError as e:
+                yield Rejected(where, [("label_sets", str(e))], raw)
+                continue
+            define_label_sets(sets, defined_at, new, where)  # two meanings of one name are fatal: no row is safe
+            continue
         if not isinstance(raw, dict):
-            report.rejected.append(Rejected(where, [("", str(raw) if isinstance(raw, str) else "not an object")], raw))
+            yield Rejected(where, [("", str(raw) if isinstance(raw, str) else "not an object")], raw)
             continue
         try:
             sample = Sample.model_validate(_clean(raw, base))
         except ValueError as e:  # pydantic's ValidationError is a ValueError too
-            report.rejected.append(Rejected(where, _errors(e), raw))
+            yield Rejected(where, _errors(e), raw)
             continue
-        if sample.sample_id in first_seen:
-            report.rejected.append(
-                Rejected(where, [("sample_id", f"duplicate of {first_seen[sample.sample_id]}")], raw)
-            )
-            continue
-        first_seen[sample.sample_id] = where
-        report.samples.append(sample)
+        unknown = [
+            (f"labels.{i}.label_set", f"unknown label set {label.label_set!r} (defined: {', '.join(sets) or 'none'})")
+            for i, label in enumerate(sample.labels)
+            if label.label_set is not None and label.label_set not in sets
+        ]
+        if unknown:
+            yield Rejected(where, unknown, raw)
+        elif sample.sample_id in first_seen:
+            yield Rejected(where, [("sample_id", f"duplicate of {first_seen[sample.sample_id]}")], raw)
+        else:
+            first_seen[sample.sample_id] = where
+            yield sample
+
+
+def collect(items: Iterable[Sample | Rejected], label_sets: dict) -> ManifestReport:
+    """Samples and Rejected rows gathered into a report, with the label sets they were validated against."""
+    report = ManifestReport(label_sets=label_sets)
+    for item in items:
+        (report.rejected if isinstance(item, Rejected) else report.samples).append(item)
     return report
+
+
+def validate_rows(
+    rows: Iterable[tuple[str, Any]], base: Path | None = None, label_sets: dict | None = None
+) -> ManifestReport:
+    """`validated` collected into a report (its `label_sets`: the given ones and those the rows define)."""
+    sets = {} if label_sets is None else label_sets
+    return collect(validated(rows, base, sets), sets)
 
 
 def _errors(e: ValueError) -> list[tuple[str, str]]:
@@ -142,28 +266,74 @@ def _errors(e: ValueError) -> list[tuple[str, str]]:
     return out
 
 
-def load_manifest(path: str | os.PathLike) -> ManifestReport:
-    """Read and validate a manifest file."""
+def stream_manifest(path: str | os.PathLike, label_sets: dict | None = None) -> Iterator[Sample | Rejected]:
+    """Validated Samples and Rejected rows of a manifest file, one at a time (memory flat in its length). The label
+    sets come from `label_sets.json` beside it, if there is one, then from its `label_sets` lines as they come; pass a
+    dict as `label_sets` to get them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    return validate_rows(read_rows(path), base=path.resolve().parent)
+    rows = read_rows(path)
+    if (sidecar := path.parent / SIDECAR).is_file():
+        sets = read_label_sets(sidecar)  # a broken sidecar is fatal, not one rejected row
+        rows = itertools.chain([(str(sidecar), {"label_sets": {n: list(m) for n, m in sets.items()}})], rows)
+    return validated(rows, path.resolve().parent, label_sets)
+
+
+def load_manifest(path: str | os.PathLike) -> ManifestReport:
+    """Read and validate a manifest file into memory (`stream_manifest` for one too large for that)."""
+    sets: dict = {}
+    return collect(stream_manifest(path, sets), sets)
+
+
+def sample_lines(sample: Sample, label_sets: LabelSets, written: set[str]) -> str:
+    """The sample's JSON line, after a line `{"label_sets": {name: [classes]}}` of the sets it uses that are not
+    `written` yet (then added to it): a manifest written this way defines each set it uses, once, before its use."""
+    line = json.dumps(sample.to_json()) + "\n"
+    if new := used_label_sets([sample]) - written:
+        written |= new
+        line = json.dumps({"label_sets": {n: list(label_sets[n]) for n in sorted(new)}}) + "\n" + line
+    return line
+
+
+def write_stream(items: Iterable[Sample | Rejected], out_dir: str | os.PathLike, label_sets: LabelSets) -> Tally:
+    """Write `samples.jsonl` (the kept samples, with their label sets), `rejected.jsonl` (rows with reasons) and
+    `summary.json` as the items come; `label_sets` may still be filling while they do (`stream_manifest`'s dict)."""
+    out_dir, tally, written = Path(out_dir), Tally(), set()
+    with atomic_write(out_dir / "samples.jsonl") as kept, atomic_write(out_dir / "rejected.jsonl") as rejected:
+        for item in items:
+            tally.add(item)
+            if isinstance(item, Rejected):
+                rejected.write(json.dumps({**asdict(item), "message": item.message}, default=str) + "\n")
+            else:
+                kept.write(sample_lines(item, label_sets, written))
+    summary = {"samples": tally.samples, "rejected": tally.rejected, "text": tally.text()}
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return tally
 
 
 def write_manifest(report: ManifestReport, out_dir: str | os.PathLike) -> Path:
-    """Write `samples.jsonl` (the kept samples), `rejected.jsonl` (rows with reasons) and `summary.json`; return the
-    samples' path."""
-    out_dir = Path(out_dir)
-    write_jsonl(out_dir / "rejected.jsonl", ({**asdict(r), "message": r.message} for r in report.rejected))
-    summary = {"samples": len(report.samples), "rejected": len(report.rejected), "text": report.summary()}
-    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return write_jsonl(out_dir / "samples.jsonl", (s.to_json() for s in report.samples))
+    """Write a report with `write_stream`; return the samples' path."""
+    write_stream([*report.rejected, *report.samples], out_dir, report.label_sets)
+    return Path(out_dir) / "samples.jsonl"
 
 
 def read_samples(path: str | os.PathLike) -> list[Sample]:
-    """Samples from a validated `samples.jsonl` (rows already checked: any error here is a bug)."""
+    """Samples from a validated `samples.jsonl` (rows already checked: any error here is a bug), their labels of a set
+    resolved to inline choices (one tuple a set): the generation stage writes labels whole into its rows and does not
+    take the label sets yet, so this keeps class_strict working there."""
+    sets: dict[str, tuple[str, ...]] = {}
+    samples = []
     with open(path) as f:
-        return [Sample.model_validate_json(line) for line in f if line.strip()]
+        for line in f:
+            if line.startswith('{"label_sets"'):
+                sets.update(parse_label_sets(json.loads(line)["label_sets"]))
+            elif line.strip():
+                sample = Sample.model_validate_json(line)
+                if used_label_sets([sample]):
+                    sample = sample.model_copy(update={"labels": tuple(resolve(sample.labels, sets))})
+                samples.append(sample)
+    return samples
 
 
 def keep_tasks(samples: list[Sample], tasks: list[str], source: Path) -> list[Sample]:

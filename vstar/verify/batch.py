@@ -1,6 +1,7 @@
 """Verification over a batch of answer rows: the function a Ray Data stage maps (no Ray here).
 
-Input columns: `labels` (a list of label dicts, or JSON text of one) and the answers, either
+Input columns: `labels` (a list of label dicts, or JSON text of one; a class label may name a label set, given
+once to `verify_rows` as `label_sets`, instead of listing its choices) and the answers, either
 `candidates` (a list of strings per row) or `answer` (one string). Optional per-row context:
 `duration_s` (clip length, for answers in seconds) and `frame_width`/`frame_height` (for boxes in pixels).
 Added columns: `verdicts` (JSON text: a list with one verdict per candidate), `passed` (a list of
@@ -18,14 +19,17 @@ import pandas as pd
 
 from vstar import storage
 from vstar.config import VerifyConfig
-from vstar.schema import Label
+from vstar.schema import Label, LabelSets, resolve
 from vstar.verify.checks import Context, verify
 
 
-def _labels(raw) -> list[Label]:
+def _labels(raw, label_sets: LabelSets | None) -> list[Label]:
+    """The row's labels as the verifier reads them. Without `label_sets` a label of a set keeps no choices: it is
+    checked as if class_strict were off (a stage that does not pass the sets yet)."""
     if isinstance(raw, str):
         raw = json.loads(raw)
-    return [Label.model_validate(dict(x)) for x in raw]
+    labels = [Label.model_validate(dict(x)) for x in raw]
+    return labels if label_sets is None else resolve(labels, label_sets)
 
 
 def _candidates(row: pd.Series) -> list:
@@ -41,8 +45,11 @@ def _number(row: pd.Series, key: str) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def verify_rows(batch: pd.DataFrame, cfg: VerifyConfig | None = None) -> pd.DataFrame:
-    """Verify every candidate of every row; see the module docstring for the columns."""
+def verify_rows(
+    batch: pd.DataFrame, cfg: VerifyConfig | None = None, label_sets: LabelSets | None = None
+) -> pd.DataFrame:
+    """Verify every candidate of every row; see the module docstring for the columns. `label_sets` (name → classes)
+    are the sets the rows' labels name; a label naming a set not among them is the row's error."""
     cfg = cfg or VerifyConfig()
     embed = None
     if cfg.text_embedding_model:
@@ -53,7 +60,7 @@ def verify_rows(batch: pd.DataFrame, cfg: VerifyConfig | None = None) -> pd.Data
     verdicts, passed, errors = [], [], []
     for _, row in batch.iterrows():
         try:
-            labels = _labels(row["labels"])
+            labels = _labels(row["labels"], label_sets)
         except (ValueError, TypeError) as e:  # pydantic's ValidationError and json's errors are ValueErrors
             verdicts.append("[]")
             passed.append([])

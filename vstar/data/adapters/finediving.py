@@ -33,11 +33,13 @@ the one the question names, so a strict verifier lets the answer repeat the ques
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vstar.data.adapters.rows import missing_video, report_from
+from vstar.data.adapters.rows import missing_video, report_from, streamed
 from vstar.data.manifest import ManifestReport, Rejected
+from vstar.schema import Sample
 
 FINE = "FineDiving_fine-grained_annotation.pkl"
 TABLE = "Sub_action_Types_Table.pkl"
@@ -129,3 +131,8 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
             sample_id = f"finediving-{competition}-{index}-{task}"
             rows.append((where, {**base, "sample_id": sample_id, "task": f"finediving_{task}", "labels": [label]}))
     return report_from(rows, unusable)
+
+
+def stream(annotations: Path, videos: Path, label_sets: dict) -> Iterator[Sample | Rejected]:
+    """`convert`'s report one item at a time, for `vstar data convert` (converted in memory: finediving is small)."""
+    return streamed(convert(annotations, videos), label_sets)

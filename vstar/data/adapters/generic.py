@@ -21,7 +21,7 @@ The YAML names the table and says which column holds what (only `rows`, `video` 
 
 Label values are written as the label types of vstar.schema expect them: timestamps and spans as fractions of the
 clip, boxes as normalized [x1, y1, x2, y2]; in a CSV cell a span, box or sequence is a JSON list. A class label's
-`choices` default to every value of its column. An empty cell leaves that label out of the row's sample. A row whose
+`choices` default to every value of its column: a label set named after the column. An empty cell leaves that label out of the row's sample. A row whose
 video is missing, or that has no label, is reported; so is every value the schema refuses, with its field.
 """
 
@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vstar.data.adapters.rows import missing_video, report_from
+from vstar.data.adapters.rows import missing_video, report_from, streamed
 from vstar.data.manifest import ManifestReport, Rejected
+from vstar.schema import Sample
 
 KEYS = {"rows", "video", "id", "task", "split", "question", "start_s", "end_s", "source", "labels"}
 LABEL_KEYS = {"type", "name", "subject", "synonyms", "choices", "at"}
@@ -78,7 +80,7 @@ def _labels(specs: dict[str, dict[str, Any]], row: dict[str, Any], choices: dict
         if "at" in spec:
             label["at"] = row.get(spec["at"])
         if spec["type"] == "class" and "choices" not in spec and len(choices[column]) > 1:
-            label["choices"] = choices[column]
+            label["label_set"] = column
         labels.append({k: v for k, v in label.items() if v is not None})
     return labels
 
@@ -125,4 +127,10 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
             if key in cfg and row.get(cfg[key]) is not None:
                 sample[key] = row[cfg[key]]
         rows.append((where, sample))
-    return report_from(rows, unusable)
+    label_sets = {c: tuple(names) for c, names in choices.items() if len(names) > 1}
+    return report_from(rows, unusable, label_sets)
+
+
+def stream(annotations: Path, videos: Path, label_sets: dict) -> Iterator[Sample | Rejected]:
+    """`convert`'s report one item at a time, for `vstar data convert` (converted in memory: generic is small)."""
+    return streamed(convert(annotations, videos), label_sets)

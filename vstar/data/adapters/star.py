@@ -22,7 +22,7 @@ clip (frame f is at (f - 1) / fps s, as STAR's own tools count). Per question:
 | star_action_span | span `action` of an action that occurs once: its first keyframe to the keyframe after  |
 |                  | its last (or the clip's end), one sample per such action                               |
 | star_object      | class `object`: what is in a given box at a given time (the first non-person box of the |
-|                  | middle keyframe that has boxes; choices: all object classes)                           |
+|                  | middle keyframe that has boxes; label set `star_objects`: all object classes)          |
 | star_box         | box `location` of that object at that time (when its class is alone in that keyframe) |
 | star_same        | class `same object` yes/no: are the objects in two boxes (the middle and the last      |
 |                  | boxed keyframes) of the same class                                                    |
@@ -36,13 +36,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vstar.data.adapters.rows import missing_video, report_from
+from vstar.data.adapters.rows import missing_video, report_from, streamed
 from vstar.data.manifest import ManifestReport, Rejected
+from vstar.schema import Sample
 
 PERSON = "o000"
+OBJECTS = "star_objects"  # the label set of star_object: every object class of object_classes.txt
 
 
 def _classes(folder: Path) -> dict[str, str]:
@@ -105,7 +108,6 @@ def _action_labels(keyframes: list[dict], names: dict[str, str]) -> tuple[list[d
 
 def _object_labels(qid: str, boxed: list[tuple[float, dict]], names: dict[str, str], size: tuple[int, int]):
     """(star_object, star_box or None, star_same or None) labels from the middle and the last boxed keyframes."""
-    objects = tuple(sorted({v for k, v in names.items() if k.startswith("o")}))
 
     def boxes(situation: dict) -> list[tuple[str, list[float]]]:
         pairs = zip(situation.get("bbox_labels", []), situation.get("bbox", []), strict=False)  # unpaired: unusable
@@ -118,7 +120,7 @@ def _object_labels(qid: str, boxed: list[tuple[float, dict]], names: dict[str, s
     people = [names.get(PERSON)]
     obj, box = next(((o, b) for o, b in in_first if o not in people), in_first[0])
     where1 = f"the object in the box {_fmt(box)} at {t1:.2f} of the video"
-    what = {"name": "object", "type": "class", "value": obj, "choices": objects, "subject": where1}
+    what = {"name": "object", "type": "class", "value": obj, "label_set": OBJECTS, "subject": where1}
     alone = [o for o, _ in in_first].count(obj) == 1
     loc = {"name": "location", "type": "box", "value": box, "at": t1, "subject": f"the {obj}"} if alone else None
     t2, last = boxed[-1]
@@ -173,6 +175,7 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
     """Samples of every answered STAR question whose Charades video is under `videos` (see the module docstring)."""
     annotations, videos = Path(annotations), Path(videos).resolve()
     names = _classes(annotations.parent)
+    label_sets = {OBJECTS: tuple(sorted({v for k, v in names.items() if k.startswith("o")}))}
     found = re.search(r"train|val|test", annotations.stem.lower())
     split = found.group(0) if found else "train"
     rows, unusable = [], []
@@ -205,4 +208,9 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
         rows += [(where, row) for row in more]
         if skipped:
             unusable.append(Rejected(where, [("situations", why) for why in skipped], raw))
-    return report_from(rows, unusable)
+    return report_from(rows, unusable, label_sets)
+
+
+def stream(annotations: Path, videos: Path, label_sets: dict) -> Iterator[Sample | Rejected]:
+    """`convert`'s report one item at a time, for `vstar data convert` (converted in memory: star is small)."""
+    return streamed(convert(annotations, videos), label_sets)

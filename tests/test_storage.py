@@ -48,8 +48,9 @@ def test_failed_ids_leave_out_errors_and_passes(tmp_path):
     rows = pd.DataFrame(
         {"sample_id": ["a", "b", "c"], "num_passed": [0, 2, 0], "error": [None, None, "damaged.mp4: no frames"]}
     )
-    assert failed_ids(rows) == {"a"}
     rows.to_parquet(tmp_path / "one.parquet")
+    assert failed_ids(tmp_path) == failed_ids(tmp_path / "one.parquet") == {"a"}  # a stage's folder, or a file
+    assert failed_ids(tmp_path / "nothing") == set()
     assert list(read_rows(tmp_path / "one.parquet")["sample_id"]) == ["a", "b", "c"]  # a file, or a stage's folder
     assert list(read_rows(tmp_path)["sample_id"]) == ["a", "b", "c"]
     empty = read_rows(tmp_path / "nothing")  # a stage that wrote no file: its columns, no rows

@@ -368,7 +368,7 @@ def cmd_generate(args) -> int:
     run_dir = open_run(cfg)
     samples = [s for s in prepare_manifest(cfg, run_dir) if s.split == args.split][: args.limit]
     if args.failed_from:
-        failed = failed_ids(read_rows(Path(args.failed_from)))
+        failed = failed_ids(Path(args.failed_from))
         samples = [s for s in samples if s.sample_id in failed]
     cycle = Cycle(run_dir, 1)
     out = Path(args.out) if args.out else cycle.answers if args.mode == "answer" else cycle.rationales
@@ -429,7 +429,7 @@ def cmd_verify(args) -> int:
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     result = verified(ray.data.from_pandas(df), cfg.verify).to_pandas()
     write_jsonl(result, out / "verified.jsonl")
-    summary = summarize(result)
+    summary = summarize(result["verdicts"])
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'verified.jsonl'} and {out / 'summary.json'}")

@@ -95,7 +95,7 @@ def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None) -> Pat
 def video_star_sft(cfg: Config, model: str, samples: list[Sample], cycle: Cycle) -> dict:
     """Steps 1-3 of Video-STaR: answers, the failures rationalized, both verified and curated into SFT records."""
     generate(cfg, model, samples, "answer", cycle.answers)
-    failed = failed_ids(read_rows(cycle.answers))
+    failed = failed_ids(cycle.answers)
     generate(cfg, model, [s for s in samples if s.sample_id in failed], "rationale", cycle.rationales)
     return curate_records(cfg, cycle)
 
@@ -203,7 +203,7 @@ def generate(
         how = sampling or Sampling.from_config(cfg.generate, cfg.run.seed)
         generate_stage(samples, kind, out, model, cfg.generate, how, cfg.data, cfg.verify, cfg.model.dtype)
         seconds = time.perf_counter() - start
-        stats = {"model": model, "samples": len(samples), **generation_stats(read_rows(out))}
+        stats = {"model": model, "samples": len(samples), **generation_stats(out)}
         stats |= {"seconds": seconds, "rows_per_s": len(samples) / seconds if seconds else None}
         log.info(
             "%s/%s: %d/%d samples with a passing answer (%.1f%%), %d errors, %.1f s",
@@ -274,7 +274,7 @@ def evaluate(cfg: Config, model: str, samples: list[Sample], cycle: Cycle) -> di
     def step() -> dict:
         greedy = Sampling.greedy(cfg.eval.max_new_tokens, cfg.run.seed)
         stats = generate(cfg, model, samples, "answer", cycle.eval / "answers", greedy)
-        result = {"model": model, **accuracy(read_rows(cycle.eval / "answers")), "seconds": stats["seconds"]}
+        result = {"model": model, **accuracy(cycle.eval / "answers"), "seconds": stats["seconds"]}
         log.info("eval cycle %d: held-out accuracy %.1f%% (%d samples)", cycle.k, 100 * result["accuracy"], result["n"])
         return result
 

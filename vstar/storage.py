@@ -2,7 +2,7 @@
 
     run_dir = open_run(cfg)                          # runs/<name>, config.yaml saved (or compared on a resume)
     stats = once(run_dir / "manifest", lambda: ...)  # runs the step unless its folder is marked done
-    rows = read_rows(Cycle(run_dir, 1).answers)      # a generation stage's Parquet rows as one frame
+    for batch in read_batches(Cycle(run_dir, 1).answers, ["sample_id", "num_passed"]):  # a stage's rows, streamed
 
 Layout (README "Quickstart"; `Cycle(run_dir, k)` names a cycle's folders):
 
@@ -40,6 +40,7 @@ from vstar.config import Config, ConfigError
 log = logging.getLogger("vstar")
 
 SUCCESS = "_SUCCESS.json"
+BATCH_ROWS = 1024  # rows a streamed read holds: ~6 MB of a generation stage's rows at K=4 answers of 150 words
 
 # Keys that may change between a run and its resume: how the work is spread, never what it computes.
 RUNTIME_KEYS = (
@@ -121,21 +122,41 @@ def once(stage: Path, step: Callable[[], dict]) -> dict:
 
 def read_rows(stage: Path):
     """A generation stage's rows (every Parquet file of the folder, or the one file named) as one pandas frame; none:
-    an empty frame of the stage's columns."""
+    an empty frame of the stage's columns. For small stages and tests: the run's steps stream (`read_batches`)."""
     import pandas as pd
 
     from vstar.schema import GENERATED
 
-    files = [stage] if stage.is_file() else sorted(stage.glob("*.parquet"))
+    files = stage_files(stage)
     if not files:
         return GENERATED.empty_table().to_pandas()
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def failed_ids(rows) -> set[str]:
-    """The samples of a stage's rows with no passing candidate, leaving out error rows (their videos could not be
+def stage_files(stage: Path) -> list[Path]:
+    """A generation stage's Parquet files in name order (the stage's folder, or the one file named)."""
+    return [stage] if stage.is_file() else sorted(stage.glob("*.parquet"))
+
+
+def read_batches(stage: Path, columns: list[str], batch_size: int = BATCH_ROWS) -> Iterator:
+    """A generation stage's rows as pyarrow RecordBatches of `columns` only, `batch_size` rows at a time, file by
+    file: memory holds one batch (and the row group it comes from), however many rows the stage has."""
+    import pyarrow.parquet as pq
+
+    for path in stage_files(stage):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def failed_ids(stage: Path) -> set[str]:
+    """The samples of a stage with no passing candidate, leaving out error rows (their videos could not be
     decoded: asking again with a hint cannot help). What label rationalization re-asks."""
-    return set(rows.loc[(rows["num_passed"] == 0) & rows["error"].isna(), "sample_id"])
+    import pyarrow.compute as pc
+
+    failed = set()
+    for batch in read_batches(stage, ["sample_id", "num_passed", "error"]):
+        keep = pc.and_(pc.equal(batch["num_passed"], 0), pc.is_null(batch["error"]))
+        failed.update(batch["sample_id"].filter(keep).to_pylist())
+    return failed
 
 
 # -- the run -------------------------------------------------------------------------------------------------------

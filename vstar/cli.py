@@ -332,7 +332,7 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from vstar.curate import export_llava
+    from vstar.export import export_llava
 
     out = args.out or Path(args.run) / "export" / "llava.json"
     path, count = export_llava(args.run, out, args.cycle)

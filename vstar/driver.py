@@ -34,7 +34,7 @@ from pathlib import Path
 import ray
 
 from vstar.config import Config, EvalConfig
-from vstar.curate import curate, read_mix, write_sft
+from vstar.curate import curate
 from vstar.data.manifest import keep_tasks, load_manifest, read_samples, write_manifest
 from vstar.data.questions import assign_question
 from vstar.evaluate import accuracy, generation_stats, stop_reason
@@ -47,8 +47,6 @@ from vstar.storage import (
     failed_ids,
     once,
     open_run,
-    read_jsonl,
-    read_rows,
     record_step,
     write_jsonl,
     write_metrics,
@@ -225,12 +223,11 @@ def curate_records(cfg: Config, cycle: Cycle) -> dict:
 
     def step() -> dict:
         start = time.perf_counter()
-        mix = read_mix(cfg.curate.mix_with) if cfg.curate.mix_with else None
         earlier = cycle.previous.sft / "records.jsonl"
-        previous = read_jsonl(earlier) if cfg.curate.carry_forward and earlier.exists() else None
-        answers, rationales = read_rows(cycle.answers), read_rows(cycle.rationales)
-        records, stats = curate(answers, rationales, cycle.k, cfg.curate, cfg.run.seed, mix, previous)
-        write_sft(records, cycle.sft)
+        previous = earlier if cfg.curate.carry_forward and earlier.exists() else None
+        stats = curate(
+            cycle.answers, cycle.rationales, cycle.k, cfg.curate, cfg.run.seed, cycle.sft, cfg.curate.mix_with, previous
+        )
         log.info("cycle %d: %d SFT records %s", cycle.k, stats["records"], stats["by_origin"])
         return {**stats, "seconds": time.perf_counter() - start}
 

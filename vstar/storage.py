@@ -25,13 +25,15 @@ place (`atomic_write`), so a kill leaves either the old file or the new one, nev
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -40,6 +42,7 @@ from vstar.config import Config, ConfigError
 log = logging.getLogger("vstar")
 
 SUCCESS = "_SUCCESS.json"
+RUN_BYTES = 64 << 20  # JSON a sorted write holds before it spills a sorted run to disk
 BATCH_ROWS = 1024  # rows a streamed read holds: ~6 MB of a generation stage's rows at K=4 answers of 150 words
 
 # Keys that may change between a run and its resume: how the work is spread, never what it computes.
@@ -92,9 +95,62 @@ def write_jsonl(path: str | os.PathLike, rows, default=str, allow_nan: bool = Tr
     return Path(path)
 
 
+@contextmanager
+def sorted_jsonl(path: str | os.PathLike, key: Callable[[dict], Any], run_bytes: int = RUN_BYTES) -> Iterator:
+    """A function that takes rows, one at a time, for a JSONL file that is written sorted by `key` (stable: rows of
+    equal key keep the order they came in) and moved in place when the block ends without an error.
+
+    Memory holds `run_bytes` of JSON at most: fuller, the rows held are written as a sorted run beside `path`, and
+    the runs are merged at the end (an external merge sort); rows that fit in one run are written directly.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs: list[Path] = []
+    held: list[tuple[Any, str]] = []
+    size = 0
+
+    def spill() -> None:
+        nonlocal size
+        run = path.with_name(f".{path.name}.run{len(runs)}")
+        with run.open("w") as f:
+            f.writelines(line for _, line in sorted(held, key=lambda x: x[0]))
+        runs.append(run)
+        held.clear()
+        size = 0
+
+    def add(row: dict) -> None:
+        nonlocal size
+        line = json.dumps(row, allow_nan=False) + "\n"
+        held.append((key(row), line))
+        size += len(line)
+        if size >= run_bytes:
+            spill()
+
+    try:
+        yield add
+        with atomic_write(path) as out:
+            if not runs:
+                out.writelines(line for _, line in sorted(held, key=lambda x: x[0]))
+            else:
+                spill()
+                with ExitStack() as stack:
+                    files = [stack.enter_context(run.open()) for run in runs]
+                    out.writelines(heapq.merge(*files, key=lambda line: key(json.loads(line))))
+    finally:
+        for run in runs:
+            run.unlink(missing_ok=True)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """The rows of a JSONL file, a line at a time."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 # -- stages --------------------------------------------------------------------------------------------------------

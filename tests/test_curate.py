@@ -17,10 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vstar.config import CurateConfig
-from vstar.curate import curate, priority, read_mix, write_sft
+from vstar.curate import _array_items, curate, priority, read_mix, write_sft
 from vstar.export import export_llava, to_llava
 from vstar.generate.prompts import RATIONALE
 from vstar.schema import GENERATED
+from vstar.storage import read_jsonl
 
 DIRECTION = [{"name": "direction", "type": "class", "value": "left"}]
 
@@ -350,3 +351,32 @@ def test_carry_forward_keeps_earlier_records_of_samples_that_failed_now(tmp_path
         ("v2", "old v2", 0),  # carried, with the cycle that verified it
     ]
     assert stats["carried"] == 1 and stats["by_origin"] == {"answer": 1, "rationale": 1}
+
+
+def test_a_sample_in_two_rows_is_one_sample(tmp_path):
+    """A stage holds each sample once; should a sample come twice, its rows are merged: one dedup, one cap."""
+    first = frame(row("s1", ["left a", "left b"], [True, True]), row("s2", ["left"], [True]))
+    second = frame(row("s1", ["left  a", "left c"], [True, True]))
+    stage = write_stage(tmp_path / "answers", first, second)
+    stats = curate(stage, None, 1, CurateConfig(max_per_sample=2), 5, tmp_path / "sft")
+    records = read_jsonl(tmp_path / "sft" / "records.jsonl")
+    s1 = [r for r in records if r["sample_id"] == "s1"]
+    ranked = sorted(["left a", "left b", "left c"], key=lambda a: priority(5, {**s1[0], "answer": a}))
+    assert sorted(r["answer"] for r in s1) == sorted(ranked[:2])
+    assert stats["dropped"] == {"duplicate": 1, "cap_sample": 1, "cap_video": 0, "cap_label": 0}
+
+
+def test_read_mix_streams_a_llava_array(tmp_path):
+    entries = [
+        {"id": f"x{i}", "video": f"x{i}.mp4", "conversations": [{"from": "human", "value": f"<video>\nQ {i} ]["},
+                                                                {"from": "gpt", "value": "A, [1]"}]}
+        for i in range(40)
+    ]  # fmt: skip
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps(entries, indent=1))
+    with path.open() as f:
+        assert list(_array_items(f, chunk=64)) == entries  # chunks far smaller than an entry
+    assert [(r["sample_id"], r["question"]) for r in read_mix(path)] == [(f"x{i}", f"Q {i} ][") for i in range(40)]
+    path.write_text(json.dumps(entries)[:-3])
+    with pytest.raises(ValueError):
+        list(read_mix(path))

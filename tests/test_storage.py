@@ -13,8 +13,10 @@ from vstar.storage import (
     failed_ids,
     once,
     open_run,
+    read_jsonl,
     read_rows,
     record_step,
+    sorted_jsonl,
     write_metrics,
 )
 
@@ -48,8 +50,9 @@ def test_failed_ids_leave_out_errors_and_passes(tmp_path):
     rows = pd.DataFrame(
         {"sample_id": ["a", "b", "c"], "num_passed": [0, 2, 0], "error": [None, None, "damaged.mp4: no frames"]}
     )
-    assert failed_ids(rows) == {"a"}
     rows.to_parquet(tmp_path / "one.parquet")
+    assert failed_ids(tmp_path) == failed_ids(tmp_path / "one.parquet") == {"a"}  # a stage's folder, or a file
+    assert failed_ids(tmp_path / "nothing") == set()
     assert list(read_rows(tmp_path / "one.parquet")["sample_id"]) == ["a", "b", "c"]  # a file, or a stage's folder
     assert list(read_rows(tmp_path)["sample_id"]) == ["a", "b", "c"]
     empty = read_rows(tmp_path / "nothing")  # a stage that wrote no file: its columns, no rows
@@ -89,3 +92,18 @@ def test_a_run_keeps_the_step_that_makes_its_records(tmp_path):
     record_step(tmp_path, "vstar.driver.video_star_sft")  # the same step resumes
     with pytest.raises(ConfigError, match="makes its records with vstar.driver.video_star_sft, not .*answers_only"):
         record_step(tmp_path, "vstar.experiment.answers_only")
+
+
+def test_sorted_jsonl_merges_spilled_runs_stably(tmp_path):
+    rows = [{"k": (i * 7) % 10, "i": i} for i in range(50)]
+    path = tmp_path / "out" / "rows.jsonl"
+    with sorted_jsonl(path, key=lambda r: r["k"], run_bytes=60) as write:  # a run every few rows
+        for r in rows:
+            write(r)
+        assert len(list(path.parent.glob(".rows.jsonl.run*"))) > 5
+    assert read_jsonl(path) == sorted(rows, key=lambda r: r["k"])  # equal keys keep their order
+    assert [p.name for p in path.parent.iterdir()] == ["rows.jsonl"]  # the runs are removed
+    with pytest.raises(RuntimeError), sorted_jsonl(path, key=lambda r: r["k"], run_bytes=60) as write:
+        write({"k": 1, "i": 0})
+        raise RuntimeError("killed")
+    assert read_jsonl(path) == sorted(rows, key=lambda r: r["k"])  # an interrupted write leaves the old file

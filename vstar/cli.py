@@ -338,7 +338,7 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from vstar.curate import export_llava
+    from vstar.export import export_llava
 
     out = args.out or Path(args.run) / "export" / "llava.json"
     path, count = export_llava(args.run, out, args.cycle)
@@ -364,28 +364,34 @@ def cmd_plan(args) -> int:
 def cmd_generate(args) -> int:
     from pathlib import Path
 
+    import pyarrow.parquet as pq
+
+    from vstar.data.manifest import read_label_sets
     from vstar.driver import init_ray, prepare_manifest, prepare_model
+    from vstar.evaluate import generation_stats
     from vstar.generate.sampling import Sampling
     from vstar.generate.stage import generate_stage
-    from vstar.storage import Cycle, failed_ids, open_run, read_rows
+    from vstar.storage import Cycle, failed_ids, open_run
 
     cfg = resolved_config(args)
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     run_dir = open_run(cfg)
-    samples = [s for s in prepare_manifest(cfg, run_dir) if s.split == args.split][: args.limit]
+    table = prepare_manifest(cfg, run_dir)
+    ids = pq.read_table(table, columns=["sample_id", "split"]).to_pydict()
+    keep = [i for i, split in zip(ids["sample_id"], ids["split"], strict=True) if split == args.split][: args.limit]
     if args.failed_from:
-        failed = failed_ids(read_rows(Path(args.failed_from)))
-        samples = [s for s in samples if s.sample_id in failed]
+        failed = failed_ids(Path(args.failed_from))
+        keep = [i for i in keep if i in failed]
     cycle = Cycle(run_dir, 1)
     out = Path(args.out) if args.out else cycle.answers if args.mode == "answer" else cycle.rationales
     sampling = Sampling.from_config(cfg.generate, cfg.run.seed)
     generate_stage(
-        samples, args.mode, out, prepare_model(cfg), cfg.generate, sampling, cfg.data, cfg.verify, cfg.model.dtype
-    )
-    rows = read_rows(out)
+        table, args.mode, out, prepare_model(cfg), cfg.generate, sampling, cfg.data, cfg.verify, cfg.model.dtype,
+        keep=set(keep), label_sets=read_label_sets(table.parent / "label_sets.json"),
+    )  # fmt: skip
+    stats = generation_stats(out)
     print(
-        f"{args.mode}: {len(rows)} rows in {out}: {int((rows['num_passed'] > 0).sum())} with a passing candidate, "
-        f"{int(rows['error'].notna().sum())} errors"
+        f"{args.mode}: {stats['rows']} rows in {out}: {stats['passed']} with a passing candidate, {stats['errors']} errors"
     )
     return 0
 
@@ -440,7 +446,7 @@ def cmd_verify(args) -> int:
     ds = ray.data.from_pandas(df).map_batches(verify_rows, batch_format="pandas", batch_size=256, fn_kwargs=kwargs)
     result = ds.to_pandas()
     write_jsonl(result, out / "verified.jsonl")
-    summary = summarize(result)
+    summary = summarize(result["verdicts"])
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'verified.jsonl'} and {out / 'summary.json'}")

@@ -5,12 +5,15 @@
     ray job submit --address http://<head>:8265 --working-dir . --runtime-env jobs/runtime_env.yaml -- vstar run jobs/kinetics700.yaml
 
 Preparation: the resolved config saved in the run directory, the manifest validated (with none, the demo's synthetic
-videos), the model located (with none, the demo's tiny VLM), every clip decoded once on Ray Data so damaged files are
-reported before any model time is spent, and the base model (cycle 0) evaluated on the held-out split. Then, for
+videos) into the run's sample tables (Parquet, streamed: the driver never holds the samples), the model located (with
+none, the demo's tiny VLM), every clip decoded once on Ray Data into the frame store (`vstar.data.store`: every
+later stage reads its frames from there; damaged files are reported before any model time is spent), and the base
+model (cycle 0) evaluated on the held-out split. Then, for
 each cycle k = 1, 2, ... (model_0 = the configured model):
 
   answers     model_{k-1} answers every training question (K sampled candidates), verified against the labels
-  rationales  the samples with no passing answer are asked again with the label as a hint, verified
+  rationales  the samples with no passing answer are asked again with the label as a hint, verified (in the answer
+              pass, as soon as a sample's answers failed: `rationales/` fills while `answers/` does)
   sft         passing answers and rationales → SFT records with the original question (never the hint)
   train       finetune from the pre-trained checkpoint (train.init_from=base, the paper's choice) → model_k
   eval        model_k answers the held-out questions greedily; accuracy overall, per task, per label type
@@ -25,39 +28,48 @@ as the number of workers or actors, may differ) unless `--fork` starts a new run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
 from vstar.config import Config, EvalConfig
-from vstar.curate import curate, read_mix, write_sft
-from vstar.data.manifest import keep_tasks, load_manifest, read_samples, write_manifest
+from vstar.curate import curate
+from vstar.data.manifest import Rejected, Tally, read_label_sets, stream_manifest
 from vstar.data.questions import assign_question
+from vstar.data.store import FrameStore
+from vstar.data.table import write_sample_table
 from vstar.evaluate import accuracy, generation_stats, stop_reason
 from vstar.generate.sampling import Sampling
-from vstar.generate.stage import check_clips, generate_stage
+from vstar.generate.stage import clip_verdicts, generate_stage
 from vstar.report import write_report
-from vstar.schema import Sample
-from vstar.storage import (
-    Cycle,
-    failed_ids,
-    once,
-    open_run,
-    read_jsonl,
-    read_rows,
-    record_step,
-    write_jsonl,
-    write_metrics,
-)
+from vstar.schema import LabelSets
+from vstar.storage import Cycle, atomic_write, done, failed_ids, once, open_run, record_step, write_metrics, write_text
 
 log = logging.getLogger("vstar")
 
-# Steps 1-3 of a cycle: (cfg, model_{k-1}, training samples, cycle k) → the stats of cycle k's SFT records.
-SFTStep = Callable[[Config, str, list[Sample], Cycle], dict]
+
+@dataclass(frozen=True)
+class RunData:
+    """What the stages read, prepared once a run: the sample tables (`vstar.data.table`), the manifest's label sets
+    (for the verifier) and the frame store (None with data.frame_store false: each stage decodes)."""
+
+    train: Path
+    held_out: Path
+    label_sets: LabelSets
+    store: FrameStore | None
+
+
+# Steps 1-3 of a cycle: (cfg, model_{k-1}, the run's data, cycle k) → the stats of cycle k's SFT records.
+SFTStep = Callable[[Config, str, RunData, Cycle], dict]
 
 
 def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None) -> Path:
@@ -69,19 +81,19 @@ def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None) -> Pat
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     samples = prepare_manifest(cfg, run_dir)
     base = prepare_model(cfg)
-    check_videos(cfg, samples, run_dir)
-    train_set, held_out = split(samples, cfg.eval)
-    before = evaluate(cfg, base, held_out, Cycle(run_dir, 0))
+    store = check_videos(cfg, samples, run_dir)
+    data = split(samples, cfg.eval, store)
+    before = evaluate(cfg, base, data, Cycle(run_dir, 0))
     write_metrics(run_dir)
     model = base
     for k in range(1, cfg.run.max_cycles + 1):
         cycle = Cycle(run_dir, k)
-        if not sft_step(cfg, model, train_set, cycle)["records"]:
+        if not sft_step(cfg, model, data, cycle)["records"]:
             cycle.stop("no verified answer or rationale to train on")
             write_metrics(run_dir)
             break
-        model = finetune(cfg, base if cfg.train.init_from == "base" else model, cycle)
-        after = evaluate(cfg, model, held_out, cycle)
+        model = finetune(cfg, base if cfg.train.init_from == "base" else model, data, cycle)
+        after = evaluate(cfg, model, data, cycle)
         reason = stop_reason(k, before["accuracy"], after["accuracy"], cfg.run.max_cycles, cfg.run.min_delta)
         cycle.stop(reason)  # None: a resume with a larger run.max_cycles lifts an earlier stop
         write_metrics(run_dir)
@@ -92,12 +104,12 @@ def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None) -> Pat
     return run_dir
 
 
-def video_star_sft(cfg: Config, model: str, samples: list[Sample], cycle: Cycle) -> dict:
+def video_star_sft(cfg: Config, model: str, data: RunData, cycle: Cycle) -> dict:
     """Steps 1-3 of Video-STaR: answers, the failures rationalized, both verified and curated into SFT records. A
     sample is rationalized as soon as its answers failed, in the answer pass; the rationale pass then makes only
     those a kill interrupted."""
-    generate(cfg, model, samples, "answer", cycle.answers, rationales_to=cycle.rationales)
-    generate(cfg, model, samples, "rationale", cycle.rationales, keep=failed_ids(read_rows(cycle.answers)))
+    generate(cfg, model, data, data.train, "answer", cycle.answers, rationales_to=cycle.rationales)
+    generate(cfg, model, data, data.train, "rationale", cycle.rationales, keep=failed_ids(cycle.answers))
     return curate_records(cfg, cycle)
 
 
@@ -115,27 +127,58 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
 
 
-def prepare_manifest(cfg: Config, run_dir: Path) -> list[Sample]:
-    """Validate the manifest (with none, the demo's synthetic videos) into <run>/manifest/, with a question for every
-    sample that brings none (seeded by run.seed, template_id recorded); data.tasks keeps those tasks only."""
+def prepare_manifest(cfg: Config, run_dir: Path) -> Path:
+    """Validate the manifest (with none, the demo's synthetic videos) into <run>/manifest/: samples.parquet (the
+    sample table every stage reads) with label_sets.json, rejected.jsonl and summary.json. Every sample gets a
+    question when it brings none (seeded by run.seed, template_id recorded); data.tasks keeps those tasks only.
+    Streamed from the source to the files one sample at a time. Returns the table's path."""
     out = run_dir / "manifest"
+    table = out / "samples.parquet"
 
     def validate() -> dict:
         source = Path(cfg.data.manifest) if cfg.data.manifest else _demo().synthetic_manifest(cfg)
-        report = load_manifest(source)
-        if cfg.data.tasks is not None:
-            report.samples = keep_tasks(report.samples, cfg.data.tasks, source)
-        report.samples = [assign_question(s, cfg.run.seed) for s in report.samples]
-        for rejected in report.rejected:
-            log.warning("rejected %s", rejected.message)
-        write_manifest(report, out)
-        log.info("manifest %s: %s → %s", source, report.summary(), out)
-        if not report.samples:
+        label_sets: LabelSets = {}
+        tally, tasks = Tally(), Counter()
+        with atomic_write(out / "rejected.jsonl") as rejected:
+
+            def kept():
+                for item in stream_manifest(source, label_sets):
+                    tally.add(item)
+                    if isinstance(item, Rejected):
+                        log.warning("rejected %s", item.message)
+                        rejected.write(json.dumps({**asdict(item), "message": item.message}, default=str) + "\n")
+                        continue
+                    tasks[item.task] += 1
+                    if cfg.data.tasks is None or item.task in cfg.data.tasks:
+                        yield assign_question(item, cfg.run.seed)
+
+            stats = write_sample_table(kept(), table, label_sets)
+        kept_tasks = keep_tasks(tasks, cfg.data.tasks, source)
+        summary = {"samples": tally.samples, "rejected": tally.rejected, "text": tally.text()}
+        write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        log.info("manifest %s: %s; %d kept (tasks %s) → %s", source, tally.text(), kept_tasks, sorted(tasks), table)
+        if not kept_tasks:
             raise ValueError(f"no usable sample in {source}; reasons in {out / 'rejected.jsonl'}")
-        return {"samples": len(report.samples), "rejected": len(report.rejected), "source": str(source)}
+        return {"samples": stats["rows"], "clips": stats["clips"], "rejected": tally.rejected, "source": str(source)}
 
     once(out, validate)
-    return read_samples(out / "samples.jsonl")
+    return table
+
+
+def keep_tasks(tasks: Counter, wanted: list[str] | None, source: Path) -> int:
+    """How many samples data.tasks keeps, from the count of each task in the manifest; a wanted task absent from it
+    is named (an error when none is present)."""
+    if wanted is None:
+        return sum(tasks.values())
+    present = sorted(tasks)
+    if missing := [t for t in wanted if t not in present]:
+        msg = f"data.tasks: no sample of task {', '.join(missing)} in {source} (its tasks: {', '.join(present)})"
+        if len(missing) == len(wanted):
+            raise ValueError(msg)
+        log.warning(msg)
+    kept = sum(tasks[t] for t in wanted)
+    log.info("data.tasks %s: %d of %d samples kept", wanted, kept, sum(tasks.values()))
+    return kept
 
 
 def prepare_model(cfg: Config) -> str:
@@ -150,44 +193,79 @@ def _demo():
     return vstar.demo
 
 
-def check_videos(cfg: Config, samples: list[Sample], run_dir: Path) -> None:
-    """Decode every distinct clip once on Ray Data; write <run>/manifest/videos.jsonl, log the damaged ones.
-    A damaged video's samples stay in the manifest: each stage records them as error rows."""
+def check_videos(cfg: Config, samples: Path, run_dir: Path) -> FrameStore | None:
+    """Decode every distinct clip once on Ray Data — into the frame store, the pass that fills it (data.frame_store;
+    without it, only checked) — and write <run>/manifest/videos.jsonl, one line a clip, streamed; log the damaged
+    ones. No frame reaches the driver. A damaged video's samples stay in the manifest: each stage records them as
+    error rows. Returns the store."""
+    store = None
+    if cfg.data.frame_store:
+        root = cfg.data.frame_store_dir or run_dir / "frames"
+        store = FrameStore.open(root, cfg.data, expected_clips=pq.ParquetFile(samples).metadata.num_rows)
     out = run_dir / "manifest" / "videos.jsonl"  # written whole, atomically: it marks the step done
     if out.exists():
-        return
+        return store
     start = time.perf_counter()
-    rows = check_clips(samples, cfg.data)
+    clips = ray.data.read_parquet(str(samples), columns=["sample_id", "video", "start_s", "end_s"])
+    rows = store.fill(clips) if store is not None else clip_verdicts(clips, cfg.data)
+    n = bad = 0
+    with atomic_write(out) as f:
+        for batch in rows.iter_batches(batch_format="pyarrow", batch_size=4096):
+            for row in batch.to_pylist():
+                f.write(json.dumps({k: v for k, v in row.items() if k != "decoded"}, default=str) + "\n")
+                n += 1
+                if row["error"]:
+                    bad += 1
+                    if bad <= 50:
+                        log.warning("video error: %s", row["error"])
     seconds = time.perf_counter() - start
-    write_jsonl(out, ({k: _plain(v) for k, v in r.items() if k != "frames_shape"} for r in rows))
-    bad = [r for r in rows if r["error"]]
-    for r in bad:
-        log.warning("video error: %s", r["error"])
     log.info(
-        "videos: %d decoded, %d damaged, in %.1f s (%.1f videos/s, %d frames each)",
-        len(rows) - len(bad),
-        len(bad),
+        "videos: %d decoded, %d damaged%s, in %.1f s (%.1f videos/s, %d frames each)%s",
+        n - bad,
+        bad,
+        f" (the first 50 logged; every one in {out})" if bad > 50 else "",
         seconds,
-        len(rows) / seconds,
+        n / seconds,
         cfg.data.num_frames,
+        f"; frames stored in {store.dir}" if store is not None else "",
     )
+    return store
 
 
-def _plain(value):
-    return value.tolist() if hasattr(value, "tolist") else value
-
-
-def split(samples: list[Sample], eval_cfg: EvalConfig) -> tuple[list[Sample], list[Sample]]:
-    """Training samples (split train) and the held-out ones (eval.split, the first eval.max_samples by id)."""
-    train_set = [s for s in samples if s.split == "train"]
-    held_out = sorted((s for s in samples if s.split == eval_cfg.split), key=lambda s: s.sample_id)
-    held_out = held_out[: eval_cfg.max_samples]
-    if not train_set:
+def split(samples: Path, eval_cfg: EvalConfig, store: FrameStore | None) -> RunData:
+    """The training samples (split train) and the held-out ones (eval.split, the first eval.max_samples by id), each
+    its own sample table beside the manifest's, written a row group at a time."""
+    ids = pq.read_table(samples, columns=["sample_id", "split"])  # two columns: the only full read of the table
+    held_ids = ids.filter(pc.equal(ids["split"], eval_cfg.split)).column("sample_id")
+    held_ids = held_ids.take(pc.sort_indices(held_ids))[: eval_cfg.max_samples]
+    train_n = pc.sum(pc.equal(ids["split"], "train")).as_py() or 0
+    if not train_n:
         raise ValueError("the manifest has no sample with split 'train'")
-    if not held_out:
+    if not len(held_ids):
         raise ValueError(f"the manifest has no sample with split {eval_cfg.split!r} (eval.split) to evaluate on")
-    log.info("%d training samples, %d held-out (%s)", len(train_set), len(held_out), eval_cfg.split)
-    return train_set, held_out
+    label_sets = read_label_sets(samples.parent / "label_sets.json")
+    train, held_out = samples.with_name("train.parquet"), samples.with_name("held_out.parquet")
+    held_set = held_ids.combine_chunks()
+    for path, keep in (
+        (train, lambda b: pc.equal(b["split"], "train")),
+        (held_out, lambda b: pc.is_in(b["sample_id"], value_set=held_set)),
+    ):
+        if not path.exists():
+            filter_table(samples, path, keep)
+    log.info("%d training samples, %d held-out (%s)", train_n, len(held_ids), eval_cfg.split)
+    return RunData(train, held_out, label_sets, store)
+
+
+def filter_table(src: Path, dst: Path, keep: Callable) -> None:
+    """The rows of the Parquet table `src` that `keep` (a batch → boolean mask) keeps, into `dst`, a row group at a
+    time (moved in place whole)."""
+    source = pq.ParquetFile(src)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with pq.ParquetWriter(tmp, source.schema_arrow) as writer:
+        for i in range(source.num_row_groups):
+            group = source.read_row_group(i)
+            writer.write_table(group.filter(keep(group)))
+    os.replace(tmp, dst)
 
 
 # -- the cycle -------------------------------------------------------------------------------------------------
@@ -196,34 +274,36 @@ def split(samples: list[Sample], eval_cfg: EvalConfig) -> tuple[list[Sample], li
 def generate(
     cfg: Config,
     model: str,
-    samples: list[Sample],
+    data: RunData,
+    samples: Path,
     kind: str,
     out: Path,
     sampling: Sampling | None = None,
     keep: set[str] | None = None,
     rationales_to: Path | None = None,
 ) -> dict:
-    """A generation stage (answers, rationales or eval answers) run once: `kind` "answer" asks the question,
-    "rationale" adds the label as a hint; every row verified; `keep`: only these samples; `rationales_to`: the
-    answers' failures rationalized in the same pass, into that folder. Returns the stage's stats (its rows')."""
+    """A generation stage (answers, rationales or eval answers) over the sample table `samples`, run once: `kind`
+    "answer" asks the question, "rationale" adds the label as a hint; every row verified; `keep`: only these
+    samples; `rationales_to`: the answers' failures rationalized in the same pass, into that folder. Returns the
+    stage's stats (of the rows in `out`)."""
 
     def stage() -> dict:
         start = time.perf_counter()
         how = sampling or Sampling.from_config(cfg.generate, cfg.run.seed)
         generate_stage(
             samples, kind, out, model, cfg.generate, how, cfg.data, cfg.verify, cfg.model.dtype,
-            keep=keep, rationales_to=rationales_to,
+            keep=keep, store=data.store, label_sets=data.label_sets, rationales_to=rationales_to,
         )  # fmt: skip
         seconds = time.perf_counter() - start
-        rows = read_rows(out)
-        stats = {"model": model, "samples": len(rows), **generation_stats(rows)}
-        stats |= {"seconds": seconds, "rows_per_s": len(rows) / seconds if seconds else None}
+        stats = generation_stats(out)
+        rows = stats.pop("rows")
+        stats = {"model": model, "samples": rows, **stats, "seconds": seconds, "rows_per_s": rows / seconds}
         log.info(
             "%s/%s: %d/%d samples with a passing answer (%.1f%%), %d errors, %.1f s",
             out.parent.name,
             out.name,
             stats["passed"],
-            stats["samples"] - stats["errors"],
+            rows - stats["errors"],
             100 * stats["yield"],
             stats["errors"],
             seconds,
@@ -234,33 +314,32 @@ def generate(
 
 
 def curate_records(cfg: Config, cycle: Cycle) -> dict:
-    """Step 4a: the cycle's verified answers and rationales → SFT records (`<cycle>/sft/records.jsonl`)."""
+    """Step 4a: the cycle's verified answers and rationales → SFT records (`<cycle>/sft/records.jsonl`), streamed."""
 
     def step() -> dict:
         start = time.perf_counter()
-        mix = read_mix(cfg.curate.mix_with) if cfg.curate.mix_with else None
         earlier = cycle.previous.sft / "records.jsonl"
-        previous = read_jsonl(earlier) if cfg.curate.carry_forward and earlier.exists() else None
-        answers, rationales = read_rows(cycle.answers), read_rows(cycle.rationales)
-        records, stats = curate(answers, rationales, cycle.k, cfg.curate, cfg.run.seed, mix, previous)
-        write_sft(records, cycle.sft)
+        stats = curate(
+            cycle.answers, cycle.rationales, cycle.k, cfg.curate, cfg.run.seed, cycle.sft,
+            mix=cfg.curate.mix_with or None,
+            previous=earlier if cfg.curate.carry_forward and earlier.exists() else None,
+        )  # fmt: skip
         log.info("cycle %d: %d SFT records %s", cycle.k, stats["records"], stats["by_origin"])
         return {**stats, "seconds": time.perf_counter() - start}
 
     return once(cycle.sft, step)
 
 
-def finetune(cfg: Config, init: str, cycle: Cycle) -> str:
-    """Step 4b: finetune `init` on the cycle's SFT records with Ray Train; returns model_k's folder.
-    Rerun after a stop: Ray Train resumes the run named `fit` under <cycle>/train from its last checkpoint."""
-    from vstar.train.launch import read_sft, read_steps, train
+def finetune(cfg: Config, init: str, data: RunData, cycle: Cycle) -> str:
+    """Step 4b: finetune `init` on the cycle's SFT records with Ray Train, frames from the store; returns model_k's
+    folder. Rerun after a stop: Ray Train resumes the run named `fit` under <cycle>/train from its last checkpoint."""
+    from vstar.train.launch import read_steps, train
 
     def step() -> dict:
-        records = read_sft(cycle.sft / "records.jsonl")
         start = time.perf_counter()
         result = train(
-            records, init, cycle.model, cfg.train, cfg.data, cycle.train, "fit", max_steps=cfg.train.max_steps,
-            seed=cfg.run.seed,
+            cycle.sft / "records.jsonl", init, cycle.model, cfg.train, cfg.data, cycle.train, "fit",
+            max_steps=cfg.train.max_steps, seed=cfg.run.seed, store=data.store,
         )  # fmt: skip
         if result.error:
             raise RuntimeError(f"finetuning cycle {cycle.k} failed: {result.error}")
@@ -268,7 +347,7 @@ def finetune(cfg: Config, init: str, cycle: Cycle) -> str:
         steps = read_steps(cycle.train, "fit")
         log.info("cycle %d: trained %d steps in %.1f s → %s", cycle.k, result.metrics["step"], seconds, cycle.model)
         return {
-            "records": len(records),
+            "records": done(cycle.sft)["records"],
             "steps": result.metrics["step"],
             "final_loss": steps[-1]["loss"] if steps else None,
             "seconds": seconds,
@@ -280,14 +359,14 @@ def finetune(cfg: Config, init: str, cycle: Cycle) -> str:
     return str(cycle.model)
 
 
-def evaluate(cfg: Config, model: str, samples: list[Sample], cycle: Cycle) -> dict:
+def evaluate(cfg: Config, model: str, data: RunData, cycle: Cycle) -> dict:
     """model_k's greedy answers to the held-out questions, verified: accuracy overall, per task and per label type
     (vstar.evaluate)."""
 
     def step() -> dict:
         greedy = Sampling.greedy(cfg.eval.max_new_tokens, cfg.run.seed)
-        stats = generate(cfg, model, samples, "answer", cycle.eval / "answers", greedy)
-        result = {"model": model, **accuracy(read_rows(cycle.eval / "answers")), "seconds": stats["seconds"]}
+        stats = generate(cfg, model, data, data.held_out, "answer", cycle.eval / "answers", greedy)
+        result = {"model": model, **accuracy(cycle.eval / "answers"), "seconds": stats["seconds"]}
         log.info("eval cycle %d: held-out accuracy %.1f%% (%d samples)", cycle.k, 100 * result["accuracy"], result["n"])
         return result
 

@@ -27,13 +27,19 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from vstar.config import Config, load_config
+from vstar.schema import Sample
 from vstar.storage import Cycle, once
+
+if TYPE_CHECKING:
+    from vstar.driver import RunData
 
 log = logging.getLogger("vstar")
 
@@ -41,33 +47,34 @@ log = logging.getLogger("vstar")
 # -- the arms: each makes a cycle's SFT records from (cfg, model_{k-1}, training samples, cycle k) --------------------
 
 
-def full(cfg: Config, model: str, samples: list, cycle: Cycle) -> dict:
+def full(cfg: Config, model: str, data: RunData, cycle: Cycle) -> dict:
     from vstar.driver import video_star_sft
 
-    return video_star_sft(cfg, model, samples, cycle)
+    return video_star_sft(cfg, model, data, cycle)
 
 
-def answers_only(cfg: Config, model: str, samples: list, cycle: Cycle) -> dict:
+def answers_only(cfg: Config, model: str, data: RunData, cycle: Cycle) -> dict:
     from vstar.driver import curate_records, generate
 
-    generate(cfg, model, samples, "answer", cycle.answers)
+    generate(cfg, model, data, data.train, "answer", cycle.answers)
     skip(cycle.rationales, model, "answers-only")
     return curate_records(cfg, cycle)
 
 
-def rationales_only(cfg: Config, model: str, samples: list, cycle: Cycle) -> dict:
+def rationales_only(cfg: Config, model: str, data: RunData, cycle: Cycle) -> dict:
     from vstar.driver import curate_records, generate
 
     skip(cycle.answers, model, "rationales-only")
-    generate(cfg, model, samples, "rationale", cycle.rationales)
+    generate(cfg, model, data, data.train, "rationale", cycle.rationales)
     return curate_records(cfg, cycle)
 
 
-def label_as_answer(cfg: Config, model: str, samples: list, cycle: Cycle) -> dict:
+def label_as_answer(cfg: Config, model: str, data: RunData, cycle: Cycle) -> dict:
     from vstar.curate import write_sft
+    from vstar.data.table import read_sample_table
 
     def step() -> dict:
-        records = label_records(samples, cycle.k)
+        records = label_records(read_sample_table(data.train), cycle.k)
         write_sft(records, cycle.sft)
         log.info("cycle %d: %d label-as-answer SFT records", cycle.k, len(records))
         return {"records": len(records), "by_origin": {"label": len(records)}, "seconds": 0.0}
@@ -100,7 +107,7 @@ def skip(stage: Path, model: str, arm: str) -> dict:
     return once(stage, empty)
 
 
-def label_records(samples: list, cycle: int) -> list[dict]:
+def label_records(samples: Iterable[Sample], cycle: int) -> list[dict]:
     """Every training sample's question answered with its labels ("Answer: <label>"), as SFT records."""
     from vstar.verify.render import render_labels
 

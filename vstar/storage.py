@@ -2,7 +2,7 @@
 
     run_dir = open_run(cfg)                          # runs/<name>, config.yaml saved (or compared on a resume)
     stats = once(run_dir / "manifest", lambda: ...)  # runs the step unless its folder is marked done
-    rows = read_rows(Cycle(run_dir, 1).answers)      # a generation stage's Parquet rows as one frame
+    for batch in read_batches(Cycle(run_dir, 1).answers, ["sample_id", "num_passed"]):  # a stage's rows, streamed
 
 Layout (README "Quickstart"; `Cycle(run_dir, k)` names a cycle's folders):
 
@@ -25,13 +25,15 @@ place (`atomic_write`), so a kill leaves either the old file or the new one, nev
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -40,6 +42,8 @@ from vstar.config import Config, ConfigError
 log = logging.getLogger("vstar")
 
 SUCCESS = "_SUCCESS.json"
+RUN_BYTES = 64 << 20  # JSON a sorted write holds before it spills a sorted run to disk
+BATCH_ROWS = 1024  # rows a streamed read holds: ~6 MB of a generation stage's rows at K=4 answers of 150 words
 
 # Keys that may change between a run and its resume: how the work is spread, never what it computes.
 RUNTIME_KEYS = (
@@ -91,9 +95,62 @@ def write_jsonl(path: str | os.PathLike, rows, default=str, allow_nan: bool = Tr
     return Path(path)
 
 
+@contextmanager
+def sorted_jsonl(path: str | os.PathLike, key: Callable[[dict], Any], run_bytes: int = RUN_BYTES) -> Iterator:
+    """A function that takes rows, one at a time, for a JSONL file that is written sorted by `key` (stable: rows of
+    equal key keep the order they came in) and moved in place when the block ends without an error.
+
+    Memory holds `run_bytes` of JSON at most: fuller, the rows held are written as a sorted run beside `path`, and
+    the runs are merged at the end (an external merge sort); rows that fit in one run are written directly.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs: list[Path] = []
+    held: list[tuple[Any, str]] = []
+    size = 0
+
+    def spill() -> None:
+        nonlocal size
+        run = path.with_name(f".{path.name}.run{len(runs)}")
+        with run.open("w") as f:
+            f.writelines(line for _, line in sorted(held, key=lambda x: x[0]))
+        runs.append(run)
+        held.clear()
+        size = 0
+
+    def add(row: dict) -> None:
+        nonlocal size
+        line = json.dumps(row, allow_nan=False) + "\n"
+        held.append((key(row), line))
+        size += len(line)
+        if size >= run_bytes:
+            spill()
+
+    try:
+        yield add
+        with atomic_write(path) as out:
+            if not runs:
+                out.writelines(line for _, line in sorted(held, key=lambda x: x[0]))
+            else:
+                spill()
+                with ExitStack() as stack:
+                    files = [stack.enter_context(run.open()) for run in runs]
+                    out.writelines(heapq.merge(*files, key=lambda line: key(json.loads(line))))
+    finally:
+        for run in runs:
+            run.unlink(missing_ok=True)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """The rows of a JSONL file, a line at a time."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 # -- stages --------------------------------------------------------------------------------------------------------
@@ -121,21 +178,41 @@ def once(stage: Path, step: Callable[[], dict]) -> dict:
 
 def read_rows(stage: Path):
     """A generation stage's rows (every Parquet file of the folder, or the one file named) as one pandas frame; none:
-    an empty frame of the stage's columns."""
+    an empty frame of the stage's columns. For small stages and tests: the run's steps stream (`read_batches`)."""
     import pandas as pd
 
     from vstar.schema import GENERATED
 
-    files = [stage] if stage.is_file() else sorted(stage.glob("*.parquet"))
+    files = stage_files(stage)
     if not files:
         return GENERATED.empty_table().to_pandas()
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def failed_ids(rows) -> set[str]:
-    """The samples of a stage's rows with no passing candidate, leaving out error rows (their videos could not be
+def stage_files(stage: Path) -> list[Path]:
+    """A generation stage's Parquet files in name order (the stage's folder, or the one file named)."""
+    return [stage] if stage.is_file() else sorted(stage.glob("*.parquet"))
+
+
+def read_batches(stage: Path, columns: list[str], batch_size: int = BATCH_ROWS) -> Iterator:
+    """A generation stage's rows as pyarrow RecordBatches of `columns` only, `batch_size` rows at a time, file by
+    file: memory holds one batch (and the row group it comes from), however many rows the stage has."""
+    import pyarrow.parquet as pq
+
+    for path in stage_files(stage):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def failed_ids(stage: Path) -> set[str]:
+    """The samples of a stage with no passing candidate, leaving out error rows (their videos could not be
     decoded: asking again with a hint cannot help). What label rationalization re-asks."""
-    return set(rows.loc[(rows["num_passed"] == 0) & rows["error"].isna(), "sample_id"])
+    import pyarrow.compute as pc
+
+    failed = set()
+    for batch in read_batches(stage, ["sample_id", "num_passed", "error"]):
+        keep = pc.and_(pc.equal(batch["num_passed"], 0), pc.is_null(batch["error"]))
+        failed.update(batch["sample_id"].filter(keep).to_pylist())
+    return failed
 
 
 # -- the run -------------------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ one: `pending_rationales`.)
 
 Every input row comes out once: with K candidates and their verdicts, or with an `error` (the video
 could not be decoded, or the model refused that row's input). Any other failure is the engine's (vLLM's engine
-died, a CUDA error): the actor exits, Ray restarts it and retries its batch (`ENGINE_RETRIES` times), then the
-stage fails with nothing of that batch written. Resumable: each block is one file, named after its rows' sample_ids
+died, a CUDA error): the actor exits, Ray restarts it and retries its batch; after `ENGINE_RETRIES` restarts the
+next death fails the stage with nothing of that batch written. A lost node's actors restart on another node, each
+restart one of those. Resumable: each block is one file, named after its rows' sample_ids
 and moved in place when whole (a retried block replaces its file, never adds a second), and a rerun skips the
 `sample_id`s already written, so nothing is generated twice.
 
@@ -50,7 +51,7 @@ from vstar.schema import GENERATED, Label, Sample
 from vstar.verify.batch import verify_rows
 
 log = logging.getLogger("vstar")
-ENGINE_RETRIES = 2  # a batch whose engine fails is retried this many times on a restarted actor
+ENGINE_RETRIES = 2  # an actor whose engine fails (or whose node is lost) is restarted this many times
 FRAMES = ("frames", "frames_shape", "frame_indices", "fps", "total_frames", "decode_backend", "error")
 # CPUs a frames task asks for: distinct from an actor's (1), so Ray Data never fuses the frames step into the
 # generation actors (it fuses a task map into an actor map only when their resources are equal)
@@ -242,8 +243,10 @@ def generated(
         resources=accelerator_resources(gen.accelerator_resource, gen.num_gpus_per_actor),
         batch_size=gen.batch_size,
         batch_format="numpy",
-        max_restarts=-1,  # an engine loads afresh in a restarted actor
-        max_task_retries=ENGINE_RETRIES,  # bounded: a batch that always kills its engine fails the stage
+        # bounded by restarts, not task retries: a batch that always kills its engine fails the stage, while the
+        # retries a lost node's actor fast-fails until Ray notices the node is gone cost nothing (ray#44719)
+        max_restarts=ENGINE_RETRIES,
+        max_task_retries=-1,
     )
 
 
@@ -400,20 +403,21 @@ def verified(
     return ds.map_batches(verify_rows, batch_format="pandas", batch_size=batch_size, fn_kwargs=kwargs)
 
 
-def check_clips(samples: list[Sample], data: DataConfig) -> list[dict]:
-    """Decode every distinct clip of the samples once on Ray Data; one row per clip (video, clip bounds, frame
-    metadata and shape, `error`), the frames themselves left on the workers."""
-    clips: dict[tuple, Sample] = {}
-    for s in samples:  # the first sample of each clip names its row
-        clips.setdefault((s.video, s.start_s, s.end_s), s)
-    rows = [
-        {"sample_id": s.sample_id, "video": s.video, "start_s": s.start_s, "end_s": s.end_s} for s in clips.values()
-    ]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-    return ds.map(clip_verdict, fn_kwargs=decode_options(data)).take_all()
+def clip_verdicts(samples: ray.data.Dataset, data: DataConfig) -> ray.data.Dataset:
+    """Every distinct clip of the sample rows decoded once, without a frame store (data.frame_store false): one
+    row per clip (its first sample's id, video, clip bounds, frame metadata and shape, `error`), the frames
+    themselves dropped in the task that decoded them."""
+    first = samples.groupby(["video"]).map_groups(_first_of_each_clip, batch_format="pandas")
+    return first.map(clip_verdict, fn_kwargs=decode_options(data))
+
+
+def _first_of_each_clip(group: pd.DataFrame) -> pd.DataFrame:
+    bounds = group[["start_s", "end_s"]].fillna(-1.0)  # NaN never equals itself: a whole-video clip's bounds
+    return group.loc[~bounds.assign(video=group["video"]).duplicated()]
 
 
 def clip_verdict(row: dict, **options) -> dict:
     """One clip decoded, and what the check keeps of it: the row without its frames (dropped in the task that
     decoded them, so no frames column ever leaves it)."""
+    row = {**row, "start_s": _given(row.get("start_s")), "end_s": _given(row.get("end_s"))}
     return {k: v for k, v in frames_row(row, **options).items() if k != "frames"}

@@ -12,6 +12,9 @@ each row is verified on its own, so one bad row never costs the batch.
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
 
 import numpy as np
@@ -108,16 +111,15 @@ def write_jsonl(df: pd.DataFrame, path) -> None:
     storage.write_jsonl(path, df.to_dict(orient="records"), default=plain)
 
 
-def summarize(df: pd.DataFrame) -> dict:
-    """Pass rates overall and per label type, and the most common failure reasons (numbers stripped)."""
-    import re
-    from collections import Counter
-
+def summarize(verdicts: Iterable[str]) -> dict:
+    """Pass rates overall and per label type, and the most common failure reasons (numbers stripped), from the
+    rows' `verdicts` (JSON text each), consumed one at a time: a column, or a stream of a stage's batches."""
     per_type, reasons = Counter(), Counter()
     per_type_passed = Counter()
-    candidates = rows_with_pass = 0
-    for verdicts_json in df["verdicts"]:
+    rows = candidates = rows_with_pass = 0
+    for verdicts_json in verdicts:
         row_verdicts = json.loads(verdicts_json)
+        rows += 1
         candidates += len(row_verdicts)
         rows_with_pass += any(v["passed"] for v in row_verdicts)
         for v in row_verdicts:
@@ -127,7 +129,7 @@ def summarize(df: pd.DataFrame) -> dict:
                 if not lv["passed"]:
                     reasons[re.sub(r"'[^']*'|\[[^\]]*\]|-?\d+(?:\.\d+)?", "_", lv["reason"])[:80]] += 1
     return {
-        "rows": len(df),
+        "rows": rows,
         "candidates": candidates,
         "rows_with_a_passing_candidate": rows_with_pass,
         "label_pass_rate": {t: round(per_type_passed[t] / n, 4) for t, n in sorted(per_type.items())},

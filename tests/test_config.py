@@ -69,6 +69,8 @@ def test_yaml_then_overrides(tmp_path):
         (["data.max_frame_pixels=-1"], "data.max_frame_pixels: Input should be greater than or equal to 3136"),
         (["data.max_video_pixels=0"], "data.max_video_pixels: Input should be greater than or equal to 3136"),
         (["data.max_video_pixels=20000"], "data: max_video_pixels (20000) must hold num_frames (8) frames of at least"),
+        (["data.frame_quality=101"], "data.frame_quality: Input should be less than or equal to 100 (got 101)"),
+        (["data.frame_codec=webp"], "data.frame_codec: Input should be 'jpeg' or 'png' (got 'webp')"),
         (["train"], "override 'train' must look like section.key=value"),
     ],
 )

@@ -56,6 +56,7 @@ RUNTIME_KEYS = (
     "generate.accelerator_resource",
     "generate.batch_size",
     "data.decode_timeout_s",
+    "data.frame_store_dir",
     "train.num_workers",
     "train.min_workers",
     "train.cpus_per_worker",

@@ -227,7 +227,7 @@ def check_videos(cfg: Config, samples: Path, run_dir: Path) -> FrameStore | None
         seconds,
         n / seconds,
         cfg.data.num_frames,
-        f"; frames stored in {store.dir}" if store is not None else "",
+        f"; frames stored in {store.path}" if store is not None else "",
     )
     return store
 

@@ -107,7 +107,7 @@ def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
     assert code == 0
     run = tmp_path / "runs" / "e2e"
     assert "manifest:" in (run / "config.yaml").read_text()
-    kept = (run / "manifest" / "samples.jsonl").read_text().splitlines()
+    kept = pd.read_parquet(run / "manifest" / "samples.parquet")
     assert len(kept) == len(rows) + 1  # the damaged video's row is a valid sample; its file is the problem
     assert json.loads((run / "manifest" / "summary.json").read_text())["rejected"] == 1  # the {oops line
     videos = [json.loads(x) for x in (run / "manifest" / "videos.jsonl").read_text().splitlines()]

@@ -38,6 +38,12 @@ def small(tmp_path: Path, name: str, *more: str) -> list[str]:
     ]
 
 
+def manifest_rows(run_dir: Path) -> dict[str, dict]:
+    """The run's validated samples (its sample table) by id."""
+    rows = pd.read_parquet(run_dir / "manifest" / "samples.parquet").to_dict(orient="records")
+    return {r["sample_id"]: r for r in rows}
+
+
 def parquet_rows(folder: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in sorted(folder.glob("*.parquet"))], ignore_index=True)
 
@@ -53,7 +59,7 @@ def test_two_cycles_end_to_end(ray_local, tmp_path):
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["cycle"] for x in lines] == [0, 1, 2]
     assert lines[1]["stop"] is None and lines[-1]["stop"] == "run.max_cycles 2 reached"  # the old stop is gone
-    manifest = {json.loads(x)["sample_id"]: json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()}
+    manifest = manifest_rows(run_dir)
     train_ids = {k for k, s in manifest.items() if s["split"] == "train"}
     for k in (1, 2):
         cycle = run_dir / f"cycle_{k}"
@@ -101,8 +107,10 @@ def test_data_tasks_keeps_those_tasks_and_names_an_absent_one(synth_dir, tmp_pat
     from vstar.driver import prepare_manifest
 
     manifest = f"data.manifest={synth_dir / 'manifest.jsonl'}"
-    kept = prepare_manifest(load_config(None, [manifest, "data.tasks=[direction,nosuch]"]), tmp_path / "a")
-    assert kept and {s.task for s in kept} == {"direction"}
+    kept = pd.read_parquet(
+        prepare_manifest(load_config(None, [manifest, "data.tasks=[direction,nosuch]"]), tmp_path / "a")
+    )
+    assert len(kept) and set(kept["task"]) == {"direction"}
     assert "data.tasks: no sample of task nosuch" in caplog.text
     with pytest.raises(
         ValueError, match=r"data.tasks: no sample of task nosuch, other in .*manifest.jsonl \(its tasks: "
@@ -138,7 +146,7 @@ def test_ablation_arms(ray_local, tmp_path):
         return run_dir, [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
     run_dir, lines = arm("label-as-answer")
-    samples = {json.loads(x)["sample_id"]: json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()}
+    samples = manifest_rows(run_dir)
     records = [json.loads(x) for x in (run_dir / "cycle_1" / "sft" / "records.jsonl").open()]
     assert sorted(r["sample_id"] for r in records) == sorted(k for k, s in samples.items() if s["split"] == "train")
     for r in records:
@@ -208,7 +216,7 @@ def test_a_driver_killed_in_every_stage_resumes_to_the_same_rows(tmp_path):
 
     answers = parquet_rows(cycle / "answers")
     assert answers["sample_id"].is_unique and len(answers) == answers.attrs.get("n", len(answers))
-    manifest = [json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()]
+    manifest = list(manifest_rows(run_dir).values())
     assert sorted(answers["sample_id"]) == sorted(s["sample_id"] for s in manifest if s["split"] == "train")
     rationales = parquet_rows(cycle / "rationales")
     assert rationales["sample_id"].is_unique

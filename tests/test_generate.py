@@ -287,10 +287,8 @@ def test_killed_part_way_then_rerun_generates_nothing_twice(ray_local, tmp_path)
     df = read_rows(out)
     counts = Counter(df["sample_id"])
     assert max(counts.values()) == 1  # nothing written twice
-    train = [
-        json.loads(x) for x in (tmp_path / "runs" / "kill" / "manifest" / "samples.jsonl").read_text().splitlines()
-    ]
-    assert set(counts) == {s["sample_id"] for s in train if s["split"] == "train"}
+    train = pd.read_parquet(tmp_path / "runs" / "kill" / "manifest" / "samples.parquet")
+    assert set(counts) == set(train.loc[train["split"] == "train", "sample_id"])
     for path, (mtime, _) in before.items():  # what was written before the kill was kept, not redone
         assert path.exists() and path.stat().st_mtime_ns == mtime
     assert 0 < len(first_ids) < len(counts)

@@ -7,7 +7,7 @@ from functools import partial
 import pytest
 
 from vstar.config import DataConfig
-from vstar.generate.stage import check_clips, clip_verdict
+from vstar.generate.stage import clip_verdict, clip_verdicts, sample_row
 from vstar.schema import Sample
 
 
@@ -17,7 +17,10 @@ def test_the_video_check_decodes_every_clip_with_an_error_row(ray_local, synth_s
     bad = Sample(sample_id="bad", video=str(damaged), task="t", labels=[{"name": "a", "type": "class", "value": "b"}])
     one_per_video = list({s.video: s for s in synth_samples}.values())[:5]
     samples = one_per_video + synth_samples[:3] + [bad]  # the first video's other samples: its clip is decoded once
-    rows = {r["sample_id"]: r for r in check_clips(samples, DataConfig(num_frames=8))}
+    import ray
+
+    ds = ray.data.from_items([sample_row(s) for s in samples])
+    rows = {r["sample_id"]: r for r in clip_verdicts(ds, DataConfig(num_frames=8)).take_all()}
     assert set(rows) == {s.sample_id for s in one_per_video + [bad]}
     for s in one_per_video:
         row = rows[s.sample_id]

@@ -52,13 +52,20 @@ from vstar.train.collate import answer_token_count, collate, loss_positions, tar
 REPORT_EVERY = 10  # steps between reports: under Ray Train each one waits on the controller (~1-2 s by default)
 
 
-def steps_per_epoch(num_samples: int, global_batch_size: int) -> int:
-    """Optimizer steps in one pass over the data; the last step of an epoch may be smaller.
+def steps_per_epoch(
+    num_samples: int, global_batch_size: int, micro_batch_size: int | None = None, world: int = 1
+) -> int:
+    """Optimizer steps in one pass over the data; the last step of an epoch may be smaller. With the micro-batch
+    and the number of ranks, what each rank really steps: Ray Train splits the rows equally, num_samples // world
+    a rank (the rest dropped), in micro-batches accumulated to the global batch.
 
-    >>> steps_per_epoch(10, 4), steps_per_epoch(3, 4)
-    (3, 1)
+    >>> steps_per_epoch(10, 4), steps_per_epoch(3, 4), steps_per_epoch(5, 2, micro_batch_size=1, world=2)
+    (3, 1, 2)
     """
-    return max(1, math.ceil(num_samples / global_batch_size))
+    if micro_batch_size is None:
+        return max(1, math.ceil(num_samples / global_batch_size))
+    accum = max(1, math.ceil(global_batch_size / (micro_batch_size * world)))
+    return max(1, math.ceil(math.ceil(num_samples // world / micro_batch_size) / accum))
 
 
 def total_steps(num_samples: int, global_batch_size: int, epochs: int, max_steps: int | None) -> int:
@@ -204,8 +211,8 @@ def train_worker(
     optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
     accum = max(1, math.ceil(cfg["global_batch_size"] / (cfg["micro_batch_size"] * world)))
-    per_epoch = steps_per_epoch(cfg["num_samples"], cfg["global_batch_size"])
-    total = total_steps(cfg["num_samples"], cfg["global_batch_size"], cfg["epochs"], cfg["max_steps"])
+    per_epoch = steps_per_epoch(cfg["num_samples"], cfg["global_batch_size"], cfg["micro_batch_size"], world)
+    total = cfg["max_steps"] or per_epoch * cfg["epochs"]
     scheduler = schedule(optimizer, total, cfg["warmup_ratio"])
     step = load_checkpoint(resume_dir, model, optimizer, scheduler) if resume_dir else 0
     start = step  # where this attempt began: 0, or the step of the checkpoint it resumed from

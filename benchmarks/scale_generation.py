@@ -1,0 +1,191 @@
+"""The generation stage at scale on CPU (issue 23 (b)): frames decoded once into the frame store, then read by CPU
+tasks beside one generation actor; pipeline efficiency, decodes per clip, time to the first written row.
+
+    . .venv/bin/activate && python benchmarks/scale_generation.py              # 2,000 clips, about 6 minutes
+    . .venv/bin/activate && python benchmarks/scale_generation.py --clips 200  # smoke check
+
+Setup: `--clips` synthetic videos (`vstar.data.synth`: 48 frames, 112 px), one sample each (task `direction`), a
+question from `assign_question(seed=0)`, the tiny random Qwen2.5-VL, one local Ray of 2 CPUs. Generation: K=4
+candidates, temperature 1.0, max_new_tokens 32, "answer" prompts, 8 frames, `--batch` rows a call, 1 actor (1 CPU:
+torch on 1 thread there).
+
+1. The video check fills the frame store (`FrameStore.fill`): time, clips/s, decodes.
+2. Each step alone, in this process, on rows of the same run: reading frames from the store (`read_batch`, batches
+   of 16), generating (`HFBackend.generate` on 1 torch thread at `--batch`, one warm-up batch first), verifying
+   (`verify_rows` on the rows the stage wrote).
+3. The stage (`generate_stage` over the sample table, frames from the store): wall time, rows/s, the first and
+   last written file (modification times from the call's start), steady rows/s (rows after the first file over
+   the time between first and last file).
+   Pipeline efficiency = stage rows/s over the slowest step alone (benchmarks/generate.py's definition); steady
+   efficiency = steady rows/s over the same. The stage's fixed start (an actor importing torch and loading the
+   model, ~8 s here) is in the first, not the second.
+4. A second stage over the same clips (the next cycle's answers): the store's decodes do not grow: decodes per clip
+   per run stays 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+SETTINGS = ["generate.num_candidates=4", "generate.temperature=1.0", "generate.max_new_tokens=32"]
+
+
+def setup(tmp: Path, clips: int):
+    from vstar.data.manifest import Rejected, stream_manifest
+    from vstar.data.questions import assign_question
+    from vstar.data.synth import synthesize
+    from vstar.data.table import write_sample_table
+    from vstar.models.tiny import build_tiny_vlm
+
+    start = time.perf_counter()
+    manifest = synthesize(tmp / "synth", clips, seed=0)
+    sets: dict = {}
+    samples = (
+        assign_question(s, 0)
+        for s in stream_manifest(manifest, sets)
+        if not isinstance(s, Rejected) and s.task == "direction"
+    )
+    table = tmp / "samples.parquet"
+    rows = write_sample_table(samples, table, sets)["rows"]
+    print(f"setup: {clips} videos, {rows} samples (one a clip) in {time.perf_counter() - start:.1f} s")
+    return table, build_tiny_vlm(tmp / "tiny", family="qwen2_5_vl"), sets
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def alone_rates(table: Path, store, model: Path, cfg, batch: int, rows: int) -> dict:
+    """rows/s of reading frames and of generating, each alone in this process."""
+    import torch
+
+    from vstar.data.frames import frames_from_batch
+    from vstar.generate.backends import HFBackend
+    from vstar.generate.sampling import Sampling
+    from vstar.generate.stage import with_prompts
+
+    prompts = with_prompts(pq.read_table(table).slice(0, rows).to_pandas(), "answer")
+    columns = {k: prompts[k].to_numpy() for k in prompts.columns}
+    store.read_batch({k: v[:16] for k, v in columns.items()})  # warm: index cache, imports
+    read, read_s = timed(
+        lambda: [store.read_batch({k: v[i : i + 16] for k, v in columns.items()}) for i in range(0, rows, 16)]
+    )
+    merged = {k: [x for b in read for x in b[k]] for k in read[0]}
+    backend = HFBackend(
+        str(model), Sampling.from_config(cfg.generate, seed=0), max_frame_pixels=cfg.data.max_frame_pixels
+    )
+    torch.set_num_threads(1)  # what the 1-CPU actor gets
+
+    def generate(lo: int, hi: int):
+        idx = list(range(lo, hi))
+        videos, metas = frames_from_batch(merged, idx)
+        return backend.generate([merged["prompt"][i] for i in idx], videos, metas)
+
+    generate(0, batch)  # warm-up
+    _, gen_s = timed(lambda: [generate(i, min(i + batch, rows)) for i in range(0, rows, batch)])
+    torch.set_num_threads(os.cpu_count() or 1)
+    return {"read": rows / read_s, "generate": rows / gen_s}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Example: --clips 200 (smoke)")
+    parser.add_argument("--clips", type=int, default=2000, help="synthetic clips, one sample each (default 2000)")
+    parser.add_argument("--batch", type=int, default=16, help="rows a generate call (default 16)")
+    parser.add_argument("--alone-rows", type=int, default=128, help="rows each step alone is timed on (default 128)")
+    args = parser.parse_args(argv)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+    import ray
+
+    from vstar.config import load_config
+    from vstar.data.store import FrameStore
+    from vstar.generate.sampling import Sampling
+    from vstar.generate.stage import generate_stage
+    from vstar.verify.batch import verify_rows
+
+    cfg = load_config(None, [*SETTINGS, f"generate.batch_size={args.batch}", "generate.num_actors=1"])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vstar-scale-", ignore_cleanup_errors=True) as tmp:
+        tmp = Path(tmp)
+        table, model, sets = setup(tmp, args.clips)
+        n = pq.ParquetFile(table).metadata.num_rows
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+
+        store = FrameStore.open(tmp / "frames", cfg.data, expected_clips=n)
+        clips = ray.data.read_parquet(str(table), columns=["video", "start_s", "end_s"])
+        verdicts, fill_s = timed(lambda: store.fill(clips).to_pandas())
+        stats = store.stats()
+        print(f"fill: {len(verdicts)} clips in {fill_s:.1f} s ({len(verdicts) / fill_s:.1f} clips/s), "
+              f"{stats['decodes']} decodes, {stats['bytes_per_clip'] / 1e3:.1f} KB a clip")  # fmt: skip
+
+        alone = alone_rates(table, store, model, cfg, args.batch, min(args.alone_rows, n))
+        sampling = Sampling.from_config(cfg.generate, seed=0)
+        out = tmp / "answers"
+        start_wall = time.time()
+        _, stage_s = timed(
+            lambda: generate_stage(
+                table,
+                "answer",
+                out,
+                str(model),
+                cfg.generate,
+                sampling,
+                cfg.data,
+                cfg.verify,
+                store=store,
+                label_sets=sets,
+            )  # fmt: skip
+        )
+        files = sorted(
+            (p.stat().st_mtime - start_wall, pq.ParquetFile(p).metadata.num_rows) for p in out.glob("*.parquet")
+        )
+        rows = sum(k for _, k in files)
+        first, last = files[0][0], files[-1][0]
+        steady = sum(k for _, k in files[1:]) / (last - first) if last > first else float("nan")
+        written = pd.read_parquet(out).drop(columns=["verdicts", "passed", "num_passed"])
+        _, verify_s = timed(lambda: verify_rows(written, cfg.verify, label_sets=sets))
+        alone["verify"] = len(written) / verify_s
+        slowest = min(alone, key=alone.get)
+
+        # the next cycle: the same clips again, read from the store
+        again = tmp / "answers-2"
+        generate_stage(table, "answer", again, str(model), cfg.generate, sampling, cfg.data, cfg.verify, store=store,
+                       label_sets=sets)  # fmt: skip
+        decodes = store.stats()["decodes"]
+
+    print()
+    print(f"## Generation stage at scale ({n} clips, one sample each, batch {args.batch}, 1 actor, 2 CPUs)")
+    print()
+    print("| step alone | rows/s |")
+    print("|---|---:|")
+    for name, rate in alone.items():
+        print(f"| {name} | {rate:.1f} |")
+    print()
+    print("| stage s | rows | rows/s | first file s | last file s | steady rows/s | efficiency | steady efficiency |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    eff, steady_eff = rows / stage_s / alone[slowest], steady / alone[slowest]
+    print(f"| {stage_s:.1f} | {rows} | {rows / stage_s:.1f} | {first:.1f} | {last:.1f} | {steady:.1f} | {eff:.2f} | "
+          f"{steady_eff:.2f} |")  # fmt: skip
+    print()
+    print(f"slowest step alone: {slowest}. Decodes after the fill, one stage and a second stage over the same clips: "
+          f"{decodes} for {n} clips ({decodes / n:.2f} a clip). Total {time.perf_counter() - t0:.0f} s.")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

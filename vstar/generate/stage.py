@@ -6,10 +6,10 @@ alone, which share its pieces.
 
 Every input row comes out once: with K candidates and their verdicts, or with an `error` (the video
 could not be decoded, or the model refused that row's input). Any other failure is the engine's (vLLM's engine
-died, a CUDA error): the actor exits, Ray restarts it and retries its batch (`ENGINE_RETRIES` times), then the
-stage fails with nothing of that batch written. Resumable: a rerun skips the `sample_id`s
-already written, so nothing is generated twice; a file cut short by a kill is unreadable, removed, and
-its rows are generated again.
+died, a CUDA error): the actor exits, Ray restarts it and retries its batch; after `ENGINE_RETRIES` restarts the
+next death fails the stage with nothing of that batch written. A lost node's actors restart on another node, each
+restart one of those. Resumable: a rerun skips the `sample_id`s already written, so nothing is generated twice; a
+file cut short by a kill is unreadable, removed, and its rows are generated again.
 
 Columns: sample_id, kind (answer/rationale), task, template_id, question (never with the hint),
 prompt, labels (JSON), candidates, candidate_tokens, prompt_tokens, frame_indices, fps, total_frames,
@@ -39,7 +39,7 @@ from vstar.schema import GENERATED, Sample
 from vstar.verify.batch import verify_rows
 
 log = logging.getLogger("vstar")
-ENGINE_RETRIES = 2  # a batch whose engine fails is retried this many times on a restarted actor
+ENGINE_RETRIES = 2  # an actor whose engine fails (or whose node is lost) is restarted this many times
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -116,8 +116,10 @@ def generated(ds: ray.data.Dataset, make_backend: Callable[[], Backend], model: 
         resources=accelerator_resources(gen.accelerator_resource, gen.num_gpus_per_actor),
         batch_size=gen.batch_size,
         batch_format="numpy",
-        max_restarts=-1,  # an engine loads afresh in a restarted actor
-        max_task_retries=ENGINE_RETRIES,  # bounded: a batch that always kills its engine fails the stage
+        # bounded by restarts, not task retries: a batch that always kills its engine fails the stage, while the
+        # retries a lost node's actor fast-fails until Ray notices the node is gone cost nothing (ray#44719)
+        max_restarts=ENGINE_RETRIES,
+        max_task_retries=-1,
     )
 
 

@@ -32,6 +32,7 @@ Run the tests: `pytest tests/test_store.py`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -49,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vstar.data.frames import decode_options, frames_of, frames_row
+from vstar.data.frames import decode_options, frame_pixel_cap, frames_of, frames_row
 
 CLIPS_PER_SHARD = 256
 FRAME_KEYS = ("num_frames", "frame_size", "max_frame_pixels", "max_video_pixels", "decode_backend")
@@ -89,7 +90,11 @@ def clip_id(video: str, start_s: float | None = None, end_s: float | None = None
 def frame_settings(data) -> dict:
     """What changes a `DataConfig`'s stored frames. The quality only matters to JPEG."""
     settings = {key: getattr(data, key) for key in FRAME_KEYS}
-    return {**settings, "codec": data.frame_codec, "quality": data.frame_quality if data.frame_codec == "jpeg" else None}
+    return {
+        **settings,
+        "codec": data.frame_codec,
+        "quality": data.frame_quality if data.frame_codec == "jpeg" else None,
+    }
 
 
 def store_key(settings: dict) -> str:
@@ -136,10 +141,8 @@ class FrameStore:
             shards = max(1, math.ceil((expected_clips or 0) / CLIPS_PER_SHARD))
             tmp = path / f".meta-{uuid.uuid4().hex}.json"
             tmp.write_text(json.dumps({"settings": settings, "num_shards": shards}, indent=1) + "\n")
-            try:
-                os.link(tmp, meta)  # create only if absent: two runs opening at once agree on one shard count
-            except FileExistsError:
-                pass
+            with contextlib.suppress(FileExistsError):  # create only if absent: two runs opening at once agree
+                os.link(tmp, meta)
             tmp.unlink()
         num_shards = json.loads(meta.read_text())["num_shards"]
         return cls(str(path), settings, num_shards, decode_options(data))
@@ -156,17 +159,30 @@ class FrameStore:
         """Decode every clip of a Ray Dataset (video, start_s, end_s; more columns and repeated clips allowed) that
         is not stored yet. A shard's clips go to one task, which writes one part. Returns a Dataset of one verdict
         per distinct clip (`VERDICT_SCHEMA`: the stored row without frames, `decoded` True when this call decoded
-        it); no frames leave the tasks."""
-        keyed = clips.select_columns(["video", "start_s", "end_s"]).map(self._keyed)
-        return keyed.groupby("shard").map_groups(self._fill_shard, batch_format="numpy")
+        it); no frames leave the tasks.
 
-    def _keyed(self, row: dict) -> dict:
-        clip = clip_id(row["video"], row["start_s"], row["end_s"])
-        return {**row, "clip": clip, "shard": self.shard_of(clip)}
+        The clips are grouped by shard here, not with `groupby("shard").map_groups`: the three columns are small
+        (545k clips: tens of MB, what the driver holds as samples anyway), and Ray Data's hash shuffle cost about
+        30 s of fixed start-up on a 2-core machine where this grouping takes under 1 s."""
+        import ray
 
-    def _fill_shard(self, batch: dict) -> pa.Table:
-        wanted = _distinct(batch)
-        shard_dir = self.shard_dir(self.shard_of(next(iter(wanted))))
+        refs = clips.select_columns(["video", "start_s", "end_s"]).to_arrow_refs()
+        shards: dict[int, dict[str, dict]] = {}
+        for table in ray.get(refs):
+            for video, start, end in zip(*(table[c].to_pylist() for c in ("video", "start_s", "end_s")), strict=True):
+                clip = clip_id(video, start, end)
+                bounds = {"video": video, "start_s": _bound(start), "end_s": _bound(end)}
+                shards.setdefault(self.shard_of(clip), {}).setdefault(clip, {"clip": clip, **bounds})
+        if not shards:
+            return ray.data.from_arrow(VERDICT_SCHEMA.empty_table())
+        work = [{"shard": shard, "clips": list(clips.values())} for shard, clips in sorted(shards.items())]
+        ds = ray.data.from_items(work, override_num_blocks=len(work))
+        return ds.map_batches(self._fill_shard, batch_size=1, batch_format="pyarrow")
+
+    def _fill_shard(self, batch: pa.Table) -> pa.Table:
+        """One shard's clips (a row: shard, clips) → their verdicts; the clips not stored yet decoded into one part."""
+        wanted = {c["clip"]: (c["video"], c["start_s"], c["end_s"]) for c in batch["clips"][0].as_py()}
+        shard_dir = self.shard_dir(batch["shard"][0].as_py())
         index = shard_index(shard_dir)
         stored = _read_rows(shard_dir, {c: index[c] for c in wanted if c in index}, META_COLUMNS)
         decoded = {}
@@ -233,17 +249,20 @@ class FrameStore:
         return {row["clip"]: _served(row) for row in [*stored.values(), *missed]}
 
     def with_frames(self, ds, batch_size: int = 16):
-        """`ds` with the frames of each row, read by Ray tasks of `batch_size` rows.
+        """`ds` with the frames of each row, read by Ray tasks of `batch_size` rows, each reserving the memory of
+        its batch's frames (twice: the decoded arrays and their bytes in the output).
 
-        Keep the read out of a GPU actor (it would idle the GPU while images decode): Ray Data fuses a task map into
-        the next actor map only when their remote args are equal once defaulted (`are_remote_args_compatible` in
-        ray/data/_internal/logical/rules/operator_fusion.py: num_cpus 1, num_gpus 0, resources, any other key).
-        A GPU actor asks num_gpus > 0 and this map 0, so they never fuse; this map also names `max_retries` (a task
-        option no actor map carries; -1 is what Ray Data gives its tasks anyway), so it stays apart from CPU actors
-        too."""
-        return ds.map_batches(
-            self.read_batch, batch_format="numpy", batch_size=batch_size, num_cpus=1, max_retries=TASK_RETRIES
+        Keep the read out of a GPU actor (it would idle the GPU while images decode). Ray Data fuses a task map
+        into the next actor map only when their remote args are equal once defaulted (`are_remote_args_compatible`
+        in ray/data/_internal/logical/rules/operator_fusion.py: num_cpus 1, num_gpus 0, resources without zeros,
+        every other key compared as given; only scheduling_strategy and label_selector are inherited). A GPU actor
+        asks num_gpus > 0 where this map asks 0; a CPU actor (generation on a machine without GPUs) asks no
+        `memory` where this map does. Either difference keeps them apart."""
+        pixels = frame_pixel_cap(
+            self.options["num_frames"], self.options["max_frame_pixels"], self.options["max_video_pixels"]
         )
+        memory = 2 * batch_size * self.options["num_frames"] * pixels * 3
+        return ds.map_batches(self.read_batch, batch_format="numpy", batch_size=batch_size, memory=memory)
 
     def stats(self) -> dict:
         """Clips stored, of them damaged, decodes (rows: every decode writes one), bytes on disk and per clip."""
@@ -265,10 +284,6 @@ class FrameStore:
             "bytes": nbytes,
             "bytes_per_clip": nbytes / clips if clips else 0.0,
         }
-
-
-TASK_RETRIES = -1  # Ray Data's own default for its tasks (ray/data/_internal/remote_fn.py), given explicitly: see
-# `FrameStore.with_frames`
 
 
 # ---- parts and the per-process index --------------------------------------------------------------------------
@@ -370,14 +385,6 @@ def _served(row: dict) -> dict:
 def _bound(x) -> float | None:
     """A clip bound from a batch: None when absent (Ray Data gives a missing float as NaN or None)."""
     return None if x is None or x != x else float(x)
-
-
-def _distinct(batch: dict) -> dict[str, tuple]:
-    """clip → (video, start_s, end_s) of a batch's distinct clips, in first-seen order."""
-    out: dict[str, tuple] = {}
-    for clip, video, start, end in zip(batch["clip"], batch["video"], batch["start_s"], batch["end_s"], strict=True):
-        out.setdefault(str(clip), (str(video), _bound(start), _bound(end)))
-    return out
 
 
 def _objects(values: list) -> np.ndarray:

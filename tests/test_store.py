@@ -8,7 +8,7 @@ import pytest
 
 from vstar.config import DataConfig
 from vstar.data.frames import decode_options, frames_of, frames_row
-from vstar.data.store import FrameStore, clip_id, shard_index
+from vstar.data.store import FrameStore, clip_id, shard_index, write_part
 
 FRAME_COLUMNS = ("frames", "frames_shape", "frame_indices", "fps", "total_frames", "decode_backend", "error")
 
@@ -168,3 +168,19 @@ def test_with_frames_is_not_fused_into_the_next_actor(ray_local, videos, tmp_pat
     assert [list(r["shape"]) for r in ds.take_all()] == [[8, 112, 112, 3]] * 2
     stats = ds.stats()
     assert "read_batch)->" not in stats and "MapBatches(Consumer)" in stats, stats  # fused: "...read_batch)->..."
+
+
+def test_a_part_that_fails_midway_leaves_nothing(videos, tmp_path):
+    good, _ = videos
+    store = FrameStore.open(tmp_path, DataConfig())
+    row = store._decoded(clip_id(good[0]), good[0], None, None)
+
+    def rows():
+        yield row
+        raise RuntimeError("killed while decoding the second clip")
+
+    with pytest.raises(RuntimeError):
+        write_part(store.shard_dir(0), rows())
+    assert os.listdir(store.shard_dir(0)) == [] and store.stats()["clips"] == 0
+    write_part(store.shard_dir(0), [row])
+    assert shard_index(store.shard_dir(0)) == {row["clip"]: (os.listdir(store.shard_dir(0))[0], 0)}

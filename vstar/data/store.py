@@ -12,20 +12,23 @@ append-only Parquet parts, each written under a name starting with "." and moved
 (reading one clip reads one row group). A row: clip, video, start_s, end_s, frames (one encoded image per frame,
 stored uncompressed), height, width, frame_indices, fps, total_frames, decode_backend, error. A damaged clip is
 stored as its error and never decoded again. Two rows for one clip (two tasks raced on a miss, or a task retried
-after writing its part) are harmless: both hold the same decode, readers take the first (parts sort by write time).
+after writing its part) are harmless: both are the clip decoded with the same settings, readers take the first
+(parts sort by write time), and `stats` counts both as decodes.
 
-Format: JPEG at quality 95 (`data.frame_codec`, `data.frame_quality`), measured by `benchmarks/frame_store.py`
-(2 cores, per clip, encode / decode ms):
+Format: JPEG at quality 95 (`data.frame_codec`, `data.frame_quality`). `benchmarks/frame_store.py` on the shared
+2-core machine, per clip at the default pixel budget (KB; encode / decode ms; mean error in levels of 255):
 
-    clip                              raw uint8     JPEG q95 4:2:0          PNG level 1
-    synthetic 112x112, 8 frames       301 KB        20 KB   2.0 / 1.2 ms    17 KB    6 / 2 ms
-    1280x720 -> 646x363, 8 frames     5.6 MB        795 KB  38 / 21 ms      3.8 MB   175 / 54 ms
-    1280x720 -> 646x363, 16 frames    11.3 MB       1.6 MB  76 / 42 ms      7.6 MB   350 / 108 ms
+    clip                                raw uint8   JPEG q95                   PNG level 1          video decode
+    synthetic 112x112, 8 frames         301         11    1 / 2 ms    0.3      11     2 / 1 ms       26 ms
+    1280x720 -> 363x646, 8 frames       5,628       868   21 / 30 ms  4.0      3,775  420 / 113 ms   3.1 s
+    1280x720 -> 363x646, 16 frames      11,256      1,735 49 / 70 ms  4.0      7,547  795 / 171 ms   4.3 s
 
-JPEG keeps 7x less than raw (PNG 1.5x: the noise texture of real video does not compress losslessly) and decodes
-in a fraction of the video decode it replaces; its mean error at quality 95 (about 1 level of 255) is under what
-the H.264 source already carries. PNG is for exact frames (tests, or a study that must compare to `frames_row`).
-At Kinetics-700 (545k clips, 8 frames at the default budget) the store is about 430 GB as JPEG.
+(the 720p clip: moving boxes over a noise texture plus fresh noise each frame, a worst case for both codecs; the
+figures of a less loaded run, later runs were up to 2-3x slower). JPEG keeps 6.5x less than raw; PNG only 1.5x,
+because noise does not compress losslessly, and it encodes 20x slower. A JPEG read costs 1-2% of the video decode it
+replaces. Its error on the noisy clip (4.0) is that of the H.264 encode itself (3.6 against the rendered frames);
+on the synthetic clips 0.3. PNG is for exact frames: tests, or a study that must compare with `frames_row`. At
+Kinetics-700 (545k clips, 8 frames) the JPEG store is at most about 470 GB (the noisy figure; real video is smoother).
 
 Run the tests: `pytest tests/test_store.py`.
 """
@@ -159,11 +162,11 @@ class FrameStore:
         """Decode every clip of a Ray Dataset (video, start_s, end_s; more columns and repeated clips allowed) that
         is not stored yet. A shard's clips go to one task, which writes one part. Returns a Dataset of one verdict
         per distinct clip (`VERDICT_SCHEMA`: the stored row without frames, `decoded` True when this call decoded
-        it); no frames leave the tasks.
+        it); no frames leave the tasks. Lazy, as Ray Data is: the decoding happens when the verdicts are consumed.
 
         The clips are grouped by shard here, not with `groupby("shard").map_groups`: the three columns are small
-        (545k clips: tens of MB, what the driver holds as samples anyway), and Ray Data's hash shuffle cost about
-        30 s of fixed start-up on a 2-core machine where this grouping takes under 1 s."""
+        (545k clips: tens of MB, what the driver holds as samples anyway), and Ray Data's hash shuffle took 30-40 s
+        of fixed start-up for 8 clips on the shared 2-core machine, where this grouping took under 1 s."""
         import ray
 
         refs = clips.select_columns(["video", "start_s", "end_s"]).to_arrow_refs()
@@ -307,10 +310,13 @@ def write_part(shard_dir: str, rows: Iterable[dict]) -> None:
                     write_statistics=["clip"],  # min/max of image bytes would bloat the footer
                 )
             writer.write_table(pa.Table.from_pylist([row], schema=SCHEMA))
-    finally:
+    except BaseException:
         if writer is not None:
             writer.close()
+            os.unlink(tmp)
+        raise
     if writer is not None:
+        writer.close()
         os.replace(tmp, os.path.join(shard_dir, name))
 
 

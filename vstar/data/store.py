@@ -178,7 +178,7 @@ class FrameStore:
                 shards.setdefault(self.shard_of(clip), {}).setdefault(clip, {"clip": clip, **bounds})
         if not shards:
             return ray.data.from_arrow(VERDICT_SCHEMA.empty_table())
-        work = [{"shard": shard, "clips": list(clips.values())} for shard, clips in sorted(shards.items())]
+        work = [{"shard": shard, "clips": list(members.values())} for shard, members in sorted(shards.items())]
         ds = ray.data.from_items(work, override_num_blocks=len(work))
         return ds.map_batches(self._fill_shard, batch_size=1, batch_format="pyarrow")
 

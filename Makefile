@@ -2,7 +2,7 @@
 #   make demo     install, then run the embedded default (local Ray, synthetic videos, tiny offline VLM)
 #   make test     install, then lint and run the whole test suite
 #   make test-vllm  the vLLM backend, serve engine and sampling tests on vLLM's CPU build, in .venv-vllm
-#   make bench    decode, verify, generate, train and serve benchmarks (print tables)
+#   make bench    decode, frame store, verify, generate, train and serve benchmarks (print tables)
 # On a GPU machine: make install CONSTRAINTS= EXTRAS=test,gpu   (no CPU torch pin; adds vLLM)
 
 PYTHON      ?= python3
@@ -50,6 +50,7 @@ test-vllm:
 
 bench: install
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/frame_store.py
 	$(BIN)/python benchmarks/verify.py
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/train.py

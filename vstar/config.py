@@ -96,9 +96,12 @@ class DataConfig(_Section):
     )
     decode_backend: Literal["auto", "decord", "pyav"] = "auto"
     decode_timeout_s: float = Field(30.0, gt=0, description="a video that takes longer to decode is an error row")
-    frame_store: bool = Field(True, description="decode each clip once into a frame store; False: decode in every stage")
+    frame_store: bool = Field(
+        True, description="decode each clip once into a frame store; False: decode in every stage"
+    )
     frame_store_dir: str | None = Field(
-        None, description="the frame store's root; None: <run.dir>/frames. Runs may share one (keyed by the frame settings)"
+        None,
+        description="the frame store's root; None: <run.dir>/frames. Runs may share one (keyed by the frame settings)",
     )
     frame_codec: Literal["jpeg", "png"] = Field("jpeg", description="how stored frames are encoded; png: lossless")
     frame_quality: int = Field(95, ge=1, le=100, description="JPEG quality of stored frames")

@@ -12,26 +12,30 @@ append-only Parquet parts, each written under a name starting with "." and moved
 (reading one clip reads one row group). A row: clip, video, start_s, end_s, frames (one encoded image per frame,
 stored uncompressed), height, width, frame_indices, fps, total_frames, decode_backend, error. A damaged clip is
 stored as its error and never decoded again. Two rows for one clip (two tasks raced on a miss, or a task retried
-after writing its part) are harmless: both hold the same decode, readers take the first (parts sort by write time).
+after writing its part) are harmless: both are the clip decoded with the same settings, readers take the first
+(parts sort by write time), and `stats` counts both as decodes.
 
-Format: JPEG at quality 95 (`data.frame_codec`, `data.frame_quality`), measured by `benchmarks/frame_store.py`
-(2 cores, per clip, encode / decode ms):
+Format: JPEG at quality 95 (`data.frame_codec`, `data.frame_quality`). `benchmarks/frame_store.py` on the shared
+2-core machine, per clip at the default pixel budget (KB; encode / decode ms; mean error in levels of 255):
 
-    clip                              raw uint8     JPEG q95 4:2:0          PNG level 1
-    synthetic 112x112, 8 frames       301 KB        20 KB   2.0 / 1.2 ms    17 KB    6 / 2 ms
-    1280x720 -> 646x363, 8 frames     5.6 MB        795 KB  38 / 21 ms      3.8 MB   175 / 54 ms
-    1280x720 -> 646x363, 16 frames    11.3 MB       1.6 MB  76 / 42 ms      7.6 MB   350 / 108 ms
+    clip                                raw uint8   JPEG q95                   PNG level 1          video decode
+    synthetic 112x112, 8 frames         301         11    1 / 2 ms    0.3      11     2 / 1 ms       26 ms
+    1280x720 -> 363x646, 8 frames       5,628       868   21 / 30 ms  4.0      3,775  420 / 113 ms   3.1 s
+    1280x720 -> 363x646, 16 frames      11,256      1,735 49 / 70 ms  4.0      7,547  795 / 171 ms   4.3 s
 
-JPEG keeps 7x less than raw (PNG 1.5x: the noise texture of real video does not compress losslessly) and decodes
-in a fraction of the video decode it replaces; its mean error at quality 95 (about 1 level of 255) is under what
-the H.264 source already carries. PNG is for exact frames (tests, or a study that must compare to `frames_row`).
-At Kinetics-700 (545k clips, 8 frames at the default budget) the store is about 430 GB as JPEG.
+(the 720p clip: moving boxes over a noise texture plus fresh noise each frame, a worst case for both codecs; the
+figures of a less loaded run, later runs were up to 2-3x slower). JPEG keeps 6.5x less than raw; PNG only 1.5x,
+because noise does not compress losslessly, and it encodes 20x slower. A JPEG read costs 1-2% of the video decode it
+replaces. Its error on the noisy clip (4.0) is that of the H.264 encode itself (3.6 against the rendered frames);
+on the synthetic clips 0.3. PNG is for exact frames: tests, or a study that must compare with `frames_row`. At
+Kinetics-700 (545k clips, 8 frames) the JPEG store is at most about 470 GB (the noisy figure; real video is smoother).
 
 Run the tests: `pytest tests/test_store.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -49,7 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vstar.data.frames import decode_options, frames_of, frames_row
+from vstar.data.frames import decode_options, frame_pixel_cap, frames_of, frames_row
 
 CLIPS_PER_SHARD = 256
 FRAME_KEYS = ("num_frames", "frame_size", "max_frame_pixels", "max_video_pixels", "decode_backend")
@@ -89,7 +93,11 @@ def clip_id(video: str, start_s: float | None = None, end_s: float | None = None
 def frame_settings(data) -> dict:
     """What changes a `DataConfig`'s stored frames. The quality only matters to JPEG."""
     settings = {key: getattr(data, key) for key in FRAME_KEYS}
-    return {**settings, "codec": data.frame_codec, "quality": data.frame_quality if data.frame_codec == "jpeg" else None}
+    return {
+        **settings,
+        "codec": data.frame_codec,
+        "quality": data.frame_quality if data.frame_codec == "jpeg" else None,
+    }
 
 
 def store_key(settings: dict) -> str:
@@ -136,10 +144,8 @@ class FrameStore:
             shards = max(1, math.ceil((expected_clips or 0) / CLIPS_PER_SHARD))
             tmp = path / f".meta-{uuid.uuid4().hex}.json"
             tmp.write_text(json.dumps({"settings": settings, "num_shards": shards}, indent=1) + "\n")
-            try:
-                os.link(tmp, meta)  # create only if absent: two runs opening at once agree on one shard count
-            except FileExistsError:
-                pass
+            with contextlib.suppress(FileExistsError):  # create only if absent: two runs opening at once agree
+                os.link(tmp, meta)
             tmp.unlink()
         num_shards = json.loads(meta.read_text())["num_shards"]
         return cls(str(path), settings, num_shards, decode_options(data))
@@ -156,17 +162,30 @@ class FrameStore:
         """Decode every clip of a Ray Dataset (video, start_s, end_s; more columns and repeated clips allowed) that
         is not stored yet. A shard's clips go to one task, which writes one part. Returns a Dataset of one verdict
         per distinct clip (`VERDICT_SCHEMA`: the stored row without frames, `decoded` True when this call decoded
-        it); no frames leave the tasks."""
-        keyed = clips.select_columns(["video", "start_s", "end_s"]).map(self._keyed)
-        return keyed.groupby("shard").map_groups(self._fill_shard, batch_format="numpy")
+        it); no frames leave the tasks. Lazy, as Ray Data is: the decoding happens when the verdicts are consumed.
 
-    def _keyed(self, row: dict) -> dict:
-        clip = clip_id(row["video"], row["start_s"], row["end_s"])
-        return {**row, "clip": clip, "shard": self.shard_of(clip)}
+        The clips are grouped by shard here, not with `groupby("shard").map_groups`: the three columns are small
+        (545k clips: tens of MB, what the driver holds as samples anyway), and Ray Data's hash shuffle took 30-40 s
+        of fixed start-up for 8 clips on the shared 2-core machine, where this grouping took under 1 s."""
+        import ray
 
-    def _fill_shard(self, batch: dict) -> pa.Table:
-        wanted = _distinct(batch)
-        shard_dir = self.shard_dir(self.shard_of(next(iter(wanted))))
+        refs = clips.select_columns(["video", "start_s", "end_s"]).to_arrow_refs()
+        shards: dict[int, dict[str, dict]] = {}
+        for table in ray.get(refs):
+            for video, start, end in zip(*(table[c].to_pylist() for c in ("video", "start_s", "end_s")), strict=True):
+                clip = clip_id(video, start, end)
+                bounds = {"video": video, "start_s": _bound(start), "end_s": _bound(end)}
+                shards.setdefault(self.shard_of(clip), {}).setdefault(clip, {"clip": clip, **bounds})
+        if not shards:
+            return ray.data.from_arrow(VERDICT_SCHEMA.empty_table())
+        work = [{"shard": shard, "clips": list(members.values())} for shard, members in sorted(shards.items())]
+        ds = ray.data.from_items(work, override_num_blocks=len(work))
+        return ds.map_batches(self._fill_shard, batch_size=1, batch_format="pyarrow")
+
+    def _fill_shard(self, batch: pa.Table) -> pa.Table:
+        """One shard's clips (a row: shard, clips) → their verdicts; the clips not stored yet decoded into one part."""
+        wanted = {c["clip"]: (c["video"], c["start_s"], c["end_s"]) for c in batch["clips"][0].as_py()}
+        shard_dir = self.shard_dir(batch["shard"][0].as_py())
         index = shard_index(shard_dir)
         stored = _read_rows(shard_dir, {c: index[c] for c in wanted if c in index}, META_COLUMNS)
         decoded = {}
@@ -233,17 +252,20 @@ class FrameStore:
         return {row["clip"]: _served(row) for row in [*stored.values(), *missed]}
 
     def with_frames(self, ds, batch_size: int = 16):
-        """`ds` with the frames of each row, read by Ray tasks of `batch_size` rows.
+        """`ds` with the frames of each row, read by Ray tasks of `batch_size` rows, each reserving the memory of
+        its batch's frames (twice: the decoded arrays and their bytes in the output).
 
-        Keep the read out of a GPU actor (it would idle the GPU while images decode): Ray Data fuses a task map into
-        the next actor map only when their remote args are equal once defaulted (`are_remote_args_compatible` in
-        ray/data/_internal/logical/rules/operator_fusion.py: num_cpus 1, num_gpus 0, resources, any other key).
-        A GPU actor asks num_gpus > 0 and this map 0, so they never fuse; this map also names `max_retries` (a task
-        option no actor map carries; -1 is what Ray Data gives its tasks anyway), so it stays apart from CPU actors
-        too."""
-        return ds.map_batches(
-            self.read_batch, batch_format="numpy", batch_size=batch_size, num_cpus=1, max_retries=TASK_RETRIES
+        Keep the read out of a GPU actor (it would idle the GPU while images decode). Ray Data fuses a task map
+        into the next actor map only when their remote args are equal once defaulted (`are_remote_args_compatible`
+        in ray/data/_internal/logical/rules/operator_fusion.py: num_cpus 1, num_gpus 0, resources without zeros,
+        every other key compared as given; only scheduling_strategy and label_selector are inherited). A GPU actor
+        asks num_gpus > 0 where this map asks 0; a CPU actor (generation on a machine without GPUs) asks no
+        `memory` where this map does. Either difference keeps them apart."""
+        pixels = frame_pixel_cap(
+            self.options["num_frames"], self.options["max_frame_pixels"], self.options["max_video_pixels"]
         )
+        memory = 2 * batch_size * self.options["num_frames"] * pixels * 3
+        return ds.map_batches(self.read_batch, batch_format="numpy", batch_size=batch_size, memory=memory)
 
     def stats(self) -> dict:
         """Clips stored, of them damaged, decodes (rows: every decode writes one), bytes on disk and per clip."""
@@ -267,10 +289,6 @@ class FrameStore:
         }
 
 
-TASK_RETRIES = -1  # Ray Data's own default for its tasks (ray/data/_internal/remote_fn.py), given explicitly: see
-# `FrameStore.with_frames`
-
-
 # ---- parts and the per-process index --------------------------------------------------------------------------
 
 
@@ -292,10 +310,13 @@ def write_part(shard_dir: str, rows: Iterable[dict]) -> None:
                     write_statistics=["clip"],  # min/max of image bytes would bloat the footer
                 )
             writer.write_table(pa.Table.from_pylist([row], schema=SCHEMA))
-    finally:
+    except BaseException:
         if writer is not None:
             writer.close()
+            os.unlink(tmp)
+        raise
     if writer is not None:
+        writer.close()
         os.replace(tmp, os.path.join(shard_dir, name))
 
 
@@ -370,14 +391,6 @@ def _served(row: dict) -> dict:
 def _bound(x) -> float | None:
     """A clip bound from a batch: None when absent (Ray Data gives a missing float as NaN or None)."""
     return None if x is None or x != x else float(x)
-
-
-def _distinct(batch: dict) -> dict[str, tuple]:
-    """clip → (video, start_s, end_s) of a batch's distinct clips, in first-seen order."""
-    out: dict[str, tuple] = {}
-    for clip, video, start, end in zip(batch["clip"], batch["video"], batch["start_s"], batch["end_s"], strict=True):
-        out.setdefault(str(clip), (str(video), _bound(start), _bound(end)))
-    return out
 
 
 def _objects(values: list) -> np.ndarray:

@@ -119,12 +119,12 @@ def decode_batch(batch: dict[str, np.ndarray], **options) -> dict[str, np.ndarra
 
 def with_frames(ds: ray.data.Dataset, data: DataConfig, store=None, batch_size: int = 16) -> ray.data.Dataset:
     """Rows → rows with their frames, as CPU tasks (never fused into the generation actors): read from the frame
-    store (`vstar.data.store`; a miss is decoded and stored) or, without one, decoded."""
+    store (`FrameStore.with_frames`; a miss is decoded and stored) or, without one, decoded."""
     if store is not None:
-        fn, kwargs = store.read_batch, {}
-    else:
-        fn, kwargs = decode_batch, decode_options(data)
-    return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy", num_cpus=FRAMES_CPUS)
+        return store.with_frames(ds, batch_size)
+    return ds.map_batches(
+        decode_batch, fn_kwargs=decode_options(data), batch_size=batch_size, batch_format="numpy", num_cpus=FRAMES_CPUS
+    )
 
 
 # ---- generate -------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from vstar.data.frames import decode_options, frame_pixel_cap, frames_of, frames
 
 CLIPS_PER_SHARD = 256
 MIN_SHARDS = 16
+WORKER_MIB = 384  # a read task's worker before any frame (measured ~270 MiB; Ray warns when a task passes its ask)
 FRAME_KEYS = ("num_frames", "frame_size", "max_frame_pixels", "max_video_pixels", "decode_backend")
 INDEX_CACHE_SHARDS = 256  # shard indexes a process keeps (a few KB each)
 
@@ -255,7 +256,8 @@ class FrameStore:
 
     def with_frames(self, ds, batch_size: int = 16):
         """`ds` with the frames of each row, read by Ray tasks of `batch_size` rows, each reserving the memory of
-        its batch's frames (twice: the decoded arrays and their bytes in the output).
+        its batch's frames (twice: the decoded arrays and their bytes in the output) above a worker's own
+        (`WORKER_MIB`: Python, numpy, pyarrow and PIL loaded).
 
         Keep the read out of a GPU actor (it would idle the GPU while images decode). Ray Data fuses a task map
         into the next actor map only when their remote args are equal once defaulted (`are_remote_args_compatible`
@@ -266,7 +268,7 @@ class FrameStore:
         pixels = frame_pixel_cap(
             self.options["num_frames"], self.options["max_frame_pixels"], self.options["max_video_pixels"]
         )
-        memory = 2 * batch_size * self.options["num_frames"] * pixels * 3
+        memory = WORKER_MIB * 2**20 + 2 * batch_size * self.options["num_frames"] * pixels * 3
         return ds.map_batches(self.read_batch, batch_format="numpy", batch_size=batch_size, memory=memory)
 
     def stats(self) -> dict:

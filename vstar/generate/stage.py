@@ -56,6 +56,7 @@ FRAMES = ("frames", "frames_shape", "frame_indices", "fps", "total_frames", "dec
 # CPUs a frames task asks for: distinct from an actor's (1), so Ray Data never fuses the frames step into the
 # generation actors (it fuses a task map into an actor map only when their resources are equal)
 FRAMES_CPUS = 0.5
+MAX_BLOCKS = 2000  # blocks (and written files) a stage's input is cut into at most
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -313,13 +314,12 @@ def add_duration(row: dict) -> dict:
 # ---- the stage ------------------------------------------------------------------------------------------------
 
 
-def sample_dataset(samples: list[Sample] | str | Path) -> ray.data.Dataset:
-    """The stage's input rows: a Parquet sample table read by Ray Data (streamed, never held by the driver), or a
-    list of Samples."""
+def sample_dataset(samples: list[Sample] | str | Path, blocks: int) -> ray.data.Dataset:
+    """The stage's input rows in `blocks` blocks: a Parquet sample table read by Ray Data (streamed, never held by
+    the driver), or a list of Samples. A block is the unit that flows through and is written as one file."""
     if isinstance(samples, (str, Path)):
-        return ray.data.read_parquet(str(samples))
-    rows = [sample_row(s) for s in samples]
-    return ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 16, 200)))
+        return ray.data.read_parquet(str(samples), override_num_blocks=blocks)
+    return ray.data.from_items([sample_row(s) for s in samples], override_num_blocks=blocks)
 
 
 def todo_count(samples: list[Sample] | str | Path, keep: frozenset | None, done: frozenset) -> tuple[int, int]:
@@ -376,7 +376,9 @@ def generate_stage(
         backend_kwargs.update(mm_processor_kwargs=mm_processor_kwargs(data))  # vLLM bounds frames as decode did
     else:
         backend_kwargs.update(max_frame_pixels=data.max_frame_pixels)  # so does the transformers processor
-    ds = sample_dataset(samples)
+    # blocks of a few generate calls each: rows reach their file soon after they are generated, and a kill loses
+    # at most a block an actor; bounded so that a huge table is not thousands of tiny files
+    ds = sample_dataset(samples, blocks=max(1, min(total // (2 * gen.batch_size), MAX_BLOCKS)))
     ds = ds.map_batches(with_prompts, fn_kwargs={"kind": kind, "skip": done, "keep": keep}, batch_format="pandas")
     ds = with_frames(ds, data, store)
     make_backend = partial(BACKENDS[gen.backend], model, sampling, **backend_kwargs)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from functools import partial
@@ -314,12 +315,14 @@ def add_duration(row: dict) -> dict:
 # ---- the stage ------------------------------------------------------------------------------------------------
 
 
-def sample_dataset(samples: list[Sample] | str | Path, blocks: int) -> ray.data.Dataset:
-    """The stage's input rows in `blocks` blocks: a Parquet sample table read by Ray Data (streamed, never held by
-    the driver), or a list of Samples. A block is the unit that flows through and is written as one file."""
+def sample_dataset(samples: list[Sample] | str | Path, block_rows: int) -> ray.data.Dataset:
+    """The stage's input rows in blocks of `block_rows`: a Parquet sample table read by Ray Data (streamed, never
+    held by the driver), or a list of Samples. A block is the unit that flows through and is written as one file."""
     if isinstance(samples, (str, Path)):
-        return ray.data.read_parquet(str(samples), override_num_blocks=blocks)
-    return ray.data.from_items([sample_row(s) for s in samples], override_num_blocks=blocks)
+        ds = ray.data.read_parquet(str(samples))
+    else:
+        ds = ray.data.from_items([sample_row(s) for s in samples])
+    return ds.repartition(target_num_rows_per_block=block_rows)  # streamed: no barrier
 
 
 def todo_count(samples: list[Sample] | str | Path, keep: frozenset | None, done: frozenset) -> tuple[int, int]:
@@ -377,8 +380,8 @@ def generate_stage(
     else:
         backend_kwargs.update(max_frame_pixels=data.max_frame_pixels)  # so does the transformers processor
     # blocks of a few generate calls each: rows reach their file soon after they are generated, and a kill loses
-    # at most a block an actor; bounded so that a huge table is not thousands of tiny files
-    ds = sample_dataset(samples, blocks=max(1, min(total // (2 * gen.batch_size), MAX_BLOCKS)))
+    # at most a block an actor; bounded so that a huge table is not tens of thousands of small files
+    ds = sample_dataset(samples, block_rows=max(2 * gen.batch_size, math.ceil(total / MAX_BLOCKS)))
     ds = ds.map_batches(with_prompts, fn_kwargs={"kind": kind, "skip": done, "keep": keep}, batch_format="pandas")
     ds = with_frames(ds, data, store)
     make_backend = partial(BACKENDS[gen.backend], model, sampling, **backend_kwargs)

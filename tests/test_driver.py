@@ -77,6 +77,13 @@ def test_two_cycles_end_to_end(ray_local, tmp_path):
         assert lines[k]["model"] == str(cycle / "model")  # the model its eval scored: model_k
         generator = str(run_dir / "cycle_1" / "model") if k == 2 else lines[0]["model"]
         assert lines[k]["answers"]["model"] == generator  # model_{k-1} answered
+    # every clip decoded once in the whole run: the video check filled the store, two cycles of answers,
+    # rationales, training and evaluation only read it
+    from vstar.data.store import FrameStore
+
+    store = FrameStore.open(run_dir / "frames", load_config(EMBEDDED_DEFAULT, small(tmp_path, "full")).data).stats()
+    clips = {(r["video"], r["start_s"], r["end_s"]) for r in manifest.values()}
+    assert store["clips"] == store["decodes"] == len(clips) and store["damaged"] == 0
     report = (run_dir / "report.md").read_text()
     assert "plots/yield_accuracy.png" in report and (run_dir / "plots" / "stage_time.png").stat().st_size > 1000
 

@@ -82,7 +82,7 @@ def test_two_cycles_end_to_end(ray_local, tmp_path):
     from vstar.data.store import FrameStore
 
     store = FrameStore.open(run_dir / "frames", load_config(EMBEDDED_DEFAULT, small(tmp_path, "full")).data).stats()
-    clips = {(r["video"], r["start_s"], r["end_s"]) for r in manifest.values()}
+    clips = {(r["video"], str(r["start_s"]), str(r["end_s"])) for r in manifest.values()}  # NaN: no bound
     assert store["clips"] == store["decodes"] == len(clips) and store["damaged"] == 0
     report = (run_dir / "report.md").read_text()
     assert "plots/yield_accuracy.png" in report and (run_dir / "plots" / "stage_time.png").stat().st_size > 1000

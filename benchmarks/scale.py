@@ -3,13 +3,26 @@
 Each step runs in a fresh Python subprocess (this script with a hidden `--step` argument) that reports its peak RSS
 (VmHWM from /proc/self/status: a child's `ru_maxrss` would start at this script's own RSS at fork) and the peak right
 after its imports, so "step MiB" is what the step itself held. A step is one function `step_<name>(run_dir)` below;
-adding one (convert, validate, question assignment, the verify stage) is one more function and one more entry in
-STEPS.
+adding one is one more function and one more entry in STEPS.
 
 The synthetic run is what the generation stages write at Kinetics-700 scale (`vstar.schema.GENERATED` Parquet, files
 of 2,725 rows as Ray writes 545k samples in 200 blocks): per sample K=4 candidates of ~150 words, verdicts JSON, one
 class label of 700 (`{"name": "action", "type": "class", "value": ..., "label_set": "kinetics700"}`), 1 in 500 rows a
 decode error; the answers with no passing candidate (~13%) get a rationales stage of K=4 too.
+
+The steps before generation run on a synthetic Kinetics-700 source of N rows (under run/k700, made once, not timed):
+the annotation CSV (label, youtube_id, time_start, time_end, split; 700 class names, ~5% split `validate`) and one
+trimmed-clip file `{youtube_id}_{start:06d}_{end:06d}.mp4` a row in 16 sub-folders, each a symlink to one tiny mp4.
+
+    convert            kinetics700.stream + manifest.write_stream (what `vstar data convert kinetics700` calls)
+                       → k700/manifest/samples.jsonl; bytes/sample is its size over the samples
+    validate           vstar.driver.prepare_manifest(cfg, run): stream_manifest, assign_question, write_sample_table
+                       → run/manifest/samples.parquet (its done mark removed first, so a rerun redoes it)
+    split              vstar.driver.split(table, cfg.eval (split val), None) → train.parquet, held_out.parquet
+    verify             vstar.generate.stage.verified (Ray Data, local Ray of 2 CPUs) over cycle_1/answers with the
+                       label set kinetics700 (700 classes), written with write_parquet; the peak is the driver's
+                       (Ray's workers do the verifying, and their memory is not in it); --verify-rows N: the first
+                       N rows only, in blocks of 50
 
 Steps (the driver's calls after generation):
 
@@ -22,12 +35,14 @@ Run it from the repository root (the data, ~2 GB per 500k samples, goes to --dir
 
     . .venv/bin/activate && python benchmarks/scale.py --samples 100000 500000     # about 10-20 min on 2 cores
     . .venv/bin/activate && python benchmarks/scale.py --samples 5000 --steps curate,export   # smoke check
+    . .venv/bin/activate && python benchmarks/scale.py --samples 3000 --steps verify --verify-rows 100
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -37,6 +52,36 @@ from pathlib import Path
 
 FILE_ROWS = 2725
 K = 4
+
+
+def synthesize_kinetics(run: Path, n: int, seed: int = 0) -> None:
+    """The Kinetics-700 sources of n rows under run/k700 (see the module docstring): the annotation CSV and one
+    trimmed-clip symlink a row, spread over 16 sub-folders, to one tiny real mp4."""
+    import numpy as np
+
+    from vstar.data.adapters.kinetics700 import clip_name
+    from vstar.data.synth import write_video
+
+    rng = random.Random(seed)
+    root = run / "k700"
+    videos = root / "videos"
+    for i in range(16):
+        (videos / f"part_{i:02d}").mkdir(parents=True, exist_ok=True)
+    tiny = root / "tiny.mp4"
+    write_video(tiny, np.zeros((4, 32, 32, 3), np.uint8), 4.0)
+    words = ["playing", "riding", "making", "throwing", "catching", "washing", "cutting", "doing", "climbing"]
+    objects = ["guitar", "horse", "bread", "ball", "dishes", "hair", "tree", "cake", "kayak", "trampoline"]
+    classes = sorted({f"{rng.choice(words)} {rng.choice(objects)} {i}" for i in range(700)})
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+    with open(root / "train.csv", "w") as f:
+        f.write("label,youtube_id,time_start,time_end,split\n")
+        for i in range(n):
+            yid = "".join(rng.choice(alphabet) for _ in range(11))
+            start = rng.randrange(0, 300)
+            split = "validate" if rng.random() < 0.05 else "train"
+            f.write(f'"{classes[i % 700]}",{yid},{start},{start + 10},{split}\n')
+            (videos / f"part_{i % 16:02d}" / clip_name(yid, start, start + 10)).symlink_to(tiny)
+    (root / "SYNTHESIZED").write_text(f"{n}\n")
 
 
 def synthesize(run: Path, n: int, seed: int = 0) -> None:
@@ -113,6 +158,72 @@ def synthesize(run: Path, n: int, seed: int = 0) -> None:
 # -- the steps: each runs in a fresh process and returns a number to show (rows, records) -------------------------
 
 
+def step_convert(run: Path) -> int:
+    from vstar.data.adapters.kinetics700 import stream
+    from vstar.data.manifest import write_stream
+
+    root, label_sets = run / "k700", {}
+    return write_stream(stream(root / "train.csv", root / "videos", label_sets), root / "manifest", label_sets).samples
+
+
+def run_config(run: Path):
+    from vstar.config import load_config
+
+    manifest = run / "k700" / "manifest" / "samples.jsonl"
+    return load_config(None, [f"data.manifest={manifest}", f"run.root={run}", "run.name=run", "eval.split=val"])
+
+
+def step_validate(run: Path) -> int:
+    import shutil
+
+    from vstar.driver import prepare_manifest
+
+    shutil.rmtree(run / "run" / "manifest", ignore_errors=True)  # prepare_manifest runs once a run: a rerun redoes it
+    table = prepare_manifest(run_config(run), run / "run")
+    return json.loads((table.parent / "summary.json").read_text())["samples"]
+
+
+def step_split(run: Path) -> int:
+    import pyarrow.parquet as pq
+
+    from vstar.driver import split
+
+    manifest = run / "run" / "manifest"
+    for name in ("train.parquet", "held_out.parquet"):
+        (manifest / name).unlink(missing_ok=True)
+    data = split(manifest / "samples.parquet", run_config(run).eval, None)
+    return pq.ParquetFile(data.train).metadata.num_rows + pq.ParquetFile(data.held_out).metadata.num_rows
+
+
+def step_verify(run: Path) -> int:
+    """The verify stage on Ray Data over the answers (the first --verify-rows rows when set), written to Parquet; the
+    peak is the driver's (the verifying happens in Ray's worker processes)."""
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+    import ray
+
+    from vstar.config import VerifyConfig
+    from vstar.generate.stage import verified
+
+    files = sorted(str(p) for p in (run / "cycle_1" / "answers").glob("*.parquet"))
+    if rows := int(os.environ.get("VSTAR_SCALE_VERIFY_ROWS") or 0):
+        files = files[: -(-rows // FILE_ROWS)]
+    out = run / "verified"
+    shutil.rmtree(out, ignore_errors=True)
+    classes = [f"class_{i}" for i in range(700)]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ds = ray.data.read_parquet(files).drop_columns(["verdicts", "passed", "num_passed"])
+        if rows:  # blocks of 50 rows, as the stage cuts its input into blocks of a few generate calls
+            ds = ds.limit(rows).repartition(target_num_rows_per_block=50)
+        verified(ds, VerifyConfig(), {"kinetics700": classes}, batch_size=None).write_parquet(str(out))
+    finally:
+        ray.shutdown()
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
+
+
 def step_generation_stats(run: Path) -> int:
     from vstar.evaluate import generation_stats
 
@@ -139,7 +250,8 @@ def step_export(run: Path) -> int:
     return export_llava(run, run / "export" / "llava.json")[1]
 
 
-STEPS = {"generation_stats": step_generation_stats, "failed_ids": step_failed_ids, "curate": step_curate,
+STEPS = {"convert": step_convert, "validate": step_validate, "split": step_split, "verify": step_verify,
+         "generation_stats": step_generation_stats, "failed_ids": step_failed_ids, "curate": step_curate,
          "export": step_export}  # fmt: skip
 
 
@@ -168,23 +280,39 @@ def main() -> None:
     parser.add_argument("--samples", type=int, nargs="+", default=[100_000])
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated, in order")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "vstar-scale")
+    parser.add_argument("--verify-rows", type=int, help="verify only the first files of the answers, this many rows")
     parser.add_argument("--step", nargs=2, help=argparse.SUPPRESS)  # (name, run dir): the worker
     args = parser.parse_args()
     if args.step:
         worker(args.step[0], Path(args.step[1]))
         return
-    print("| samples | step | result | seconds | step MiB (peak - imports) | peak MiB |\n|---|---|---|---|---|---|")
+    env = {**os.environ, "VSTAR_SCALE_VERIFY_ROWS": str(args.verify_rows or "")}
+    steps = args.steps.split(",")
+    print("| samples | step | result | seconds | step MiB (peak - imports) | peak MiB | bytes/sample |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     for n in args.samples:
         run = args.dir / f"n{n}"
-        if not (run / "SYNTHESIZED").exists():
+        if {"convert", "validate", "split"} & set(steps) and not (run / "k700" / "SYNTHESIZED").exists():
+            synthesize_kinetics(run, n)
+        if set(steps) - {"convert", "validate", "split"} and not (run / "SYNTHESIZED").exists():
             synthesize(run, n)
-        for name in args.steps.split(","):
+        for name in steps:
             out = subprocess.run(
-                [sys.executable, __file__, "--step", name, str(run)], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--step", name, str(run)], capture_output=True, text=True, env=env
             )
+            if out.returncode:
+                sys.exit(f"step {name} failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             step = r["peak_mib"] - r["imports_mib"]
-            print(f"| {n:,} | {name} | {r['result']:,} | {r['seconds']:.1f} | {step:.0f} | {r['peak_mib']:.0f} |")
+            per = ""
+            if name == "convert":
+                per = f"{(run / 'k700' / 'manifest' / 'samples.jsonl').stat().st_size / r['result']:.0f}"
+            rate = f" ({r['result'] / r['seconds']:,.0f} rows/s)" if name == "verify" else ""
+            print(
+                f"| {n:,} | {name} | {r['result']:,}{rate} | {r['seconds']:.1f} | {step:.0f} | {r['peak_mib']:.0f} "
+                f"| {per} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -121,7 +121,9 @@ def parquet_ids(folder: Path) -> list[str]:
 
 def assert_finished_once(run_dir: Path) -> None:
     """Every stage's rows exactly once (none missing, none twice), the SFT records, the model and the metrics."""
-    manifest = [json.loads(x) for x in (run_dir / "manifest" / "samples.jsonl").open()]
+    manifest = pd.read_parquet(run_dir / "manifest" / "samples.parquet", columns=["sample_id", "split"]).to_dict(
+        orient="records"
+    )
     cycle = run_dir / "cycle_1"
     answers = pd.concat([pd.read_parquet(f) for f in (cycle / "answers").glob("*.parquet")])
     assert sorted(answers["sample_id"]) == sorted(s["sample_id"] for s in manifest if s["split"] == "train")

@@ -56,7 +56,6 @@ import pyarrow.parquet as pq
 from vstar.data.frames import decode_options, frame_pixel_cap, frames_of, frames_row
 
 CLIPS_PER_SHARD = 256
-MIN_SHARDS = 16
 WORKER_MIB = 384  # a read task's worker before any frame (measured ~270 MiB; Ray warns when a task passes its ask)
 FRAME_KEYS = ("num_frames", "frame_size", "max_frame_pixels", "max_video_pixels", "decode_backend")
 INDEX_CACHE_SHARDS = 256  # shard indexes a process keeps (a few KB each)
@@ -143,8 +142,7 @@ class FrameStore:
         meta = path / "meta.json"
         if not meta.exists():
             path.mkdir(parents=True, exist_ok=True)
-            # a small run gets shards enough for the fill's tasks to spread over a few nodes' CPUs
-            shards = max(min(expected_clips or 1, MIN_SHARDS), math.ceil((expected_clips or 0) / CLIPS_PER_SHARD))
+            shards = max(1, math.ceil((expected_clips or 0) / CLIPS_PER_SHARD))
             tmp = path / f".meta-{uuid.uuid4().hex}.json"
             tmp.write_text(json.dumps({"settings": settings, "num_shards": shards}, indent=1) + "\n")
             with contextlib.suppress(FileExistsError):  # create only if absent: two runs opening at once agree

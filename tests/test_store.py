@@ -66,7 +66,8 @@ def test_fill_decodes_each_clip_once_and_reads_give_the_decoded_frames(ray_local
     assert bad["error"].startswith(damaged) and bad["fps"] == 0.0
     assert verdicts[clip_id(good[0], 1.0, 3.0)]["frame_indices"] == [8, 10, 12, 14, 17, 19, 21, 23]
     assert store.stats()["clips"] == store.stats()["decodes"] == 10 and store.stats()["damaged"] == 1
-    assert {len(os.listdir(store.shard_dir(s))) for s in range(3)} == {1}  # one part per shard
+    filled = {store.shard_of(c) for c in verdicts}  # clip ids hash the (temporary) paths: a shard may get none
+    assert {len(os.listdir(store.shard_dir(s))) for s in filled} == {1}  # one part per shard
 
     again = store.fill(ds).take_all()
     assert len(again) == 10 and not any(v["decoded"] for v in again)

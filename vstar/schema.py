@@ -209,10 +209,11 @@ def resolve(labels: Iterable[Label], label_sets: LabelSets) -> list[Label]:
     return out
 
 
-def clip_id(video: str, start_s: float | None, end_s: float | None) -> str:
-    """A stable id of the clip [start_s, end_s] of `video` (the whole video when unset): the first 16 hex digits of
-    the SHA-1 of its canonical JSON, the same in every process (Python's `hash` is salted per process)."""
-    bounds = [None if x is None else float(x) for x in (start_s, end_s)]
+def clip_id(video: str, start_s: float | None = None, end_s: float | None = None) -> str:
+    """A stable id of the clip [start_s, end_s] of `video` (the whole video when unset; NaN, Ray Data's missing
+    float, is unset too): the first 16 hex digits of the SHA-1 of its canonical JSON, the same in every process
+    (Python's `hash` is salted per process)."""
+    bounds = [None if x is None or x != x else float(x) for x in (start_s, end_s)]
     return hashlib.sha1(json.dumps([video, *bounds]).encode()).hexdigest()[:16]
 
 

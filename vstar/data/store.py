@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vstar.data.frames import decode_options, frame_pixel_cap, frames_of, frames_row
+from vstar.schema import clip_id
 
 CLIPS_PER_SHARD = 256
 WORKER_MIB = 384  # a read task's worker before any frame (measured ~270 MiB; Ray warns when a task passes its ask)
@@ -78,17 +79,6 @@ SCHEMA = pa.schema(
 )
 META_COLUMNS = [name for name in SCHEMA.names if name != "frames"]
 VERDICT_SCHEMA = pa.schema([SCHEMA.field(name) for name in META_COLUMNS] + [("decoded", pa.bool_())])
-
-
-def clip_id(video: str, start_s: float | None = None, end_s: float | None = None) -> str:
-    """A clip's stable id: the first 16 hex digits of the sha1 of its video path and bounds (None: absent; NaN,
-    as Ray Data gives a missing float, is absent too).
-
-    >>> clip_id("a.mp4"), clip_id("a.mp4", 2, 4.0) == clip_id("a.mp4", 2.0, 4)
-    ('e4864a7df0a913fe', True)
-    """
-    start, end = (None if b is None or b != b else float(b) for b in (start_s, end_s))
-    return hashlib.sha1(f"{video}\x00{start!r}\x00{end!r}".encode()).hexdigest()[:16]
 
 
 def frame_settings(data) -> dict:

@@ -57,7 +57,10 @@ from vstar.data.frames import decode_options, frame_pixel_cap, frames_of, frames
 from vstar.schema import clip_id
 
 CLIPS_PER_SHARD = 256
-WORKER_MIB = 384  # a read task's worker before any frame (measured ~270 MiB; Ray warns when a task passes its ask)
+# a read task's worker before any frame: ~270 MiB fresh, but Ray reuses workers across tasks, and one that ran a
+# decode or a verify-and-write task before carries what they imported (up to 888 MiB seen in
+# benchmarks/scale_generation.py, where Ray Data warned that the read passed its ask of 556 MiB)
+WORKER_MIB = 1024
 FRAME_KEYS = ("num_frames", "frame_size", "max_frame_pixels", "max_video_pixels", "decode_backend")
 INDEX_CACHE_SHARDS = 256  # shard indexes a process keeps (a few KB each)
 

@@ -49,11 +49,19 @@ def parquet_rows(folder: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_two_cycles_end_to_end(ray_local, tmp_path):
+def test_two_cycles_end_to_end(ray_local, tmp_path, capfd):
     from vstar.driver import run
 
-    run_dir = run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "run.max_cycles=1")))
+    capfd.readouterr()
+    run_dir = run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "run.max_cycles=1")), verbose=False)
     assert (run_dir / "cycle_1" / "STOP").read_text() == "run.max_cycles 1 reached\n"
+    # the console: vstar's lines (a summary a stage) on the terminal; Ray Data's and the libraries' in the log file
+    terminal = capfd.readouterr().err.splitlines()
+    logged = (run_dir / "logs" / "vstar.log").read_text()
+    assert any("cycle_1/answers: " in x and "passing answer" in x for x in terminal), terminal
+    assert len(terminal) < 40, "\n".join(terminal)
+    assert not [x for x in terminal if "ray.data" in x or "streaming_executor" in x or "Warning" in x]
+    assert "cycle_1/answers: " in logged and "ray.data" in logged  # everything is in the file
     assert run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full"))) == run_dir  # resumed with 2 cycles
 
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

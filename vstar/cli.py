@@ -37,7 +37,7 @@ OVERRIDES_HELP = "dotted overrides such as train.lr=1e-5 data.num_frames=16 (val
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from vstar.config import ConfigError
 
     try:
@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fork",
         action="store_true",
         help="the run directory exists: start a new one, <run.name>-fork<N>, with this config instead of resuming",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show Ray's, Ray Data's, Ray Train's and the workers' log lines here too (always in <run>/logs/vstar.log "
+        "and Ray's session logs)",
     )
     p.set_defaults(func=cmd_run)
 
@@ -295,7 +302,7 @@ def cmd_run(args) -> int:
     from vstar.config import EMBEDDED_DEFAULT
     from vstar.driver import run
 
-    run_dir = run(resolved_config(args, EMBEDDED_DEFAULT), fork=args.fork)
+    run_dir = run(resolved_config(args, EMBEDDED_DEFAULT), fork=args.fork, verbose=args.verbose)
     print(f"report: {run_dir / 'report.md'}")
     return 0
 

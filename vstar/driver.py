@@ -34,6 +34,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from vstar import console
 from vstar.config import Config, EvalConfig
 from vstar.curate import curate
 from vstar.data.manifest import Rejected, Tally, read_label_sets, stream_manifest
@@ -72,13 +74,28 @@ class RunData:
 SFTStep = Callable[[Config, str, RunData, Cycle], dict]
 
 
-def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None) -> Path:
+def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None, verbose: bool | None = None) -> Path:
     """Run the cycles to a report; returns the run directory. `sft_step` (default `video_star_sft`) makes a cycle's
-    training records: an experiment hands in another (vstar.experiment's ablation arms)."""
+    training records: an experiment hands in another (vstar.experiment's ablation arms). `verbose`: True shows
+    every library's log lines on the terminal, False only vstar's (the rest go to <run>/logs/vstar.log), None
+    leaves the process's logging as the caller set it (tests, experiments)."""
     sft_step = sft_step or video_star_sft
     run_dir = open_run(cfg, fork)
+    if verbose is None:
+        return _run(cfg, run_dir, sft_step, verbose)
+    console.attach(run_dir, verbose)
+    try:
+        return _run(cfg, run_dir, sft_step, verbose)
+    except BaseException:
+        log.error("the run stopped on an error; the full logs: %s", console.log_file())
+        raise
+    finally:
+        console.detach()
+
+
+def _run(cfg: Config, run_dir: Path, sft_step: SFTStep, verbose: bool | None) -> Path:
     record_step(run_dir, f"{sft_step.__module__}.{sft_step.__name__}")
-    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus, log_to_driver=verbose is not False)
     samples = prepare_manifest(cfg, run_dir)
     base = prepare_model(cfg)
     store = check_videos(cfg, samples, run_dir)
@@ -88,6 +105,11 @@ def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None) -> Pat
     model = base
     for k in range(1, cfg.run.max_cycles + 1):
         cycle = Cycle(run_dir, k)
+        log.info(
+            "── cycle %d of at most %d: answers (+ rationales), SFT records, training, evaluation",
+            k,
+            cfg.run.max_cycles,
+        )
         if not sft_step(cfg, model, data, cycle)["records"]:
             cycle.stop("no verified answer or rationale to train on")
             write_metrics(run_dir)
@@ -116,15 +138,25 @@ def video_star_sft(cfg: Config, model: str, data: RunData, cycle: Cycle) -> dict
 # -- preparation ---------------------------------------------------------------------------------------------
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS); else start a local Ray on this machine."""
+def init_ray(address: str | None, num_cpus: int | None, log_to_driver: bool = True) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS); else start a local Ray of this run's own, even when another
+    Ray runs on this machine (address "local": never join it by accident). `log_to_driver` False: the workers'
+    output stays in Ray's session logs (named in the run's log file) instead of this terminal."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=log_to_driver)
+        log.info("joined the Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+        log.info("started a local Ray for this run (%s CPUs)", num_cpus or os.cpu_count())
+    console.quiet_libraries(console.verbose())
+    node = getattr(ray._private.worker.global_worker, "node", None)  # private: where this Ray writes its logs
+    if node is not None and hasattr(node, "get_session_dir_path"):
+        logging.getLogger("vstar.driver").info(
+            "Ray's session logs (every worker's output): %s/logs", node.get_session_dir_path()
+        )
 
 
 def prepare_manifest(cfg: Config, run_dir: Path) -> Path:
@@ -209,8 +241,10 @@ def check_videos(cfg: Config, samples: Path, run_dir: Path) -> FrameStore | None
     clips = ray.data.read_parquet(str(samples), columns=["sample_id", "video", "start_s", "end_s"])
     rows = store.fill(clips) if store is not None else clip_verdicts(clips, cfg.data)
     n = bad = 0
-    with atomic_write(out) as f:
-        for batch in rows.iter_batches(batch_format="pyarrow", batch_size=4096):
+    clips = distinct_clips(samples)
+    with atomic_write(out) as f, console.progress("videos (decode into the frame store)", clips, "clips") as bar:
+        for batch in rows.iter_batches(batch_format="pyarrow", batch_size=256):
+            bar.update(batch.num_rows)
             for row in batch.to_pylist():
                 f.write(json.dumps({k: v for k, v in row.items() if k != "decoded"}, default=str) + "\n")
                 n += 1
@@ -230,6 +264,13 @@ def check_videos(cfg: Config, samples: Path, run_dir: Path) -> FrameStore | None
         f"; frames stored in {store.path}" if store is not None else "",
     )
     return store
+
+
+def distinct_clips(samples: Path) -> int | None:
+    """Clips in a sample table (a columnar read of its `clip` column); None for a table without one."""
+    if "clip" not in pq.ParquetFile(samples).schema_arrow.names:
+        return None
+    return pc.count_distinct(pq.read_table(samples, columns=["clip"]).column("clip")).as_py()
 
 
 def split(samples: Path, eval_cfg: EvalConfig, store: FrameStore | None) -> RunData:
@@ -290,18 +331,19 @@ def generate(
     def stage() -> dict:
         start = time.perf_counter()
         how = sampling or Sampling.from_config(cfg.generate, cfg.run.seed)
-        generate_stage(
-            samples, kind, out, model, cfg.generate, how, cfg.data, cfg.verify, cfg.model.dtype,
-            keep=keep, store=data.store, label_sets=data.label_sets, rationales_to=rationales_to,
-        )  # fmt: skip
+        with stage_progress(stage_name(out)) as progress:
+            generate_stage(
+                samples, kind, out, model, cfg.generate, how, cfg.data, cfg.verify, cfg.model.dtype,
+                keep=keep, store=data.store, label_sets=data.label_sets, rationales_to=rationales_to,
+                progress=progress,
+            )  # fmt: skip
         seconds = time.perf_counter() - start
         stats = generation_stats(out)
         rows = stats.pop("rows")
         stats = {"model": model, "samples": rows, **stats, "seconds": seconds, "rows_per_s": rows / seconds}
         log.info(
-            "%s/%s: %d/%d samples with a passing answer (%.1f%%), %d errors, %.1f s",
-            out.parent.name,
-            out.name,
+            "%s: %d/%d samples with a passing answer (%.1f%%), %d errors, %.1f s",
+            stage_name(out),
             stats["passed"],
             rows - stats["errors"],
             100 * stats["yield"],
@@ -311,6 +353,29 @@ def generate(
         return stats
 
     return once(out, stage)
+
+
+def stage_name(out: Path) -> str:
+    """A generation stage's folder as the console names it: cycle_1/answers, cycle_1/eval."""
+    return f"{out.parent.parent.name}/eval" if out.parent.name == "eval" else f"{out.parent.name}/{out.name}"
+
+
+@contextmanager
+def stage_progress(label: str):
+    """A `generate_stage` progress callback shown as `label`'s bar: made when the stage knows how many rows it has
+    to write (a resumed stage counts only the rest)."""
+    bars = []
+
+    def update(rows: int, todo: int) -> None:
+        if not bars:
+            bars.append(console.Progress(label, todo, "rows"))
+        bars[0].update(rows - bars[0].n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def curate_records(cfg: Config, cycle: Cycle) -> dict:
@@ -333,14 +398,18 @@ def curate_records(cfg: Config, cycle: Cycle) -> dict:
 def finetune(cfg: Config, init: str, data: RunData, cycle: Cycle) -> str:
     """Step 4b: finetune `init` on the cycle's SFT records with Ray Train, frames from the store; returns model_k's
     folder. Rerun after a stop: Ray Train resumes the run named `fit` under <cycle>/train from its last checkpoint."""
+    from vstar.train.core import total_steps
     from vstar.train.launch import read_steps, train
 
     def step() -> dict:
         start = time.perf_counter()
-        result = train(
-            cycle.sft / "records.jsonl", init, cycle.model, cfg.train, cfg.data, cycle.train, "fit",
-            max_steps=cfg.train.max_steps, seed=cfg.run.seed, store=data.store,
-        )  # fmt: skip
+        records = done(cycle.sft)["records"]
+        steps = total_steps(records, cfg.train.global_batch_size, cfg.train.epochs, cfg.train.max_steps)
+        with console.train_progress(cycle.train / "fit" / "steps.jsonl", f"cycle_{cycle.k}/train", steps):
+            result = train(
+                cycle.sft / "records.jsonl", init, cycle.model, cfg.train, cfg.data, cycle.train, "fit",
+                max_steps=cfg.train.max_steps, seed=cfg.run.seed, store=data.store,
+            )  # fmt: skip
         if result.error:
             raise RuntimeError(f"finetuning cycle {cycle.k} failed: {result.error}")
         seconds = time.perf_counter() - start

@@ -81,7 +81,7 @@ def write_report(run_dir: str | Path) -> Path:
         ],
     ]
     report = write_text(run_dir / "report.md", "\n".join(text for section in sections for text in section))
-    log.info("report: %s", report)
+    logging.getLogger("vstar.report").info("report: %s", report)  # the callers print the path
     return report
 
 

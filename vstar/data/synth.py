@@ -27,6 +27,7 @@ differ by a few bytes (measured: 5 of 96 files), decoding to the same pixels.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,16 +262,20 @@ def synthesize(
     max_shapes: int = 3,
     min_visible: float = 0.45,
 ) -> Path:
-    """Write `num_videos` labeled videos and their manifest under `out`; return the manifest path."""
-    from tqdm import tqdm
+    """Write `num_videos` labeled videos and their manifest under `out`; return the manifest path. `progress`: a
+    bar on a terminal, a line every 30 s elsewhere (`vstar.console`)."""
+    from vstar import console
 
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     splits = splits_for(num_videos, rng)
     manifest = out / "manifest.jsonl"
-    with atomic_write(manifest) as f:  # the manifest appears only once every video is written
-        for i in tqdm(range(num_videos), desc="synth videos", unit="video", disable=not progress):
+    bar = console.progress("synthetic videos", num_videos, "videos") if progress else nullcontext()
+    with atomic_write(manifest) as f, bar as shown:  # the manifest appears only once every video is written
+        for i in range(num_videos):
+            if shown is not None:
+                shown.update(1)
             rng = np.random.default_rng([seed, i])
             scene = make_scene(rng, f"synth{seed}-{i:05d}", num_frames, size, fps, max_shapes, min_visible)
             rel = f"videos/{scene.video_id}.mp4"

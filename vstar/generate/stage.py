@@ -51,7 +51,7 @@ from vstar.generate.sampling import Sampling
 from vstar.schema import GENERATED, Label, Sample
 from vstar.verify.batch import verify_rows
 
-log = logging.getLogger("vstar")
+log = logging.getLogger("vstar.generate")  # its INFO lines go to the run's log file, not the terminal
 ENGINE_RETRIES = 2  # an actor whose engine fails (or whose node is lost) is restarted this many times
 FRAMES = ("frames", "frames_shape", "frame_indices", "fps", "total_frames", "decode_backend", "error")
 # CPUs a frames task asks for: distinct from an actor's (1), so Ray Data never fuses the frames step into the
@@ -351,13 +351,15 @@ def generate_stage(
     store=None,
     label_sets: dict | None = None,
     rationales_to: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Run the stage for the samples not yet written under `out_dir`; return `out_dir`. `kind`: "answer" asks the
     question, "rationale" adds the labels as a hint; `gen` says how the work is spread (backend, actors, GPUs,
     batch), `sampling` what each row gets (candidates, temperature, top_p, tokens, seed). `samples`: a Parquet
     sample table or a list (`keep`: only these ids); `store`: the frame store to read frames from (None: decode);
     `label_sets`: the manifest's, for the verifier; `rationales_to`: rationalize the failures of an answer stage in
-    the same pass, into this folder."""
+    the same pass, into this folder; `progress(rows, todo)`: called as the stage's own rows (of `kind`) are
+    written, with how many so far and how many it has to write."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dirs = {kind: str(out_dir)}
@@ -392,9 +394,13 @@ def generate_stage(
         ds = verified(ds, verify, label_sets, batch_size=None)
     ds = ds.map_batches(write_parts, fn_kwargs={"dirs": dirs}, batch_format="pyarrow", batch_size=None)
     written = {}
+    if progress is not None:
+        progress(0, todo)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for k, n in zip(batch.column("kind").to_pylist(), batch.column("rows").to_pylist(), strict=True):
             written[k] = written.get(k, 0) + n
+        if progress is not None:
+            progress(written.get(kind, 0), todo)
     log.info("%s: wrote %s", kind, ", ".join(f"{n} {k} rows" for k, n in written.items()) or "nothing")
     return out_dir
 

@@ -115,15 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="write a run's curated SFT records as LLaVA/ShareGPT JSON (the VSTaR-1M format)",
-        description="Write the curated SFT records of a cycle (default: the last one that has them) as a JSON list "
-        "of LLaVA/ShareGPT conversations: {id, video, conversations: [{from: human, value: '<video>\\n...'}, "
-        "{from: gpt, value}], source, origin, cycle}. The questions are the original ones, never the hint.",
+        help="write a run's curated SFT records for a training framework: llava, llamafactory, qwen, messages",
+        description=_doc("vstar.export"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run directory (runs/<name>)")
-    p.add_argument("--format", choices=["llava"], default="llava", help="(default: llava)")
+    p.add_argument(
+        "--format",
+        choices=["llava", "llamafactory", "qwen", "messages"],
+        default="llava",
+        help="(default: llava)",
+    )
     p.add_argument("--cycle", type=int, help="which cycle's records (default: the last)")
-    p.add_argument("--out", help="output JSON file (default: <run>/export/llava.json)")
+    p.add_argument(
+        "--out",
+        help="output file (default: <run>/export/<format>.json, .jsonl for messages; llamafactory: "
+        "dataset_info.json beside it)",
+    )
+    p.add_argument("--video-root", help="write video paths relative to this folder (default: absolute paths)")
+    p.add_argument(
+        "--clips",
+        help="cut each record's clip [start_s, end_s] into its own file in this folder, once, and point the record "
+        "at it (loaders read whole videos)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -345,11 +359,13 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from vstar.export import export_llava
+    from vstar.export import export
 
-    out = args.out or Path(args.run) / "export" / "llava.json"
-    path, count = export_llava(args.run, out, args.cycle)
-    print(f"{count} records → {path}")
+    suffix = "jsonl" if args.format == "messages" else "json"
+    out = args.out or Path(args.run) / "export" / f"{args.format}.{suffix}"
+    done = export(args.run, args.format, out, args.cycle, video_root=args.video_root, clips=args.clips)
+    cut = f", {done.clips_cut} clips cut into {args.clips}" if args.clips else ""
+    print(f"{done.records} records → {done.path}{cut}")
     return 0
 
 

@@ -305,6 +305,9 @@ class CurateConfig(_Section):
     )
     mix_with: str | None = Field(None, description="JSONL of existing SFT records (or LLaVA JSON) mixed in")
     mix_ratio: float = Field(0.0, ge=0, description="mixed-in records per curated record (0.05: 5% replay)")
+    mix_video_root: str | None = Field(
+        None, description="the folder mix_with's relative video paths are under (VSTaR-1M: its videos folder)"
+    )
     carry_forward: bool = Field(
         False, description="a sample with no verified record this cycle keeps its record of the last cycle"
     )

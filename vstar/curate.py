@@ -29,6 +29,7 @@ import heapq
 import json
 import logging
 import math
+import os
 import random
 import re
 from collections import Counter
@@ -97,7 +98,8 @@ def curate(
                 add(record)
         mixed = 0
         if mix and cfg.mix_ratio:
-            for record in _mix(Path(mix), round(cfg.mix_ratio * stats["records"]), cycle, random.Random(seed)):
+            n = round(cfg.mix_ratio * stats["records"])
+            for record in _mix(Path(mix), n, cycle, random.Random(seed), cfg.mix_video_root):
                 mixed += 1
                 add(record)
     return {
@@ -243,14 +245,14 @@ def label_key(labels: list[dict]) -> tuple:
     )
 
 
-def _mix(path: Path, n: int, cycle: int, rng: random.Random) -> Iterator[dict]:
+def _mix(path: Path, n: int, cycle: int, rng: random.Random, video_root: str | None = None) -> Iterator[dict]:
     """n records of the mix file, each set of n equally likely (selection sampling: one pass to count, one to pick,
     holding no record)."""
-    total = sum(1 for _ in read_mix(path))
+    total = sum(1 for _ in read_mix(path, video_root))
     if n > total:
         log.warning("curate: %d records to mix in, but the mix set has only %d; mixing all of them", n, total)
     left = min(n, total)
-    for i, record in enumerate(r for _, r in _mix_rows(path) if isinstance(r, dict)):
+    for i, record in enumerate(r for _, r in _mix_rows(path, video_root) if isinstance(r, dict)):
         if rng.random() * (total - i) < left:
             left -= 1
             yield {**record, "origin": "mix", "cycle": cycle}
@@ -276,18 +278,20 @@ def write_sft(records: list[dict], out_dir) -> Path:
     return write_jsonl(Path(out_dir) / "records.jsonl", records, default=None, allow_nan=False)
 
 
-def read_mix(path) -> Iterator[dict]:
+def read_mix(path, video_root: str | None = None) -> Iterator[dict]:
     """An existing instruction set as SFT records with origin "mix", read a row at a time: vstar SFT JSONL, or
-    LLaVA/ShareGPT JSON (a list of {id, video, conversations}) or JSONL. Each human→gpt turn pair of a LLaVA entry is
-    a record. A malformed row is skipped with a warning that names the file and the row (counted from 1)."""
-    for i, record in _mix_rows(Path(path)):
+    LLaVA/ShareGPT JSON (a list of {id, video, conversations}) or JSONL, VSTaR-1M's included (its video key is
+    `video` or `video_path`, relative to the folder of videos: `video_root` joins them to it). Each human→gpt turn
+    pair of a LLaVA entry is a record. A malformed row is skipped with a warning that names the file and the row
+    (counted from 1)."""
+    for i, record in _mix_rows(Path(path), video_root):
         if isinstance(record, str):
             log.warning("%s row %d skipped: %s", path, i, record)
         else:
             yield record
 
 
-def _mix_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
+def _mix_rows(path: Path, video_root: str | None = None) -> Iterator[tuple[int, dict | str]]:
     """(row number, record) of each record of a mix file; (row number, why) for a row that is skipped."""
     for i, row, error in _json_rows(path):
         try:
@@ -295,6 +299,10 @@ def _mix_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
                 raise ValueError(error)
             if not isinstance(row, dict):
                 raise ValueError(f"expected an object, got {type(row).__name__}")
+            if "video" not in row and "video_path" in row:  # VSTaR-1M's other spelling
+                row = {**row, "video": row["video_path"]}
+            if video_root and isinstance(row.get("video"), str) and not os.path.isabs(row["video"]):
+                row = {**row, "video": os.path.join(video_root, row["video"])}
             records = _from_llava(row) if "conversations" in row else [_mix_record(row, row["sample_id"], row)]
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             yield i, f"missing {e}" if isinstance(e, KeyError) else str(e)

@@ -53,7 +53,8 @@ def test_two_cycles_end_to_end(ray_local, tmp_path, capfd):
     from vstar.driver import run
 
     capfd.readouterr()
-    run_dir = run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "run.max_cycles=1")), verbose=False)
+    first = small(tmp_path, "full", "run.max_cycles=1", "run.loggers=[tensorboard]")
+    run_dir = run(load_config(EMBEDDED_DEFAULT, first), verbose=False)
     assert (run_dir / "cycle_1" / "STOP").read_text() == "run.max_cycles 1 reached\n"
     # the console: vstar's lines (a summary a stage) on the terminal; Ray Data's and the libraries' in the log file
     terminal = capfd.readouterr().err.splitlines()
@@ -62,6 +63,15 @@ def test_two_cycles_end_to_end(ray_local, tmp_path, capfd):
     assert len(terminal) < 40, "\n".join(terminal)
     assert not [x for x in terminal if "ray.data" in x or "streaming_executor" in x or "Warning" in x]
     assert "cycle_1/answers: " in logged and "ray.data" in logged  # everything is in the file
+    # the tracker got each cycle's line (cycle 0: the base) and cycle 1's training steps
+    from test_trackers import tensorboard_scalars
+
+    scalars = tensorboard_scalars(run_dir / "tensorboard")
+    assert [step for step, _ in scalars["cycle/eval/accuracy"]] == [0, 1]
+    assert (
+        len(scalars["train/loss"])
+        == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])["train"]["steps"]
+    )
     assert run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full"))) == run_dir  # resumed with 2 cycles
 
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

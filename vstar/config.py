@@ -44,6 +44,10 @@ class RunConfig(_Section):
     min_delta: float = Field(
         0.01, ge=-1, le=1, description="stop when held-out accuracy rose less than this (-1: never stop early)"
     )
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="experiment trackers, any of tensorboard, wandb, mlflow (offline by default; vstar/trackers.py)",
+    )
 
     @property
     def dir(self) -> str:

@@ -55,6 +55,7 @@ from vstar.generate.stage import clip_verdicts, generate_stage
 from vstar.report import write_report
 from vstar.schema import LabelSets
 from vstar.storage import Cycle, atomic_write, done, failed_ids, once, open_run, record_step, write_metrics, write_text
+from vstar.trackers import Trackers
 
 log = logging.getLogger("vstar")
 
@@ -95,6 +96,15 @@ def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None, verbos
 
 def _run(cfg: Config, run_dir: Path, sft_step: SFTStep, verbose: bool | None) -> Path:
     record_step(run_dir, f"{sft_step.__module__}.{sft_step.__name__}")
+    trackers = Trackers(cfg, run_dir)
+    try:
+        _cycles(cfg, run_dir, sft_step, verbose, trackers)
+    finally:
+        trackers.close()
+    return run_dir
+
+
+def _cycles(cfg: Config, run_dir: Path, sft_step: SFTStep, verbose: bool | None, trackers: Trackers) -> None:
     init_ray(cfg.run.ray_address, cfg.run.num_cpus, log_to_driver=verbose is not False)
     samples = prepare_manifest(cfg, run_dir)
     base = prepare_model(cfg)
@@ -102,6 +112,7 @@ def _run(cfg: Config, run_dir: Path, sft_step: SFTStep, verbose: bool | None) ->
     data = split(samples, cfg.eval, store)
     before = evaluate(cfg, base, data, Cycle(run_dir, 0))
     write_metrics(run_dir)
+    track(trackers, run_dir)
     model = base
     for k in range(1, cfg.run.max_cycles + 1):
         cycle = Cycle(run_dir, k)
@@ -113,17 +124,34 @@ def _run(cfg: Config, run_dir: Path, sft_step: SFTStep, verbose: bool | None) ->
         if not sft_step(cfg, model, data, cycle)["records"]:
             cycle.stop("no verified answer or rationale to train on")
             write_metrics(run_dir)
+            track(trackers, run_dir)
             break
         model = finetune(cfg, base if cfg.train.init_from == "base" else model, data, cycle)
+        track(trackers, run_dir)  # the cycle's training steps, as soon as they are done
         after = evaluate(cfg, model, data, cycle)
         reason = stop_reason(k, before["accuracy"], after["accuracy"], cfg.run.max_cycles, cfg.run.min_delta)
         cycle.stop(reason)  # None: a resume with a larger run.max_cycles lifts an earlier stop
         write_metrics(run_dir)
+        track(trackers, run_dir)
         if reason:
             break
         before = after
     write_report(run_dir)
-    return run_dir
+    trackers.log_plots(run_dir / "plots")
+
+
+def track(trackers: Trackers, run_dir: Path) -> None:
+    """Send the trackers what they have not had yet: each cycle's training steps and its metrics.jsonl line."""
+    if not trackers.names:
+        return
+    from vstar.train.launch import read_steps
+
+    for k in sorted(int(p.parts[-3].removeprefix("cycle_")) for p in run_dir.glob("cycle_*/train/fit")):
+        trackers.log_steps(k, read_steps(run_dir / f"cycle_{k}" / "train", "fit"))
+    metrics = run_dir / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        if line.strip():
+            trackers.log_cycle(json.loads(line))
 
 
 def video_star_sft(cfg: Config, model: str, data: RunData, cycle: Cycle) -> dict:

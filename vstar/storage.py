@@ -51,6 +51,7 @@ RUNTIME_KEYS = (
     "run.num_cpus",
     "run.max_cycles",
     "run.min_delta",
+    "run.loggers",
     "generate.num_actors",
     "generate.num_gpus_per_actor",
     "generate.accelerator_resource",

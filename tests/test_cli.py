@@ -168,3 +168,14 @@ def test_verify_command(ray_local, tmp_path, capsys):
     assert '"passed": [true, false]' in (tmp_path / "v2" / "verified.jsonl").read_text().splitlines()[3]
     assert main(["verify", str(path), "verify.span_min_iou=2"]) == 2  # a bad threshold is a config error
     assert "verify.span_min_iou: Input should be less than or equal to 1" in capsys.readouterr().err
+
+
+def test_serve_takes_vllms_served_model_name(tmp_path):
+    from vstar.cli import build_parser, serve_config
+
+    args = build_parser().parse_args(
+        ["serve", str(tmp_path), "--port", "8123", "--served-model-name", "Qwen/Qwen2.5-VL-7B-Instruct: vstar"]
+    )
+    cfg = serve_config(args)
+    assert cfg.serve.served_model_name == "Qwen/Qwen2.5-VL-7B-Instruct: vstar" and cfg.serve.port == 8123
+    assert serve_config(build_parser().parse_args(["serve", str(tmp_path)])).serve.served_model_name is None

@@ -190,6 +190,22 @@ def bad_requests(model: str, media: Path) -> list[tuple[str, object, int, str | 
         ("two videos", {"model": model, "messages": two_videos}, 400, "messages", "2 videos"),
         ("image part", {"model": model, "messages": image}, 400, "messages[0].content[0]", "video_url part"),
         ("n=2", chat_body(model, clip, n=2), 400, "n", "n=1"),
+        ("stop and seed", chat_body(model, clip, stop=["END"], seed=3), 400, "seed", "would be ignored): seed, stop"),
+        ("an unknown field", chat_body(model, clip, best_of=4), 400, "best_of", "would be ignored"),
+        (
+            "vLLM's frame count",
+            chat_body(model, clip, media_io_kwargs={"video": {"num_frames": 17}}),
+            400,
+            "num_frames",
+            "must be in [1, 16]",
+        ),
+        (
+            "media_io_kwargs fps",
+            chat_body(model, clip, media_io_kwargs={"video": {"fps": 2}}),
+            400,
+            "media_io_kwargs",
+            "only",
+        ),  # fmt: skip
         ("max_tokens=0", chat_body(model, clip, max_tokens=0), 400, "max_tokens", "must be in"),
         ("temperature=5", chat_body(model, clip, temperature=5), 400, "temperature", "must be in"),
         ("too many frames", chat_body(model, clip, num_frames=17), 400, "num_frames", "must be in [1, 16]"),
@@ -238,6 +254,10 @@ def test_bad_requests_get_a_4xx_with_an_openai_error_and_the_server_serves_on(se
         openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0).chat.completions.create(
             model=str(tiny_vlm_dir), messages=[{"role": "user", "content": "hi"}]
         )
+    # fields at the value that changes nothing pass, and vLLM's frame count is honoured
+    neutral = dict(stop=None, seed=None, user="u", presence_penalty=0, media_io_kwargs={"video": {"num_frames": 4}})
+    got, reply = post(f"{server}/v1/chat/completions", chat_body(str(tiny_vlm_dir), str(media / "clip.mp4"), **neutral))
+    assert got == 200, reply
     octets = data_url(media / "clip.mp4").replace("video/mp4", "application/octet-stream")
     got, reply = post(f"{server}/v1/chat/completions", chat_body(str(tiny_vlm_dir), octets))
     assert got == 200 and reply["usage"]["completion_tokens"] == 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -102,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument("--host", help="bind address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
+    p.add_argument(
+        "--served-model-name",
+        help="the model name clients send and /v1/models lists (default: the model argument), as in `vllm serve`",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -335,15 +340,23 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
+def serve_config(args):
+    """`vstar serve`'s config: the run directory's (the frames and backend it was trained with) or the given one,
+    the overrides, then --host, --port and --served-model-name."""
     from pathlib import Path
 
+    args.overrides += [f"serve.host={args.host}"] * bool(args.host) + [f"serve.port={args.port}"] * bool(args.port)
+    if args.served_model_name:
+        args.overrides.append(f"serve.served_model_name={json.dumps(args.served_model_name)}")
+    run_cfg = Path(args.model) / "config.yaml"
+    return resolved_config(args, run_cfg if run_cfg.is_file() else None)
+
+
+def cmd_serve(args) -> int:
     from vstar.driver import init_ray
     from vstar.serve.app import serve
 
-    args.overrides += [f"serve.host={args.host}"] * bool(args.host) + [f"serve.port={args.port}"] * bool(args.port)
-    run_cfg = Path(args.model) / "config.yaml"  # a run directory: the frames and backend it was trained with
-    cfg = resolved_config(args, run_cfg if run_cfg.is_file() else None)
+    cfg = serve_config(args)
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     serve(args.model, cfg, blocking=True)
     return 0

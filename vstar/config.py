@@ -324,6 +324,9 @@ class EvalConfig(_Section):
 
 
 class ServeConfig(_Section):
+    served_model_name: str | None = Field(
+        None, description="the model name clients send (and GET /v1/models lists); None: the model argument"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     num_replicas: int = Field(1, ge=1)

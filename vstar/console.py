@@ -55,6 +55,10 @@ def attach(run_dir: Path, verbose: bool = False) -> Path:
     root.addHandler(to_term)
     root.setLevel(logging.INFO)
     quiet_libraries(verbose)
+    if not verbose:  # Hugging Face's bars (writing and loading shards), here and in the Ray workers started after
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     logging.captureWarnings(True)  # warnings → the "py.warnings" logger → the file (the terminal too with -v)
     _state.update(verbose=verbose, log_file=path, handlers=(to_file, to_term))
     log.info("logs: %s%s", path, "" if verbose else " (vstar run -v shows them here)")

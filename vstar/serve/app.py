@@ -262,13 +262,14 @@ def serve(model_or_run: str, cfg: Config, blocking: bool = True) -> str:
     """Deploy the app on Ray Serve at cfg.serve.host:port and return its base URL (http://host:port).
 
     `model_or_run`: a model folder, hub id or run directory (its best cycle); it is also the model name clients
-    send. Ray must be running (`vstar serve` starts or joins it). `blocking`: serve until Ctrl-C, then
+    send, unless `serve.served_model_name` names it otherwise (`vstar serve --served-model-name`, as vLLM's). Ray must be running (`vstar serve` starts or joins it). `blocking`: serve until Ctrl-C, then
     delete the app; otherwise return at once (the caller ends it with `ray.serve.shutdown()`)."""
     model = resolve_model(model_or_run)
+    name = cfg.serve.served_model_name or model_or_run
     rserve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    rserve.run(build_app(model, model_or_run, cfg), name=APP_NAME, route_prefix="/")
+    rserve.run(build_app(model, name, cfg), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    log.info("serving %s at %s/v1 (OpenAI chat completions with video; GET /health)", model_or_run, url)
+    log.info("serving %s as %r at %s/v1 (OpenAI chat completions with video; GET /health)", model_or_run, name, url)
     if blocking:
         try:
             while True:

@@ -15,7 +15,19 @@ carries the HTTP status and the OpenAI error body `{"error": {"message", "type",
     vstar.serve.protocol.APIError: 400 messages: missing required field 'messages'
 
 Extensions to the OpenAI request: `num_frames` (frames sampled from the video; default `data.num_frames`,
-at most `serve.max_frames`) and, as in vLLM's server, `ignore_eos` (generate exactly `max_tokens`: benchmarks). One video per request, in a user message; image and audio parts are refused.
+at most `serve.max_frames`; vLLM's `media_io_kwargs: {"video": {"num_frames": N}}` says the same) and, as in
+vLLM's server, `ignore_eos` (generate exactly `max_tokens`: benchmarks). One video per request, in a user message;
+image and audio parts are refused.
+
+A request field this server does not honour is refused with a 400 that names it, never silently ignored: a client
+written for `vllm serve` that sends `stop`, `seed` or `n: 4` learns so at once instead of getting answers that
+quietly differ. Fields whose value changes nothing (`stop: null`, `seed: null`, `presence_penalty: 0`,
+`logprobs: false`, `user`, `metadata`, ...) pass.
+
+    >>> parse_chat_request(b'{"model": "m", "messages": [], "stop": ["END"], "seed": 3}', "m", GenerateConfig(),
+    ...                    DataConfig(), 32)
+    Traceback (most recent call last):
+    vstar.serve.protocol.APIError: 400 seed: not supported by vstar serve (it would be ignored): seed, stop
 """
 
 from __future__ import annotations
@@ -30,6 +42,28 @@ from vstar.config import DataConfig, GenerateConfig
 from vstar.generate.sampling import Sampling
 
 ROLES = ("system", "user", "assistant")
+HONOURED = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream",
+            "stream_options", "n", "ignore_eos", "num_frames", "media_io_kwargs"}  # fmt: skip
+# fields that carry no instruction for generation (metadata, the client's bookkeeping): accepted as they are
+METADATA = {"user", "metadata", "store", "service_tier", "request_id", "priority"}
+# fields accepted only at the value that changes nothing
+NEUTRAL = {
+    "stop": (None, [], ""),
+    "seed": (None,),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "parallel_tool_calls": (None, True, False),
+    "response_format": (None, {"type": "text"}),
+    "top_k": (None, 0, -1),
+    "min_p": (None, 0, 0.0),
+    "skip_special_tokens": (None, True),
+}
 ERROR_TYPES = {403: "permission_error", 404: "not_found_error", 500: "server_error", 504: "timeout_error"}
 
 
@@ -71,6 +105,11 @@ def parse_chat_request(
             raise APIError(400, f"missing required field '{field}'", field)
     if req["model"] != model_id:
         raise APIError(404, f"model {req['model']!r} is not served here; GET /v1/models lists {model_id!r}", "model")
+    ignored = sorted(
+        k for k, v in req.items() if k not in HONOURED | METADATA and not (k in NEUTRAL and v in NEUTRAL[k])
+    )
+    if ignored:
+        raise APIError(400, f"not supported by vstar serve (it would be ignored): {', '.join(ignored)}", ignored[0])
     messages, videos = _messages(req["messages"])
     if not videos:
         raise APIError(400, "no video: put one video_url part in a user message", "messages")
@@ -91,7 +130,9 @@ def parse_chat_request(
             seed=None,
             ignore_eos=_get(req, "ignore_eos", bool, False),
         ),
-        num_frames=_number(req, "num_frames", data.num_frames, 1, max_frames),
+        num_frames=_number(
+            {"num_frames": req.get("num_frames", _media_frames(req))}, "num_frames", data.num_frames, 1, max_frames
+        ),
         stream=stream,
         include_usage=bool(stream and options.get("include_usage")),
     )
@@ -129,6 +170,14 @@ def _messages(raw: Any) -> tuple[list[dict], list[str]]:
                 raise APIError(400, f"{at}: expected a text part, or a video_url part in a user message", at)
         out.append({"role": m["role"], "content": parts})
     return out, videos
+
+
+def _media_frames(req: dict):
+    """vLLM's `media_io_kwargs: {"video": {"num_frames": N}}`: N (None when not given); other keys are refused."""
+    media = _get(req, "media_io_kwargs", dict, {})
+    if set(media) - {"video"} or set(_get(media, "video", dict, {})) - {"num_frames"}:
+        raise APIError(400, "media_io_kwargs: only {'video': {'num_frames': N}} is supported", "media_io_kwargs")
+    return (media.get("video") or {}).get("num_frames")
 
 
 def _get(req: dict, key: str, kind: type, default):

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vstar import console
 from vstar.config import Config, TrainConfig
 
 log = logging.getLogger("vstar")
@@ -145,10 +146,11 @@ def pretrained_base(cfg: Config, random_model: Path) -> Path:
     train_cfg = recipe_train_config(cfg)
     log.info("pretraining the tiny VLM: %d steps on %d records %s → %s", p.steps, len(records), counts, out)
     start = time.perf_counter()
-    result = train(
-        records, str(random_model), work / "model", train_cfg, cfg.data, work, "base",
-        max_steps=p.steps, checkpoint_every=10**6, seed=cfg.run.seed,
-    )  # fmt: skip
+    with console.train_progress(work / "base" / "steps.jsonl", "pretrain", p.steps):
+        result = train(
+            records, str(random_model), work / "model", train_cfg, cfg.data, work, "base",
+            max_steps=p.steps, checkpoint_every=10**6, seed=cfg.run.seed,
+        )  # fmt: skip
     if result.error:
         raise RuntimeError(f"pretraining the tiny VLM failed: {result.error}")
     steps = read_steps(work, "base")

@@ -272,10 +272,23 @@ def web(media):
             super().__init__(*args, directory=str(media), **kwargs)
 
         def do_GET(self):
-            if self.path == "/redirect.mp4":
+            hops = {"/redirect.mp4": "http://example.com/x.mp4", "/hop.mp4": "/clip.mp4",
+                    "/to-metadata.mp4": "http://169.254.169.254/latest/meta-data/", "/loop.mp4": "/loop.mp4"}  # fmt: skip
+            if self.path in hops:
                 self.send_response(302)
-                self.send_header("Location", "http://example.com/x.mp4")
+                self.send_header("Location", hops[self.path])
                 self.end_headers()
+                return
+            if self.path == "/slow.mp4":  # a byte every 0.2 s, for ever: only an overall deadline stops it
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    for _ in range(100):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass
                 return
             super().do_GET()
 
@@ -295,10 +308,35 @@ def test_an_allow_listed_host_is_fetched_with_the_byte_limit(server, tiny_vlm_di
     for path, status, message in [
         ("big.mp4", 413, "limit is 200000"),
         ("nope.mp4", 400, "HTTP 404"),
-        ("redirect.mp4", 400, "HTTP 302"),  # not followed: it could lead anywhere
+        ("redirect.mp4", 403, "'example.com' is not in serve.allowed_domains"),  # followed, and checked again
     ]:
         got, reply = post(f"{server}/v1/chat/completions", chat_body(model, f"{web}/{path}"))
         assert got == status and message in reply["error"]["message"], (path, reply)
+
+
+def test_a_fetch_goes_to_public_hosts_only_and_keeps_its_deadline(web, media):
+    """The fetcher alone (no server): loopback, private and metadata addresses refused unless allow-listed,
+    redirects followed and checked again, a slow sender cut at the deadline. (A public host cannot be reached from
+    this machine: that case is the address rule, tested on addresses.)"""
+    from vstar.serve.protocol import APIError
+    from vstar.serve.video import fetch, public_address
+
+    for ip in ("127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+               "224.0.0.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254"):  # fmt: skip
+        assert not public_address(ip), ip
+    assert public_address("8.8.8.8") and public_address("2001:4860:4860::8888")
+    with pytest.raises(APIError, match="resolves to a non-public address") as e:
+        fetch(f"{web}/clip.mp4", 10**7, 5.0)  # nothing allow-listed: the loopback web server is refused
+    assert e.value.status == 403
+    assert fetch(f"{web}/hop.mp4", 10**7, 5.0, ["127.0.0.1"]) == (media / "clip.mp4").read_bytes()
+    with pytest.raises(APIError, match="'169.254.169.254' is not in serve.allowed_domains"):
+        fetch(f"{web}/to-metadata.mp4", 10**7, 5.0, ["127.0.0.1"])
+    with pytest.raises(APIError, match="more than 5 redirects"):
+        fetch(f"{web}/loop.mp4", 10**7, 5.0, ["127.0.0.1"])
+    start = time.monotonic()
+    with pytest.raises(APIError, match="took longer") as e:
+        fetch(f"{web}/slow.mp4", 10**7, 1.0, ["127.0.0.1"])
+    assert e.value.status == 504 and time.monotonic() - start < 2.5
 
 
 def test_concurrent_requests_with_a_bad_one_all_complete(server, tiny_vlm_dir, media):

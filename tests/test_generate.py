@@ -18,10 +18,11 @@ import pytest
 from vstar.config import load_config
 from vstar.data.frames import frames_row, sample_frames
 from vstar.data.questions import FRAMINGS, TASK_BANKS, TYPE_BANKS, assign_question
+from vstar.generate.actors import GenerateActor, _objects
 from vstar.generate.backends import HFBackend
 from vstar.generate.prompts import STEP_BY_STEP, answer_prompt, rationale_prompt
 from vstar.generate.sampling import Sampling
-from vstar.generate.stage import GenerateActor, _objects, generate_stage, prompt_rows
+from vstar.generate.stage import generate_stage, prompt_rows
 from vstar.schema import Sample
 
 CFG = load_config(None, ["generate.max_new_tokens=12", "generate.num_candidates=3", "generate.batch_size=4"])

@@ -18,10 +18,11 @@ import pytest
 from vstar.config import load_config
 from vstar.data.frames import frames_row, sample_frames
 from vstar.data.questions import FRAMINGS, TASK_BANKS, TYPE_BANKS, assign_question
+from vstar.generate.actors import GenerateActor, _objects
 from vstar.generate.backends import HFBackend
 from vstar.generate.prompts import STEP_BY_STEP, answer_prompt, rationale_prompt
 from vstar.generate.sampling import Sampling
-from vstar.generate.stage import GenerateActor, _objects, generate_stage, prompt_rows
+from vstar.generate.stage import generate_stage, prompt_rows
 from vstar.schema import Sample
 
 CFG = load_config(None, ["generate.max_new_tokens=12", "generate.num_candidates=3", "generate.batch_size=4"])
@@ -230,7 +231,8 @@ def test_an_answer_pass_rationalizes_its_failures_and_a_rationale_pass_the_rest(
     assert sorted(again["sample_id"]) == sorted(failed) and lost <= set(again["sample_id"])
 
 
-def test_the_frames_step_is_never_fused_into_the_generation_actors(ray_local):
+@pytest.mark.parametrize("backend,actor", [("hf", "GenerateActor"), ("vllm", "StreamingGenerateActor")])
+def test_the_frames_step_is_never_fused_into_the_generation_actors(ray_local, backend, actor):
     import io
 
     import ray
@@ -240,9 +242,9 @@ def test_the_frames_step_is_never_fused_into_the_generation_actors(ray_local):
     ds = with_frames(ray.data.from_items([{"video": "v.mp4", "start_s": None, "end_s": None}]), CFG.data)
     plan = io.StringIO()
     with contextlib.redirect_stdout(plan):
-        generated(ds, lambda: None, "m", CFG.generate).explain()
+        generated(ds, lambda: None, "m", CFG.generate.model_copy(update={"backend": backend})).explain()
     physical = plan.getvalue().split("Physical Plan (Optimized)")[1]
-    assert "ActorPoolMapOperator[MapBatches(GenerateActor)]" in physical
+    assert f"ActorPoolMapOperator[MapBatches({actor})]" in physical
     assert "TaskPoolMapOperator[MapBatches(decode_batch)]" in physical  # its own CPU tasks, not inside the actor
 
 

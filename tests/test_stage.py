@@ -1,7 +1,12 @@
 """vstar.generate.stage's video check and verifier on a real local Ray: frames for good videos, an error row for a
-damaged one; verdicts for every row (the generation stage itself: tests/test_generate.py)."""
+damaged one; verdicts for every row; the generation actors with backends that fail or stall as asked: a failed
+engine restarted, the streaming actor's calls overlapping (the generation stage itself: tests/test_generate.py, and
+with vLLM tests/test_vllm_backend.py)."""
 
+import asyncio
+import json
 import sys
+import time
 from functools import partial
 
 import pytest
@@ -79,7 +84,29 @@ class EngineThatDies:
         return [Generation(["fine"], [1], 10, [[7]]) for _ in prompts]
 
 
-def _generate_on_ray(samples, backend, tmp_path):
+class StreamingEngineThatDies:
+    """EngineThatDies as an async engine: each of the first `failures` engines started (counted across processes
+    in `marker`'s folder) fails every request; later ones give every row one candidate."""
+
+    def __init__(self, marker, failures: int):
+        started = len(list(marker.parent.glob(marker.name + "*")))
+        self.dies = started < failures
+        if self.dies:
+            (marker.parent / f"{marker.name}{started}").touch()
+
+    async def generate(self, prompt, video, meta):
+        from vstar.generate.backends import Generation
+
+        await asyncio.sleep(0.01)
+        if self.dies:
+            raise RuntimeError("engine died")
+        return Generation(["fine"], [1], 10, [[7]])
+
+
+STREAMING = dict(backend="vllm", calls_in_flight=4)
+
+
+def _generate_on_ray(samples, backend, gen: dict, blocks: int = 2):
     import ray
     from ray import cloudpickle
 
@@ -90,21 +117,98 @@ def _generate_on_ray(samples, backend, tmp_path):
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test module
     rows = prompt_rows([assign_question(s, 0) for s in samples], "answer")
-    ds = ray.data.from_items(rows, override_num_blocks=2)
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map(frames_row, fn_kwargs=decode_options(DataConfig(num_frames=8)))
-    return generated(ds, backend, "fake", GenerateConfig(batch_size=2)).take_all()
+    return generated(ds, backend, "fake", GenerateConfig(batch_size=2, **gen)).take_all()
 
 
-def test_a_failed_engine_is_restarted_and_its_batch_retried(ray_local, synth_samples, tmp_path):
-    rows = _generate_on_ray(synth_samples[:6], partial(EngineThatDies, tmp_path / "failed", 1), tmp_path)
-    assert len(list(tmp_path.glob("failed*"))) == 1  # the first batch failed once
+ENGINES = [(EngineThatDies, {}), (StreamingEngineThatDies, STREAMING)]
+
+
+@pytest.mark.parametrize("engine,gen", ENGINES, ids=["batch", "streaming"])
+def test_a_failed_engine_is_restarted_and_its_batch_retried(ray_local, synth_samples, tmp_path, engine, gen):
+    rows = _generate_on_ray(synth_samples[:6], partial(engine, tmp_path / "failed", 1), gen)
+    assert len(list(tmp_path.glob("failed*"))) == 1  # the first engine failed once
     assert sorted(r["sample_id"] for r in rows) == sorted(s.sample_id for s in synth_samples[:6])
     assert all(r["error"] is None and list(r["candidates"]) == ["fine"] for r in rows)  # no row lost as an error
 
 
-def test_an_engine_that_keeps_failing_fails_the_stage_without_error_rows(ray_local, synth_samples, tmp_path):
+@pytest.mark.parametrize("engine,gen", ENGINES, ids=["batch", "streaming"])
+def test_an_engine_that_keeps_failing_fails_the_stage_without_error_rows(
+    ray_local, synth_samples, tmp_path, engine, gen
+):
     from vstar.generate.stage import ENGINE_RETRIES
 
     with pytest.raises(Exception, match="engine died|actor"):
-        _generate_on_ray(synth_samples[:2], partial(EngineThatDies, tmp_path / "failed", 100), tmp_path)
+        _generate_on_ray(synth_samples[:2], partial(engine, tmp_path / "failed", 100), gen)
     assert len(list(tmp_path.glob("failed*"))) == 1 + ENGINE_RETRIES
+
+
+class Stalling:
+    """An async engine whose first request takes `stall_s`, every other one 0.05 s; each request's prompt, start
+    and end go to `log` (JSON lines)."""
+
+    def __init__(self, log, stall_s: float):
+        self.log, self.stall_s, self.requests = log, stall_s, 0
+
+    async def generate(self, prompt, video, meta):
+        from vstar.generate.backends import Generation
+
+        self.requests += 1
+        start = time.time()
+        await asyncio.sleep(self.stall_s if self.requests == 1 else 0.05)
+        with open(self.log, "a") as f:
+            f.write(json.dumps({"prompt": prompt, "start": start, "end": time.time()}) + "\n")
+        return Generation(["fine"], [1], 10, [[7]])
+
+
+def test_a_stalled_row_holds_back_no_other_call(ray_local, synth_samples, tmp_path):
+    """The streaming actor: 12 rows, 6 calls of 2, 4 calls at once. The first row stalls for 4 s; every other call
+    runs meanwhile, so 10 other rows finish while it stalls (one call at a time: only its own call's other row)."""
+    log = tmp_path / "requests.jsonl"
+    rows = _generate_on_ray(synth_samples[:12], partial(Stalling, log, 4.0), STREAMING, blocks=6)
+    assert sorted(r["sample_id"] for r in rows) == sorted(s.sample_id for s in synth_samples[:12])
+    requests = [json.loads(line) for line in log.read_text().splitlines()]
+    stalled = max(requests, key=lambda r: r["end"] - r["start"])
+    during = [r for r in requests if r is not stalled and r["end"] < stalled["end"]]
+    assert len(during) >= 10
+
+
+def test_a_row_is_rationalized_while_the_others_still_generate(synth_samples):
+    """In the streaming actor a row whose answers all fail is asked again with the hint as soon as its answers are
+    verified: here while the first row's answer is still stalled. A row the backend refuses fails alone."""
+    from vstar.config import VerifyConfig
+    from vstar.data.frames import frames_row
+    from vstar.data.questions import assign_question
+    from vstar.generate.actors import StreamingGenerateActor, _objects
+    from vstar.generate.backends import Generation
+    from vstar.generate.prompts import answer_prompt
+    from vstar.generate.stage import prompt_rows
+
+    class Backend:
+        def __init__(self, stalled: str):
+            self.stalled, self.requests = stalled, []
+
+        async def generate(self, prompt, video, meta):
+            self.requests.append(("start", prompt))
+            if "refuse" in prompt:
+                raise ValueError("the processor refuses this video")
+            await asyncio.sleep(1.0 if prompt == self.stalled else 0.05)
+            self.requests.append(("end", prompt))
+            return Generation(["no idea"], [2], 10, [[7, 8]])  # passes no label
+
+    samples = [assign_question(s, 0) for s in synth_samples[:4]]
+    samples[3] = samples[3].model_copy(update={"question": "refuse"})
+    rows = [frames_row(r, 8) for r in prompt_rows(samples, "answer")]
+    batch = {k: _objects([r[k] for r in rows]) for k in rows[0]}
+    backend = Backend(stalled=answer_prompt(samples[0].question))
+    actor = StreamingGenerateActor(lambda: backend, "fake", (VerifyConfig(), None), calls_in_flight=1)
+    out = asyncio.run(actor(batch))
+    ids = [s.sample_id for s in samples]
+    assert list(out["sample_id"]) == ids + ids[:3] and list(out["kind"]) == ["answer"] * 4 + ["rationale"] * 3
+    assert out["error"][3].startswith("generation failed: ValueError: the processor refuses")
+    assert [e is None for e in out["error"]] == [True, True, True, False, True, True, True]
+    assert all(len(p) == 1 and not p[0] for p in out["passed"][:3])
+    first_answer_end = backend.requests.index(("end", answer_prompt(samples[0].question)))
+    hinted = [i for i, (what, prompt) in enumerate(backend.requests) if what == "start" and "\nAnswer: " in prompt]
+    assert len(hinted) == 3 and min(hinted) < first_answer_end

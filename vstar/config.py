@@ -184,6 +184,15 @@ class GenerateConfig(_Section):
         0.90, gt=0, le=1, description="vLLM backend: the part of each GPU's memory the engine takes (KV cache too)"
     )
     max_num_seqs: int = Field(256, ge=1, description="vLLM backend: sequences an engine decodes together at most")
+    calls_in_flight: int = Field(
+        16,
+        ge=1,
+        description="vLLM backend: generate calls (of batch_size rows) one actor runs at once, every row its own "
+        "request in the actor's one engine, so the engine batches them continuously and never waits for a call's "
+        "slowest row or for the next call. Aim for calls_in_flight x batch_size x num_candidates at about twice "
+        "max_num_seqs (the default: 16 x 8 x 4 = 512 for 256): the engine stays full while a call waits for its "
+        "last row. Each call in flight holds its block's frames in the actor",
+    )
     accelerator_resource: str | None = Field(
         None,
         description="a custom Ray resource each actor also asks for, one unit per GPU, so it runs only on the node "

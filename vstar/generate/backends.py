@@ -3,14 +3,22 @@
     backend = HFBackend("runs/demo/cycle_1/model", Sampling(max_new_tokens=256, n=4, temperature=0.7, top_p=0.9))
     [g.candidates for g in backend.generate(["What moves? ..."], [frames.array], [frames.meta])]
 
-`hf` runs transformers `generate` (CPU or GPU, batched); `vllm` runs `vllm.LLM` with the video and its
-metadata as multi-modal data, an optional LoRA adapter and tensor parallelism. Both load the model from a
-folder or a hub id (`load_hf`, `load_vllm`: the serve engines load theirs the same way) and sample as their
-`Sampling` says; greedy (temperature 0) gives a row one candidate.
+`hf` runs transformers `generate` (CPU or GPU, batched). `vllm` is vLLM's async engine, one request a row:
+
+    backend = AsyncVLLMBackend("Qwen/Qwen2.5-VL-7B-Instruct", Sampling(max_new_tokens=256, n=4, temperature=0.7))
+    generation = await backend.generate("What moves? ...", frames.array, frames.meta)
+
+The generate stage's actors await many rows at once, from several calls, so the engine batches them continuously
+(`StreamingGenerateActor`). `VLLMBackend` is the same engine settings as `vllm.LLM`, one batch a call. Both take the
+video and its metadata as multi-modal data, an optional LoRA adapter and tensor parallelism. Every backend loads
+the model from a folder or a hub id (`load_hf`, `load_vllm`: the serve engines load theirs the same way) and
+samples as its `Sampling` says; greedy (temperature 0) gives a row one candidate. A row's own bad input (frames
+the processor refuses, a prompt longer than max_model_len) raises ValueError; anything else is the engine's.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,10 @@ class Generation:
 
 class Backend(Protocol):
     def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]: ...
+
+
+class StreamingBackend(Protocol):
+    async def generate(self, prompt: str, video: np.ndarray, meta: FrameMeta) -> Generation: ...
 
 
 def load_hf(model: str, dtype: str = "auto", device: str | None = None, max_frame_pixels: int | None = None) -> tuple:
@@ -113,24 +125,19 @@ def vllm_video(frames: np.ndarray, meta: FrameMeta) -> tuple[np.ndarray, dict]:
     }
 
 
-def load_vllm(
+def vllm_engine_args(
     model: str,
     dtype: str = "auto",
     tensor_parallel_size: int = 1,
     lora_path: str | None = None,
     seed: int | None = 0,
     **llm_kwargs,
-) -> tuple:
-    """A `vllm.LLM` that takes one video a prompt, its processor (for the chat template) and the LoRA request
-    (None without `lora_path`). `seed` seeds the engine once (requests carry none); `llm_kwargs` go to `vllm.LLM`
+) -> dict:
+    """The engine settings of `vllm.LLM` and of the async engine alike: one video a prompt, LoRA sized to the
+    adapter, `seed` seeding the engine once (requests carry none); `llm_kwargs` as given
     (`GenerateConfig.vllm_kwargs`: max_model_len, gpu_memory_utilization, max_num_seqs)."""
-    from vllm import LLM
-    from vllm.lora.request import LoRARequest
-
-    from vstar.models.load import load_processor
-
     lora = {"enable_lora": True, "max_lora_rank": lora_rank(lora_path), "max_loras": 1} if lora_path else {}
-    llm = LLM(
+    return dict(
         model=model,
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
@@ -140,7 +147,48 @@ def load_vllm(
         **lora,
         **llm_kwargs,
     )
-    return llm, load_processor(model), LoRARequest("adapter", 1, lora_path) if lora_path else None
+
+
+def load_vllm(
+    model: str,
+    dtype: str = "auto",
+    tensor_parallel_size: int = 1,
+    lora_path: str | None = None,
+    seed: int | None = 0,
+    **llm_kwargs,
+) -> tuple:
+    """A `vllm.LLM` (`vllm_engine_args`), its processor (for the chat template) and the LoRA request (None
+    without `lora_path`)."""
+    from vllm import LLM
+
+    from vstar.models.load import load_processor
+
+    llm = LLM(**vllm_engine_args(model, dtype, tensor_parallel_size, lora_path, seed, **llm_kwargs))
+    return llm, load_processor(model), lora_request(lora_path)
+
+
+def lora_request(lora_path: str | None):
+    """vLLM's request for the adapter, the same on every request of an engine; None without one."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest("adapter", 1, lora_path) if lora_path else None
+
+
+def vllm_request(processor, prompt: str, video: np.ndarray, meta: FrameMeta) -> dict:
+    """One row as a vLLM prompt: the question in the model's chat template, the video as multi-modal data."""
+    from vstar.models.load import chat_text
+
+    return {"prompt": chat_text(processor, prompt), "multi_modal_data": {"video": vllm_video(video, meta)}}
+
+
+def generation(out) -> Generation:
+    """A finished `vllm.RequestOutput` as a Generation."""
+    return Generation(
+        [o.text for o in out.outputs],
+        [len(o.token_ids) for o in out.outputs],
+        len(out.prompt_token_ids),
+        [list(o.token_ids) for o in out.outputs],
+    )
 
 
 def lora_rank(lora_path: str) -> int:
@@ -156,7 +204,7 @@ def lora_rank(lora_path: str) -> int:
 
 
 class VLLMBackend:
-    """`vllm.LLM` with videos as multi-modal data; optional LoRA adapter; tensor parallel from config."""
+    """`vllm.LLM` with videos as multi-modal data, one batch a call; optional LoRA adapter; tensor parallel."""
 
     def __init__(
         self,
@@ -173,22 +221,68 @@ class VLLMBackend:
         self.params = sampling.vllm_params()
 
     def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]:
-        from vstar.models.load import chat_text
+        from vllm.exceptions import VLLMClientError
 
-        requests = [
-            {"prompt": chat_text(self.processor, p), "multi_modal_data": {"video": vllm_video(v, m)}}
-            for p, v, m in zip(prompts, videos, metas, strict=True)
-        ]
-        outs = self.llm.generate(requests, self.params, lora_request=self.lora, use_tqdm=False)
-        return [
-            Generation(
-                [o.text for o in out.outputs],
-                [len(o.token_ids) for o in out.outputs],
-                len(out.prompt_token_ids),
-                [list(o.token_ids) for o in out.outputs],
-            )
-            for out in outs
-        ]
+        requests = [vllm_request(self.processor, p, v, m) for p, v, m in zip(prompts, videos, metas, strict=True)]
+        try:
+            outs = self.llm.generate(requests, self.params, lora_request=self.lora, use_tqdm=False)
+        except VLLMClientError as e:  # a request vLLM refuses (VLLMValidationError): a ValueError here, as in HF
+            raise ValueError(str(e)) from e
+        return [generation(out) for out in outs]
 
 
-BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+class AsyncVLLMBackend:
+    """vLLM's async engine (`AsyncLLMEngine`, the settings of `vllm_engine_args`), one request a row: the engine
+    batches every request in flight continuously, whichever call it came from. Keeps count of its requests in
+    flight (`in_flight`, and the most at once: `most_in_flight`)."""
+
+    def __init__(
+        self,
+        model: str,
+        sampling: Sampling,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        lora_path: str | None = None,
+        **llm_kwargs,
+    ):
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        from vstar.models.load import load_processor
+
+        args = vllm_engine_args(model, dtype, tensor_parallel_size, lora_path, sampling.seed, **llm_kwargs)
+        # built outside an event loop: the engine starts its output handler in the loop of the first request
+        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args, disable_log_stats=True))
+        self.processor = load_processor(model)
+        self.lora = lora_request(lora_path)
+        self.params = sampling.vllm_params()
+        self.ids = itertools.count()
+        self.in_flight = self.most_in_flight = 0
+
+    async def generate(self, prompt: str, video: np.ndarray, meta: FrameMeta) -> Generation:
+        """One row: its request to the engine, awaited until finished."""
+        return await self.request(vllm_request(self.processor, prompt, video, meta), self.params)
+
+    async def request(self, request: dict, params) -> Generation:
+        """One vLLM request (`vllm_request`) with these `SamplingParams`, awaited until finished. A request the
+        engine refuses (its prompt too long, frames the processor rejects) raises ValueError."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineGenerateError
+
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        final = None
+        try:
+            async for out in self.engine.generate(request, params, str(next(self.ids)), lora_request=self.lora):
+                final = out
+        except VLLMClientError as e:  # VLLMValidationError: not a ValueError in vLLM 0.32
+            raise ValueError(str(e)) from e
+        except EngineGenerateError as e:  # wraps what the input processor raised for this request
+            if isinstance(e.__cause__, ValueError):
+                raise e.__cause__ from e
+            raise
+        finally:
+            self.in_flight -= 1
+        return generation(final)
+
+
+BACKENDS = {"hf": HFBackend, "vllm": AsyncVLLMBackend}

@@ -15,6 +15,9 @@ Explain step by step how one arrives at this answer from what the video shows, t
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+
 from vstar.schema import Label
 from vstar.verify.render import render_labels
 
@@ -34,3 +37,12 @@ def rationale_prompt(question: str, labels: list[Label] | tuple[Label, ...]) -> 
 
 
 PROMPTS = {"answer": lambda question, labels: answer_prompt(question), "rationale": rationale_prompt}
+
+
+def prompts_for(kind: str, questions: Iterable, labels: Iterable) -> list[str]:
+    """The `kind` prompt of each row, from the sample table's columns (labels as JSON text)."""
+    build = PROMPTS[kind]
+    return [
+        build(str(q), [Label.model_validate(x) for x in json.loads(str(raw))])
+        for q, raw in zip(questions, labels, strict=True)
+    ]

@@ -78,8 +78,10 @@ class Sampling:
 
     def vllm_params(self):
         """A `vllm.SamplingParams`. No seed of its own: a per-request seed sends every request down vLLM's slow
-        per-request sampler, so the seed is the engine's (`load_vllm` seeds `vllm.LLM` once)."""
+        per-request sampler, so the seed is the engine's (`load_vllm` seeds `vllm.LLM` once). A request's output
+        comes once, finished: the async engine would otherwise build one for every request at every step."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
             n=self.n,
@@ -90,4 +92,5 @@ class Sampling:
             repetition_penalty=1.0,
             max_tokens=self.max_new_tokens,
             ignore_eos=self.ignore_eos,
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )

@@ -5,11 +5,13 @@ alone, which shares its pieces.
     vstar generate jobs/demo.yaml --mode answer --out runs/demo/cycle_1/answers
 
 The frames come from CPU tasks beside the actors, never fused into them, so an accelerator never waits for a decoder:
-while an actor generates one batch the next ones are being read. With `rationales_to`, an answer stage also
-rationalizes: the rows of a batch whose answers all failed verification are asked again with the label as a hint in
-the same actor call, on the frames it already holds, while other answers are still being generated; their rows go
-to `rationales_to`. (A rationale row that a kill lost is made by a rationale stage over the failed answers without
-one: `pending_rationales`.)
+while an actor generates, the next batches are being read. With vLLM an actor streams: `generate.calls_in_flight`
+calls at once, every row its own request in the actor's one engine, which batches them continuously, so the GPU
+never waits for a batch's slowest row (`vstar.generate.actors`). With `rationales_to`, an answer stage also
+rationalizes: a row whose answers all failed verification is asked again with the label as a hint in the same actor
+call, on the frames it already holds (with vLLM as soon as its own answers are verified, while the other rows are
+still generating); those rows go to `rationales_to`. (A rationale row that a kill lost is made by a rationale stage
+over the failed answers without one: `pending_rationales`.)
 
 Every input row comes out once: with K candidates and their verdicts, or with an `error` (the video
 could not be decoded, or the model refused that row's input). Any other failure is the engine's (vLLM's engine
@@ -44,11 +46,12 @@ import pyarrow.parquet as pq
 import ray
 
 from vstar.config import DataConfig, GenerateConfig, VerifyConfig, accelerator_resources
-from vstar.data.frames import decode_options, frames_from_batch, frames_row, mm_processor_kwargs
-from vstar.generate.backends import BACKENDS, Backend
-from vstar.generate.prompts import PROMPTS
+from vstar.data.frames import decode_options, frames_row, mm_processor_kwargs
+from vstar.generate.actors import GenerateActor, StreamingGenerateActor, _given, _objects, add_duration
+from vstar.generate.backends import BACKENDS
+from vstar.generate.prompts import prompts_for
 from vstar.generate.sampling import Sampling
-from vstar.schema import GENERATED, Label, Sample
+from vstar.schema import GENERATED, Sample
 from vstar.verify.batch import verify_rows
 
 log = logging.getLogger("vstar.generate")  # its INFO lines go to the run's log file, not the terminal
@@ -98,13 +101,8 @@ def with_prompts(
     if not batch["question"].notna().all():
         missing = batch.loc[batch["question"].isna(), "sample_id"].tolist()
         raise ValueError(f"samples without a question (assign questions first): {missing[:5]}")
-    build = PROMPTS[kind]
-    prompts = [build(q, _labels(raw)) for q, raw in zip(batch["question"], batch["labels"], strict=True)]
+    prompts = prompts_for(kind, batch["question"], batch["labels"])
     return batch.assign(kind=kind, prompt=pd.Series(prompts, dtype=object, index=batch.index))
-
-
-def _labels(raw: str) -> list[Label]:
-    return [Label.model_validate(x) for x in json.loads(raw)]
 
 
 # ---- frames ---------------------------------------------------------------------------------------------------
@@ -132,115 +130,31 @@ def with_frames(ds: ray.data.Dataset, data: DataConfig, store=None, batch_size: 
 # ---- generate -------------------------------------------------------------------------------------------------
 
 
-class GenerateActor:
-    """A Ray Data callable class: one backend (one model) per actor, a batch of rows with frames per call.
-
-    With `rationalize` (a `VerifyConfig` and the label sets), the answers are verified here and the rows with no
-    passing answer asked again with the label as a hint, on the same frames: both kinds of rows come out verified.
-    """
-
-    def __init__(self, make_backend: Callable[[], Backend], model: str, rationalize: tuple | None = None):
-        self.model = model
-        self.backend = make_backend()
-        self.rationalize = rationalize
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            out = self._answer(batch)
-            if self.rationalize is not None:
-                out = self._with_rationales(batch, out)
-            return out
-        except Exception:
-            if ray.get_runtime_context().get_actor_id() is None:  # called directly, outside Ray Data
-                raise
-            # the engine is broken (and a CUDA error poisons the process): exit so Ray restarts the actor and
-            # retries this batch, instead of writing its rows as errors that count as done
-            log.exception("the engine failed; exiting so Ray restarts this actor and retries the batch")
-            os._exit(1)
-
-    def _answer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["sample_id"])
-        out = {k: v for k, v in batch.items() if k not in ("frames", "frames_shape")}  # not written
-        # equal-length lists arrive as a 2-D array; as lists they keep one Arrow type with or without error rows
-        out["frame_indices"] = _objects([[int(i) for i in x] for x in batch["frame_indices"]])
-        errors = [e if isinstance(e, str) else None for e in batch["error"]]
-        decoded = [
-            (int(s[1]), int(s[2])) if e is None else (0, 0) for s, e in zip(batch["frames_shape"], errors, strict=True)
-        ]
-        candidates, tokens, prompt_tokens = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
-        for i, result in self._generate(batch, [i for i in range(n) if errors[i] is None], errors):
-            candidates[i], tokens[i], prompt_tokens[i] = (
-                result.candidates,
-                result.candidate_tokens,
-                result.prompt_tokens,
-            )
-        out.update(
-            candidates=_objects(candidates),
-            candidate_tokens=_objects([[int(t) for t in x] for x in tokens]),
-            prompt_tokens=np.array(prompt_tokens),
-            frame_height=np.array([h for h, _ in decoded]),
-            frame_width=np.array([w for _, w in decoded]),
-            model=np.array([self.model] * n),
-            error=_objects(errors),
-        )
-        return out
-
-    def _with_rationales(self, batch: dict[str, np.ndarray], answers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The answers verified, plus a verified rationale row for each row with no passing answer (and no error)."""
-        verify, label_sets = self.rationalize
-        answered = verify_batch(answers, verify, label_sets)
-        failed = [
-            i
-            for i, (passed, error) in enumerate(zip(answered["num_passed"], answered["error"], strict=True))
-            if passed == 0 and not isinstance(error, str)
-        ]
-        if not failed:
-            return answered
-        hinted = {k: v[failed] for k, v in batch.items()}
-        build = PROMPTS["rationale"]
-        hinted["kind"] = np.array(["rationale"] * len(failed), dtype=object)
-        hinted["prompt"] = _objects(
-            [build(str(q), _labels(str(x))) for q, x in zip(hinted["question"], hinted["labels"], strict=True)]
-        )
-        rationales = verify_batch(self._answer(hinted), verify, label_sets)
-        return {k: np.concatenate([answered[k], rationales[k]]) for k in answered}
-
-    def _generate(self, batch, rows: list[int], errors: list):
-        """Generate for the rows as one batch. A row's own bad input raises ValueError (a frame array the processor
-        refuses; vLLM's VLLMValidationError, e.g. a prompt longer than max_model_len): then row by row, so that row
-        fails alone as an error row. Any other exception is the engine's and propagates."""
-        if not rows:
-            return []
-        try:
-            return list(zip(rows, self.backend.generate(*_inputs(batch, rows)), strict=True))
-        except ValueError as e:
-            if len(rows) == 1:
-                errors[rows[0]] = f"generation failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
-                return []
-            return [pair for i in rows for pair in self._generate(batch, [i], errors)]
-
-
-def verify_batch(batch: dict[str, np.ndarray], cfg: VerifyConfig, label_sets: dict | None) -> dict[str, np.ndarray]:
-    """A numpy batch of generated rows with its duration and verdicts added (`add_duration`, `verify_rows`)."""
-    frame = pd.DataFrame({k: list(v) if v.ndim > 1 else v for k, v in batch.items()})
-    frame = pd.DataFrame([add_duration(r) for r in frame.to_dict(orient="records")])
-    verified_ = verify_rows(frame, cfg, **({"label_sets": label_sets} if label_sets else {}))
-    return {k: _objects(list(verified_[k])) for k in verified_.columns}
-
-
 def generated(
     ds: ray.data.Dataset,
-    make_backend: Callable[[], Backend],
+    make_backend: Callable,
     model: str,
     gen: GenerateConfig,
     rationalize: tuple | None = None,
 ):
-    """Rows with frames → rows with candidates, on `gen.num_actors` actors of `gen.batch_size` rows a call. An actor
-    that exits (a failed engine) is restarted and its batch retried."""
+    """Rows with frames → rows with candidates, on `gen.num_actors` actors of `gen.batch_size` rows a call: with
+    vLLM, `StreamingGenerateActor`s of `gen.calls_in_flight` calls at once into one engine each; else
+    `GenerateActor`s, one call at a time. An actor that exits (a failed engine) is restarted and its calls retried."""
+    if gen.backend == "vllm":
+        actor, args = StreamingGenerateActor, (make_backend, model, rationalize, gen.calls_in_flight)
+        # a block running in the actor holds at least one call: as many blocks as calls, and none queued beyond
+        # them, so an actor holds calls_in_flight blocks of frames at most
+        n = gen.calls_in_flight
+        compute = ray.data.ActorPoolStrategy(
+            size=gen.num_actors, max_concurrent_calls_per_actor=n, max_tasks_in_flight_per_actor=n
+        )
+    else:
+        actor, args = GenerateActor, (make_backend, model, rationalize)
+        compute = ray.data.ActorPoolStrategy(size=gen.num_actors)
     return ds.map_batches(
-        GenerateActor,
-        fn_constructor_args=(make_backend, model, rationalize),
-        compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
+        actor,
+        fn_constructor_args=args,
+        compute=compute,
         num_gpus=gen.num_gpus_per_actor,
         resources=accelerator_resources(gen.accelerator_resource, gen.num_gpus_per_actor),
         batch_size=gen.batch_size,
@@ -250,17 +164,6 @@ def generated(
         max_restarts=ENGINE_RETRIES,
         max_task_retries=-1,
     )
-
-
-def _inputs(batch, rows):
-    videos, metas = frames_from_batch(batch, rows)
-    return [str(batch["prompt"][i]) for i in rows], videos, metas
-
-
-def _objects(values: list) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
 
 
 # ---- output ---------------------------------------------------------------------------------------------------
@@ -296,20 +199,6 @@ def write_parts(table: pa.Table, dirs: dict[str, str]) -> pa.Table:
         kinds.append(kind)
         counts.append(part.num_rows)
     return pa.table({"kind": pa.array(kinds, pa.string()), "rows": pa.array(counts, pa.int64())})
-
-
-def _given(x) -> float | None:
-    """A clip bound as given: None when absent (Ray Data turns a missing float into NaN)."""
-    return None if x is None or x != x else float(x)
-
-
-def add_duration(row: dict) -> dict:
-    """The clip's length in seconds, for answers that give times in seconds."""
-    if not row["fps"]:
-        return {**row, "duration_s": None}
-    full = row["total_frames"] / row["fps"]
-    start, end = _given(row.get("start_s")), _given(row.get("end_s"))
-    return {**row, "duration_s": min(end or full, full) - (start or 0.0)}
 
 
 # ---- the stage ------------------------------------------------------------------------------------------------

@@ -668,10 +668,14 @@ def bench_realistic(repeats: int, show: int) -> tuple[str, list[str]]:
                 verify(c.answer, c.labels, ctx)
             times.append(time.perf_counter() - start)
         rate = len(cases) / statistics.median(times)
-        lines.append(f"| {kind} | {len(cases)} | {agree}/{len(cases)} ({100 * agree / len(cases):.1f}%) | {rate:,.0f} |")
+        lines.append(
+            f"| {kind} | {len(cases)} | {agree}/{len(cases)} ({100 * agree / len(cases):.1f}%) | {rate:,.0f} |"
+        )
         agree_all, total = agree_all + agree, total + len(cases)
         if bad:
-            notes.append(f"{kind}: {len(cases) - agree} disagreements with the judge, first {len(bad)}:\n" + "\n".join(bad))
+            notes.append(
+                f"{kind}: {len(cases) - agree} disagreements with the judge, first {len(bad)}:\n" + "\n".join(bad)
+            )
     lines.append(f"| all | {total} | {agree_all}/{total} ({100 * agree_all / total:.1f}%) | |")
     return "\n".join(lines), notes
 

@@ -1,7 +1,7 @@
 """The realistic case set of the Parser-Verifier (README.md beside this file): answers, labels, a judge's verdicts.
 
-    from verify_cases import load_cases        # with tests/ on sys.path (pytest puts it there)
-    cases = load_cases()                       # 282 Case, labels resolved (Kinetics-700's 700 classes as choices)
+from verify_cases import load_cases        # with tests/ on sys.path (pytest puts it there)
+cases = load_cases()                       # 282 Case, labels resolved (Kinetics-700's 700 classes as choices)
 """
 
 from __future__ import annotations

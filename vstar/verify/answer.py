@@ -72,7 +72,10 @@ def fail(label: Label, reason: str) -> LabelVerdict:
 
 def marker_end(text: str) -> int | None:
     """Where the conclusion begins: after the last answer marker, else after the last soft marker, else None."""
+    low = text.lower()
     for pattern in (ANSWER_MARKER, SOFT_MARKER):
+        if pattern is ANSWER_MARKER and "answer" not in low and "final" not in low:
+            continue  # most answers without a marker: skip the slow scan
         last = None
         for last in pattern.finditer(text):  # noqa: B007
             pass

@@ -30,6 +30,7 @@ False
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable
 
@@ -70,6 +71,8 @@ FOLLOW_OK = STOPWORDS | frozenset(
         "while",
     ]
 )
+MAX_VALUES = 200  # values read besides the conclusion's: the last ones (a run-on output of thousands is no answer)
+_BRACKET_END = re.compile(r"[\[(]\s*$")
 _START_CUE = frozenset(["start", "starts", "started", "starting", "begin", "begins", "began", "beginning"])
 
 
@@ -92,7 +95,7 @@ def _negated(t: Tokens, text: str, char: int) -> bool:
     i = t.token_at(char)
     if i >= len(t.tokens):
         return False
-    if i and re.search(r"[\[(]\s*$", text[t.starts[i - 1] : char]):
+    if i and _BRACKET_END.search(text, t.starts[i - 1], char):
         return t.negated(i - 1) or t.tokens[i - 1] in NEGATIONS
     return t.negated(i)
 
@@ -111,10 +114,23 @@ def _tied(t: Tokens, anchors: set[str], after: int, char: int) -> str | None:
     return None
 
 
+def _bounded(items: list, starts: list[int], r: Reading, t: Tokens) -> tuple[list, list[int]]:
+    """The items to read: those of the conclusion and the last MAX_VALUES (in their order)."""
+    if len(items) <= MAX_VALUES:
+        return items, starts
+    lo = hi = -1
+    if r.conclusion is not None:
+        lo = t.starts[r.conclusion[0]]
+        hi = t.starts[r.conclusion[1]] if r.conclusion[1] < len(t.starts) else float("inf")
+    keep = [k for k, s in enumerate(starts) if k >= len(items) - MAX_VALUES or lo <= s < hi]
+    return [items[k] for k in keep], [starts[k] for k in keep]
+
+
 def _pick(items: list, starts: list[int], answer: Answer, label: Label, what: str):
     """The item the answer commits to (see the module docstring) and how it was chosen, or (None, reason)."""
     r = answer.reading(())
     t, anchors = r.tokens, _anchors(label, subject_first=True)
+    items, starts = _bounded(items, starts, r, t)
     ok = [(x, s) for x, s in zip(items, starts, strict=True) if not _negated(t, answer.text, s)]
     concluded = [x for x, s in ok if _in_conclusion(r, t, s)]
     if concluded:
@@ -147,16 +163,18 @@ def check_number(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     r = answer.reading(())
     t, anchors = r.tokens, _anchors(label)
     every = [n for n in numbers(answer.text) if not n.is_scale_bound]
+    every = _bounded(every, [n.start for n in every], r, t)[0]
     nums = [n for n in every if not _other_count(t, n, anchors)]
     if not nums:
         return fail(label, "no number (scale bounds such as 'out of 100' do not count)")
     ok = [n for n in nums if not _negated(t, answer.text, n.start)]
     concluded = [n for n in ok if _in_conclusion(r, t, n.start)]
+    where = [k for k, tok in enumerate(t.tokens) if stems(tok) & anchors]  # the anchors' positions, once
     tied = []
     for n in ok:
         i = _index(t, n.start)
-        a, b = t.sentence_range(t.sentence[i])
-        near = [j for j in range(max(a, i - 6), min(b, i + 4)) if j != i and stems(t.tokens[j]) & anchors]
+        k = bisect.bisect_left(where, i - 6)
+        near = [j for j in where[k : k + 4] if i - 6 <= j <= i + 3 and j != i and t.sentence[j] == t.sentence[i]]
         if near:
             tied.append((n, t.tokens[min(near, key=lambda j: abs(j - i))]))
     tied_concluded = [x for x in tied if _in_conclusion(r, t, x[0].start)]
@@ -191,8 +209,9 @@ def _fraction(t: tuple[float, str], duration_s: float | None) -> float | None:
 
 def check_timestamp(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     r = answer.reading(())
-    found = [x for x in times(answer.text) if not x.clip_length]
-    found = [x for x in found if x.explicit or _in_conclusion(r, r.tokens, x.start)]
+    found = times(answer.text)
+    found = _bounded(found, [x.start for x in found], r, r.tokens)[0]
+    found = [x for x in found if not x.clip_length and (x.explicit or _in_conclusion(r, r.tokens, x.start))]
     if not found:
         return fail(label, "no time in the answer")
     picked, how = _pick(found, [x.start for x in found], answer, label, "time")
@@ -227,7 +246,9 @@ def _start_end(answer: Answer):
 
 
 def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
-    found = [s for s in spans(answer.text) if not s.clip_length]
+    r = answer.reading(())
+    found = spans(answer.text)
+    found = [s for s in _bounded(found, [s.pos for s in found], r, r.tokens)[0] if not s.clip_length]
     picked = how = None
     if found:
         picked, how = _pick(found, [s.pos for s in found], answer, label, "span")

@@ -28,6 +28,7 @@ from vstar.verify.names import Phrase, find, phrases
 from vstar.verify.text import Tokens, content_words, ratio, stems
 
 LAST_SENTENCES = 10  # without an answer marker, the conclusion is sought among the last sentences
+MAX_SENTENCE = 120  # tokens of a sentence read as a conclusion (a model's run-on output is not one a judge reads)
 SEPARATORS = frozenset(["or", "and", "either", "maybe", "possibly", "perhaps", "probably", "also", "even"])
 SUBORDINATORS = frozenset(
     [
@@ -81,11 +82,12 @@ def _class_index(choices: tuple[str, ...], abbrev: tuple) -> dict[str, list[int]
 def _sentences(r: Reading) -> list[tuple[int, int]]:
     """Token ranges to read, in order: the conclusion, else the last sentences from the end backward."""
     if r.conclusion:
-        return [r.conclusion]
+        a, b = r.conclusion
+        return [(a, min(b, a + MAX_SENTENCE))]
     t, out, end = r.tokens, [], len(r.tokens.tokens)
     while end > 0 and len(out) < LAST_SENTENCES:
         start = t.sentence_range(t.sentence[end - 1])[0]
-        out.append((start, end))
+        out.append((max(start, end - MAX_SENTENCE), end))
         end = start
     return out
 

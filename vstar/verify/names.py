@@ -15,7 +15,7 @@ Y" names accept either alternative, and two words may be written as one ("sledge
 ['using sledge hammer', 'using sledgehammer']
 >>> from vstar.verify.text import Tokens
 >>> find(Tokens.of("A guitar is there. He is playing a red electric guitar."), phrases("playing guitar")[0])
-[(7, 11)]
+[(6, 10)]
 """
 
 from __future__ import annotations

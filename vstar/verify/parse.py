@@ -66,6 +66,23 @@ _NOT_ONE_AFTER = {"no", "the", "any", "every", "some", "each", "this", "that", "
 _NOT_ONE_BEFORE = {"of", "another", "who", "that", "which", "hand", "side", "foot", "leg", "arm", "by"}
 
 
+def _trie(words) -> str:
+    """A regex alternation of `words` as a trie ("t(?:en|hree|wo)…"): each position fails on its first letter."""
+    heads: dict[str, list[str]] = {}
+    for w in words:
+        heads.setdefault(w[:1], []).append(w[1:])
+    parts = []
+    for head, tails in sorted(heads.items()):
+        if head == "":
+            continue
+        body = _trie([t for t in tails if t])
+        parts.append(re.escape(head) + (f"(?:{body})" + ("?" if "" in tails else "") if body else ""))
+    return "|".join(parts)
+
+
+_ANY_NUMBER_WORD = re.compile(r"\b(?:" + _trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]) + r")\b|half", re.I)
+
+
 def _number_word(w: str) -> bool:
     return w in WORD_NUMBERS or w in _SCALES
 
@@ -80,57 +97,93 @@ def _run_value(run: str) -> float | None:
     return float(WORD_NUMBERS[ws[0]]) if len(ws) == 1 and ws[0] in WORD_NUMBERS else None
 
 
+_SEP = r"[\s-]++"
+_W_SMALL, _W_TENS, _W_SCALE = _trie(_SMALL), _trie(_TENS), _trie(_SCALES)
+_W_FRACTION = "halves|half|thirds?|quarters?"
+# where a run of several number words starts: "one hundred", "eighty-five point five", "two and a half", "a third"
+_RUN_START = re.compile(
+    rf"\b(?:(?:{_W_SMALL})(?={_SEP}(?:{_W_SCALE}|point|and{_SEP}a{_SEP}half|{_W_FRACTION})\b)"
+    rf"|(?:{_W_TENS})(?={_SEP}(?:{_W_SMALL}|{_W_SCALE}|point|and{_SEP}a{_SEP}half)\b)"
+    rf"|a(?={_SEP}(?:{_W_SCALE}|half|third|quarter)\b))",
+    re.I,
+)
+# a number word alone ("three shapes"), not "no one", "one of them", "the one who"
+_LONE = re.compile(
+    r"(?<!\bno\s)(?<!\bthe\s)(?<!\bany\s)(?<!\beach\s)(?<!\bsome\s)(?<!\bthis\s)(?<!\bthat\s)(?<!\bevery\s)"
+    rf"\b(?:(?:{_W_SMALL}|{_W_TENS})\b(?<!one)|one\b(?!\s++(?:of|another|who|that|which|hand|side|foot|leg|arm|by)\b))",
+    re.I,
+)
+
+
 def _runs(text: str):
-    """(start, end, value) of every number written in words, fractions ("two thirds") and "and a half" included."""
-    ws = [(m.start(), m.end(), m.group().lower()) for m in _WORD_RE.finditer(text)]
-    i, n = 0, len(ws)
-    while i < n:
-        start, _, w = ws[i]
-        a_scale = w == "a" and i + 1 < n and (ws[i + 1][2] in _SCALES or ws[i + 1][2] in _FRACTIONS)
-        if not (_number_word(w) and w not in _SCALES) and not a_scale:
-            i += 1
+    """(start, end, value) of every run of several number words ("one hundred and two", "two and a half", "a
+    third"); the words around each run's start only are read."""
+    done = 0
+    for cand in _RUN_START.finditer(text):
+        if cand.start() < done:
             continue
-        j = i + 1 if a_scale else i  # the run is ws[i..j]
-        while j + 1 < n and j - i < 12 and text[ws[j][1] : ws[j + 1][0]].strip(" -") == "":
-            nxt = ws[j + 1][2]
-            follows = ws[j + 2][2] if j + 2 < n else ""
-            if _number_word(nxt) and not (ws[j][2] in _SMALL and nxt not in _SCALES):
-                j += 1
-            elif nxt == "point" and follows in WORD_NUMBERS:
-                j += 2
-            elif nxt == "and" and (_number_word(follows) and ws[j][2] in _SCALES):
-                j += 1
-            else:
-                break
-        words = [x[2] for x in ws[i : j + 1]]
-        if words == ["a"] * len(words):
-            i += 1
+        ws = [
+            (m.start(), m.end(), m.group().lower()) for m in _WORD_RE.finditer(text, cand.start(), cand.start() + 160)
+        ]
+        found = _run_at(text, ws, 0)
+        if found is None:
             continue
-        value = 100.0 if words == ["a", "hundred"] else _run_value(" ".join(words))
-        end = ws[j][1]
-        # "two and a half", "one-and-a-half", "a half", "two thirds", "three quarters"
-        rest = [x[2] for x in ws[j + 1 : j + 4]]
-        if value is not None and rest[:3] == ["and", "a", "half"]:
-            value, end, j = value + 0.5, ws[j + 3][1], j + 3
-        elif rest[:1] and rest[0] in _FRACTIONS and (value or words[0] == "a"):
-            value, end, j = (value or 1.0) / _FRACTIONS[rest[0]], ws[j + 1][1], j + 1
-        if value is not None and words == ["one"] and len(words) == 1 and end == ws[i][1]:
-            before = ws[i - 1][2] if i else ""
-            if before in _NOT_ONE_AFTER or (rest[:1] and rest[0] in _NOT_ONE_BEFORE):
-                value = None  # "no one", "one of the", "the one who": not a number
+        start, end, value = found
+        done = end
         if value is not None:
             yield start, end, value
-        i = j + 1
+
+
+def _run_at(text: str, ws: list, i: int):
+    """The run of number words starting at ws[i]: (start, end, value or None), or None when there is none."""
+    n = len(ws)
+    start, _, w = ws[i]
+    a_scale = w == "a" and i + 1 < n and (ws[i + 1][2] in _SCALES or ws[i + 1][2] in _FRACTIONS)
+    if not (_number_word(w) and w not in _SCALES) and not a_scale:
+        return None
+    j = i + 1 if a_scale else i  # the run is ws[i..j]
+    while j + 1 < n and j - i < 12 and text[ws[j][1] : ws[j + 1][0]].strip(" -") == "":
+        nxt = ws[j + 1][2]
+        follows = ws[j + 2][2] if j + 2 < n else ""
+        if _number_word(nxt) and not (ws[j][2] in _SMALL and nxt not in _SCALES):
+            j += 1
+        elif nxt == "point" and follows in WORD_NUMBERS:
+            j += 2
+        elif nxt == "and" and (_number_word(follows) and ws[j][2] in _SCALES):
+            j += 1
+        else:
+            break
+    words = [x[2] for x in ws[i : j + 1]]
+    if words[0] == "a" and words[1] in _FRACTIONS:  # "a half", "a third"
+        value = 1.0 / _FRACTIONS[words[1]]
+    else:  # "a hundred and two" reads as "one hundred and two"
+        value = _run_value(" ".join(["one", *words[1:]] if words[0] == "a" else words))
+    end = ws[j][1]
+    # "two and a half", "one-and-a-half", "a half", "two thirds", "three quarters"
+    rest = [x[2] for x in ws[j + 1 : j + 4]]
+    if value is not None and rest[:3] == ["and", "a", "half"]:
+        value, end = value + 0.5, ws[j + 3][1]
+    elif rest[:1] and rest[0] in _FRACTIONS and (value or words[0] == "a"):
+        value, end = (value or 1.0) / _FRACTIONS[rest[0]], ws[j + 1][1]
+    if value is not None and words == ["one"] and end == ws[i][1]:
+        before = text[max(0, start - 12) : start].split()[-1:]
+        if (before and before[0].lower() in _NOT_ONE_AFTER) or (rest[:1] and rest[0] in _NOT_ONE_BEFORE):
+            value = None  # "no one", "one of the", "the one who": not a number
+    return start, end, value
 
 
 def _digits(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
 
 
+@lru_cache(maxsize=2)  # the checks of one answer share it (the answer, and the answer with abbreviations written out)
 def digitise(text: str) -> str:
     """The text with numbers in words written as digits, padded with spaces to keep every offset."""
-    for pattern, repl in _TIME_PHRASES:
-        text = pattern.sub(lambda m, r=repl: r.ljust(len(m.group())), text)
+    if _ANY_NUMBER_WORD.search(text) is None:
+        return text
+    if "half" in text.lower():
+        for pattern, repl in _TIME_PHRASES:
+            text = pattern.sub(lambda m, r=repl: r.ljust(len(m.group())), text)
     out, last = [], 0
     for start, end, value in _runs(text):
         digits = _digits(value)
@@ -139,7 +192,11 @@ def digitise(text: str) -> str:
         out += [text[last:start], digits.ljust(end - start)]
         last = end
     out.append(text[last:])
-    return "".join(out)
+    return _LONE.sub(_lone, "".join(out))
+
+
+def _lone(m: re.Match) -> str:
+    return str(WORD_NUMBERS[m.group().lower()]).ljust(m.end() - m.start())
 
 
 # ---- numbers -------------------------------------------------------------------------------------------
@@ -148,6 +205,7 @@ _NUM = r"[-+]?\d++(?:,\d{3})*+(?:\.\d++)?+|[-+]?\.\d++"
 _NUMBER = re.compile(rf"(?<![\w.:])(?P<num>{_NUM})(?:\s*+/\s*+(?P<den>{_NUM}))?+(?P<pct>\s*+%)?+(?![\w:]|\.\d)")
 _SCALE_BEFORE = re.compile(r"(?:scale|range)\s++(?:of|from)?\s*+$|\bout\s++of\s*+(?:a\s++)?$|\bbetween\s*+$", re.I)
 _SCALE_TO = re.compile(rf"\s*+(?:to|-|–|and)\s*+(?:{_NUM})", re.I)
+_ANY_SCALE = re.compile(r"scale|range|out\s++of|between", re.I)
 _SCALE_AFTER = re.compile(r"\s*+(?:-|to)?\s*+(?:point\s++)?scale", re.I)
 
 
@@ -176,6 +234,8 @@ def numbers(text: str) -> list[Number]:
 
 def _mark_scale_bounds(text: str, nums: list[Number]) -> list[Number]:
     """Flag numbers that describe a scale: "scale of A to B", "A-B scale", "out of B", "between A and B"."""
+    if _ANY_SCALE.search(text) is None:
+        return nums
     bounds = set()
     for i, n in enumerate(nums):
         nxt = nums[i + 1] if i + 1 < len(nums) else None
@@ -196,34 +256,87 @@ _TIME_RE = re.compile(
     r"(?P<pct>\s*+%)?+(?P<unit>\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+",
     re.I,
 )
+_TIME_TAIL = re.compile(r"(?:\s*+%)?+(?:\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+", re.I)
 _OF_CLIP = re.compile(r"\s*+(?:of\s++the\s++(?:video|clip|way)|into\s++the\s++(?:video|clip))", re.I)
-_BEFORE_TIME = re.compile(
-    r"(?:\b(?:at|from|to|until|till|by|after|before|through|between)|[\[(])\s*+"
-    r"(?:(?:about|around|approximately|roughly|the|only)\s++)*+$",
-    re.I,
-)
+_TIME_WORDS = frozenset(["at", "from", "to", "until", "till", "by", "after", "before", "through", "between"])
+_HEDGE_WORDS = frozenset(["about", "around", "approximately", "roughly", "the", "only"])
+_CLIP_WORDS = frozenset(["lasts", "last", "length", "duration", "long", "whole", "entire", "total"])
 _CLIP_AFTER = re.compile(r"\s*+-?\s*+(?:long\b|clip\b|video\b|in\s++total)", re.I)
-_CLIP_BEFORE = re.compile(r"\b(?:lasts?|length|duration|long|whole|entire|total)\b[^.;]{0,30}$", re.I)
-_SPAN_JOIN = re.compile(r"\s*+(?:s|secs?|seconds?)?\s*+(?:to|and|until|till|through|-|–|—|,)\s*+", re.I)
-_SPAN_START = re.compile(r"(?:\bfrom|\bbetween|[\[(])\s*+(?:(?:about|around|approximately|roughly)\s++)?$", re.I)
+_SPAN_JOIN = re.compile(
+    r"\s*+(?:s|secs?|seconds?)?\s*+(?:to|until|till|through|-|–|—|(?P<and>and)|(?P<comma>,))\s*+", re.I
+)
 
 
-@dataclass(frozen=True)
 class Time:
-    value: tuple[float, str]  # (value, "frac" | "s")
-    start: int
-    end: int
-    explicit: bool  # a unit, mm:ss, %, "of the video", or a temporal word before it ("at", "from", "until")
-    clip_length: bool  # "a 10-second clip", "the video lasts 10 s": the clip's length, not an event's time
+    """A number that may be a time; what it is is read when a check asks (a check reads a few of thousands)."""
+
+    __slots__ = ("_clip", "_end_all", "_explicit", "end", "pct", "start", "text", "unit")
+
+    def __init__(self, text: str, start: int, end: int, unit: bool, pct: bool):
+        self.text, self.start, self.end, self.unit, self.pct = text, start, end, unit, pct  # text: the digitised answer
+        self._end_all = self._explicit = self._clip = None
+
+    @property
+    def value(self) -> tuple[float, str]:
+        """(value, "frac" | "s")."""
+        return _time_value(self.text[self.start : self.end], self.pct, self.unit)
+
+    @property
+    def end_all(self) -> int:
+        """The end of the number with its % or unit."""
+        if self._end_all is None:
+            self._end_all = _TIME_TAIL.match(self.text, self.end).end()
+        return self._end_all
+
+    @property
+    def of_clip(self) -> bool:
+        return _OF_CLIP.match(self.text, self.end_all) is not None
+
+    @property
+    def explicit(self) -> bool:
+        """A unit, mm:ss, %, "of the video", or a temporal word before it ("at", "from", "until")."""
+        if self._explicit is None:
+            before = self.text[max(0, self.start - 40) : self.start]
+            number = self.text[self.start : self.end]
+            self._explicit = self.unit or self.pct or ":" in number or self.of_clip or _temporal(before)
+        return self._explicit
+
+    @property
+    def clip_length(self) -> bool:
+        """ "A 10-second clip", "the video lasts 10 s": the clip's length, not an event's time."""
+        if self._clip is None:
+            tail = self.text[max(0, self.start - 30) : self.start]
+            clause = tail[max(tail.rfind("."), tail.rfind(";")) + 1 :].lower().split()
+            after = _CLIP_AFTER.match(self.text, self.end_all) is not None
+            self._clip = after or (not self.of_clip and any(w in _CLIP_WORDS for w in clause))
+        return self._clip
 
 
-@dataclass(frozen=True)
 class Span:
-    start: tuple[float, str]  # (value, "frac" | "s")
-    end: tuple[float, str]
-    pos: int
-    end_pos: int = 0
-    clip_length: bool = False
+    """Two times joined as a range; its values are read when a check asks."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Time, b: Time):
+        self.a, self.b = a, b
+
+    @property
+    def pos(self) -> int:
+        return self.a.start
+
+    @property
+    def start(self) -> tuple[float, str]:  # (value, "frac" | "s"); a bare end takes the other's unit ("0.5 to 3 s")
+        a, b = self.a.value, self.b.value
+        return a if a[1] == b[1] else (a[0], "s")
+
+    @property
+    def end(self) -> tuple[float, str]:
+        a, b = self.a.value, self.b.value
+        return b if a[1] == b[1] else (b[0], "s")
+
+    @property
+    def clip_length(self) -> bool:
+        return self.a.clip_length or self.b.clip_length
 
 
 def _time_value(t: str, pct: bool, unit: bool) -> tuple[float, str]:
@@ -240,35 +353,46 @@ def _time_value(t: str, pct: bool, unit: bool) -> tuple[float, str]:
     return value, "frac"
 
 
+def _temporal(before: str) -> bool:
+    """Whether the text before a number ends in a temporal word ("at", "from about", "until") or a bracket."""
+    tail = before.rstrip()
+    if tail.endswith(("[", "(")):
+        return True
+    for w in reversed(tail.lower().split()[-4:]):
+        w = w.strip(",:")
+        if w in _TIME_WORDS:
+            return True
+        if w not in _HEDGE_WORDS:
+            return False
+    return False
+
+
 def times(text: str) -> list[Time]:
     """Every number that may be a time, with its position: fractions (0.4, 40%), seconds (3.5 s), mm:ss."""
+    return list(_times(text))
+
+
+@lru_cache(maxsize=2)  # spans and the checks of one answer read the same times
+def _times(text: str) -> tuple[Time, ...]:
     text = digitise(text)
-    out = []
-    for m in _TIME_RE.finditer(text):
-        t, pct, unit = m.group("t"), bool(m.group("pct")), bool(m.group("unit"))
-        of_clip = _OF_CLIP.match(text, m.end()) is not None
-        before = text[max(0, m.start() - 40) : m.start()]
-        explicit = unit or pct or ":" in t or of_clip or _BEFORE_TIME.search(before) is not None
-        clip = _CLIP_AFTER.match(text, m.end()) is not None or (not of_clip and _CLIP_BEFORE.search(before))
-        out.append(Time(_time_value(t, pct, unit), m.start(), m.end(), explicit, bool(clip)))
-    return out
+    return tuple(Time(text, m.start(1), m.end(1), m.start(3) >= 0, m.start(2) >= 0) for m in _TIME_RE.finditer(text))
 
 
 def spans(text: str) -> list[Span]:
-    """Every span: "from a to b", "between a and b", "a–b", "[a, b]", with a unit after either end."""
+    """Every span: "from a to b", "a–b", "a until b" (always a range); "between a and b" (a time on one side);
+    "[a, b]" (in brackets), with a unit after either end."""
     digitised, found, out = digitise(text), times(text), []
     for a, b in zip(found, found[1:], strict=False):
-        if not _SPAN_JOIN.fullmatch(digitised, a.end, b.start):
+        join = _SPAN_JOIN.fullmatch(digitised, a.end_all, b.start)
+        if join is None:
             continue
-        bracket = digitised[max(0, a.start - 3) : a.start].strip().endswith(("[", "("))
-        ranged = re.search(r"\bto\b|\buntil\b|\btill\b|\bthrough\b|[-–—]", digitised[a.end : b.start]) is not None
-        if not (a.explicit or b.explicit or bracket or ranged):
+        if join.group("comma"):
+            before, after = digitised[max(0, a.start - 3) : a.start].rstrip(), digitised[b.end_all : b.end_all + 3]
+            if not (before.endswith(("[", "(")) and after.lstrip().startswith(("]", ")"))):
+                continue
+        elif join.group("and") and not (a.explicit or b.explicit):
             continue
-        start, end = a.value, b.value
-        if start[1] != end[1]:  # "0.5 to 3 s": the bare end takes the other's unit (seconds)
-            start, end = (start[0], "s"), (end[0], "s")
-        framed = _SPAN_START.search(digitised[max(0, a.start - 30) : a.start]) is not None
-        out.append(Span(start, end, a.start - (6 if framed else 0), b.end, a.clip_length or b.clip_length))
+        out.append(Span(a, b))
     return out
 
 

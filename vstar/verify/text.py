@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from rapidfuzz import fuzz
 
@@ -208,42 +208,51 @@ class Tokens:
     sentence: list[int]  # sentence number of each token
     clause_start: list[int]  # index of the first token of each token's clause
     negations: list[bool]  # whether a negation stands before the token in its clause
-    by_stem: dict[str, list[int]]  # stem → ascending token positions (joined hyphenated words too)
     by_token: dict[str, list[int]]  # token → ascending positions (joined hyphenated words too)
 
     @classmethod
     def of(cls, text: str) -> Tokens:
-        text = digitise(text.lower())
+        text = digitise(text).lower()
         ends = [m.end() for m in _SENTENCE_END.finditer(text)]
         breaks = [m.start() for m in _CLAUSE.finditer(text)]
-        tokens, starts, sentence, clause_start, by_stem, by_token = [], [], [], [], {}, {}
-        s = b = 0
-        current_clause, last_key = 0, None
+        tokens, starts, joined = [], [], []
         for m in _TOKEN.finditer(text):
-            pos, tok = m.start(), m.group()
-            while s < len(ends) and ends[s] <= pos:
-                s += 1
-            while b < len(breaks) and breaks[b] <= pos:
-                b += 1
-            key = (s, b)
-            if key != last_key:
-                current_clause, last_key = len(tokens), key
-            parts = tok.split("-")
-            for k, part in enumerate(parts):
-                i = len(tokens)
+            tok = m.group()
+            if "-" not in tok:
+                tokens.append(tok)
+                starts.append(m.start())
+                continue
+            joined.append((len(tokens), tok.replace("-", "")))
+            pos = m.start()
+            for part in tok.split("-"):
                 tokens.append(part)
                 starts.append(pos)
-                sentence.append(s)
-                clause_start.append(current_clause)
-                by_token.setdefault(part, []).append(i)
-                for stem in stems(part):
-                    by_stem.setdefault(stem, []).append(i)
-                if k == 0 and len(parts) > 1:
-                    by_token.setdefault("".join(parts), []).append(i)
-                    for stem in stems("".join(parts)):
-                        by_stem.setdefault(stem, []).append(i)
                 pos += len(part) + 1
-        return cls(tokens, starts, sentence, clause_start, _negations(tokens, clause_start), by_stem, by_token)
+        sentence = [bisect.bisect_right(ends, p) for p in starts]
+        clause = [bisect.bisect_right(breaks, p) for p in starts]
+        clause_start, current = [], 0
+        for i in range(len(tokens)):
+            if i and (sentence[i] != sentence[i - 1] or clause[i] != clause[i - 1]):
+                current = i
+            clause_start.append(current)
+        by_token: dict[str, list[int]] = {}
+        for i, tok in enumerate(tokens):
+            by_token.setdefault(tok, []).append(i)
+        for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit"
+            by_token.setdefault(tok, []).append(i)
+            by_token[tok].sort()
+        return cls(tokens, starts, sentence, clause_start, _negations(tokens, clause_start), by_token)
+
+    @cached_property
+    def by_stem(self) -> dict[str, list[int]]:
+        """Stem → ascending token positions (joined hyphenated words too), built when a check first asks."""
+        out: dict[str, list[int]] = {}
+        for tok, where in self.by_token.items():
+            for stem in stems(tok):
+                out.setdefault(stem, []).extend(where)
+        for where in out.values():
+            where.sort()
+        return out
 
     def positions(self, word: str) -> list[int]:
         """Ascending positions of the tokens that share a stem with `word`."""

@@ -14,6 +14,7 @@ marker ("Answer:", "The answer is", "Final score:"), else after the last "so"/"t
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,8 @@ from typing import Any
 
 from vstar.config import VerifyConfig
 from vstar.schema import Label
-from vstar.verify.parse import ANSWER_MARKER
-from vstar.verify.text import Tokens
+from vstar.verify.parse import ANSWER_MARKER, digitise
+from vstar.verify.text import CLAUSE, NEGATIONS, NOT_NEGATING, SENTENCE_END, Tokens, stems
 
 # "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:"
 SOFT_MARKER = re.compile(
@@ -100,6 +101,83 @@ class Reading:
     rest: tuple[int, int] | None  # token range from the marker to the end of the answer
 
 
+_NEGATION = re.compile(
+    r"\b(?:"
+    + "|".join(
+        re.escape(w) + "".join(rf"(?!\s++{re.escape(b)}\b)" for a, b in NOT_NEGATING if a == w)
+        for w in sorted(NEGATIONS, key=len, reverse=True)
+    )
+    + r"|instead\s++of|rather\s++than|as\s++opposed|other\s++than)\b",
+    re.I,
+)
+_WORDS = re.compile(r"[a-z]++", re.I)
+REACH = 200  # characters around a value that its checks read (its clause, its tie to the label): bounded, so linear
+
+
+class Layout:
+    """Sentences and clauses of an answer by character offset, for the checks of values (numbers, times, boxes),
+    which read only the words around the few values they weigh and so never tokenize the whole answer."""
+
+    def __init__(self, text: str, marker: int | None):
+        self.text = digitise(text)
+        self.ends = [m.end() for m in SENTENCE_END.finditer(self.text)]
+        self.breaks = [m.start() for m in CLAUSE.finditer(self.text)]
+        self.conclusion = None  # character range of the conclusion's sentence
+        if marker is not None:
+            k = bisect.bisect_right(self.ends, marker)
+            self.conclusion = (marker, self.ends[k] if k < len(self.ends) else len(self.text))
+        end = len(self.text.rstrip())
+        self.last = self.sentence(max(0, end - 1))
+
+    def sentence(self, c: int) -> int:
+        return bisect.bisect_right(self.ends, c)
+
+    def sentence_bounds(self, c: int) -> tuple[int, int]:
+        k = self.sentence(c)
+        return (self.ends[k - 1] if k else 0), (self.ends[k] if k < len(self.ends) else len(self.text))
+
+    def clause_start(self, c: int) -> int:
+        k = bisect.bisect_right(self.breaks, c - 1)
+        return max(self.sentence_bounds(c)[0], self.breaks[k - 1] + 1 if k else 0)
+
+    def in_conclusion(self, c: int) -> bool:
+        return self.conclusion is not None and self.conclusion[0] <= c < self.conclusion[1]
+
+    def negated(self, c: int) -> bool:
+        """Whether a negation stands before the value at `c` in its clause; a bracket ("not at [0.1, ...]") and
+        the value's own commas do not end the clause."""
+        lo, floor = self.clause_start(c), max(0, c - REACH)
+        while lo > floor and (self.text[lo - 1] in "[(" or (self.text[lo - 1] == "," and self._in_brackets(lo))):
+            lo = self.clause_start(lo - 1)
+        return _NEGATION.search(self.text, max(lo, floor), c) is not None
+
+    def _in_brackets(self, c: int) -> bool:
+        lo = max(0, c - REACH)
+        opened = max(self.text.rfind("[", lo, c), self.text.rfind("(", lo, c))
+        closed = max(self.text.rfind("]", lo, c), self.text.rfind(")", lo, c), self.sentence_bounds(c)[0] - 1)
+        return opened > closed
+
+    def words_before(self, c: int, lo: int, n: int | None = None) -> list[str]:
+        """The words between offsets lo and c in c's sentence (the last n)."""
+        found = _WORDS.findall(self.text, max(lo, self.sentence_bounds(c)[0], c - REACH), c)
+        return found[-n:] if n else found
+
+    def words_after(self, c: int, n: int) -> list[str]:
+        """The first n words after offset c in its sentence."""
+        return _WORDS.findall(self.text, c, min(self.sentence_bounds(c)[1], c + REACH))[:n]
+
+    def tied(self, anchors: set[str], c: int, lo: int = 0, before: int = 0, after: int = 0) -> str | None:
+        """The anchor word nearest to the value at `c` in its sentence: between `lo` and c (the last `before` words,
+        all when 0), or among the first `after` words after it."""
+        for w in reversed(self.words_before(c, lo, before or None)):
+            if stems(w.lower()) & anchors:
+                return w.lower()
+        for w in self.words_after(c, after) if after else ():
+            if stems(w.lower()) & anchors:
+                return w.lower()
+        return None
+
+
 class Answer:
     """The answer text, tokenized only when a check asks, once per set of abbreviations."""
 
@@ -110,6 +188,10 @@ class Answer:
     @cached_property
     def marker(self) -> int | None:
         return marker_end(self.text)
+
+    @cached_property
+    def layout(self) -> Layout:
+        return Layout(self.text, self.marker)
 
     def reading(self, abbreviations: tuple[tuple[str, str], ...] = ()) -> Reading:
         if abbreviations not in self._readings:

@@ -30,15 +30,14 @@ False
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Callable
 
 from vstar.schema import Label
-from vstar.verify.answer import Answer, Context, LabelVerdict, Reading, Verdict, fail, verdict
+from vstar.verify.answer import Answer, Context, LabelVerdict, Layout, Verdict, fail, verdict
 from vstar.verify.classes import check_class, check_sequence, check_text
 from vstar.verify.parse import boxes, numbers, spans, times
-from vstar.verify.text import NEGATIONS, STOPWORDS, Tokens, content_words, stems
+from vstar.verify.text import STOPWORDS, content_words, stems
 
 __all__ = ["CHECKS", "Context", "LabelVerdict", "Verdict", "box_iou", "verify"]
 
@@ -72,7 +71,6 @@ FOLLOW_OK = STOPWORDS | frozenset(
     ]
 )
 MAX_VALUES = 200  # values read besides the conclusion's: the last ones (a run-on output of thousands is no answer)
-_BRACKET_END = re.compile(r"[\[(]\s*$")
 _START_CUE = frozenset(["start", "starts", "started", "starting", "begin", "begins", "began", "beginning"])
 
 
@@ -86,100 +84,64 @@ def _anchors(label: Label, subject_first: bool = False) -> set[str]:
     return {s for w in words if w not in GENERIC for s in stems(w)}
 
 
-def _index(t: Tokens, char: int) -> int:
-    return min(t.token_at(char), len(t.tokens) - 1)
-
-
-def _negated(t: Tokens, text: str, char: int) -> bool:
-    """Whether a value at `char` is negated in its clause; a bracket ("not at [0.1, ...]") does not end the clause."""
-    i = t.token_at(char)
-    if i >= len(t.tokens):
-        return False
-    if i and _BRACKET_END.search(text, t.starts[i - 1], char):
-        return t.negated(i - 1) or t.tokens[i - 1] in NEGATIONS
-    return t.negated(i)
-
-
-def _in_conclusion(r: Reading, t: Tokens, char: int) -> bool:
-    return r.conclusion is not None and r.conclusion[0] <= t.token_at(char) < r.conclusion[1]
-
-
-def _tied(t: Tokens, anchors: set[str], after: int, char: int) -> str | None:
-    """The anchor word written after character `after` and before `char` in the value's sentence, if any."""
-    i = _index(t, char)
-    lo = max(t.token_at(after), t.sentence_range(t.sentence[i])[0])
-    for j in range(i - 1, lo - 1, -1):
-        if stems(t.tokens[j]) & anchors:
-            return t.tokens[j]
-    return None
-
-
-def _bounded(items: list, starts: list[int], r: Reading, t: Tokens) -> tuple[list, list[int]]:
+def _bounded(items: list, starts: list[int], lay: Layout) -> tuple[list, list[int]]:
     """The items to read: those of the conclusion and the last MAX_VALUES (in their order)."""
     if len(items) <= MAX_VALUES:
         return items, starts
-    lo = hi = -1
-    if r.conclusion is not None:
-        lo = t.starts[r.conclusion[0]]
-        hi = t.starts[r.conclusion[1]] if r.conclusion[1] < len(t.starts) else float("inf")
-    keep = [k for k, s in enumerate(starts) if k >= len(items) - MAX_VALUES or lo <= s < hi]
+    keep = [k for k, s in enumerate(starts) if k >= len(items) - MAX_VALUES or lay.in_conclusion(s)]
     return [items[k] for k in keep], [starts[k] for k in keep]
 
 
 def _pick(items: list, starts: list[int], answer: Answer, label: Label, what: str):
     """The item the answer commits to (see the module docstring) and how it was chosen, or (None, reason)."""
-    r = answer.reading(())
-    t, anchors = r.tokens, _anchors(label, subject_first=True)
-    items, starts = _bounded(items, starts, r, t)
-    ok = [(x, s) for x, s in zip(items, starts, strict=True) if not _negated(t, answer.text, s)]
-    concluded = [x for x, s in ok if _in_conclusion(r, t, s)]
+    lay, anchors = answer.layout, _anchors(label, subject_first=True)
+    items, starts = _bounded(items, starts, lay)
+    ok = {k for k, s in enumerate(starts) if not lay.negated(s)}
+    concluded = [items[k] for k in sorted(ok) if lay.in_conclusion(starts[k])]
     if concluded:
         return concluded[0], f"the first {what} of the final answer"
     tied = []
-    for k, (x, s) in enumerate(zip(items, starts, strict=True)):
-        word = _tied(t, anchors, starts[k - 1] if k else 0, s) if anchors else None
-        if word and (x, s) in ok:
-            tied.append((x, word))
+    for k in sorted(ok):
+        word = lay.tied(anchors, starts[k], lo=starts[k - 1] if k else 0) if anchors else None
+        if word:
+            tied.append((items[k], word))
     if tied:
         return tied[-1][0], f"the {what} tied to '{tied[-1][1]}'"
     if ok:
-        return ok[-1][0], f"the last {what}" if len(ok) > 1 else f"the only {what}"
+        return items[max(ok)], f"the last {what}" if len(ok) > 1 else f"the only {what}"
     return None, f"no {what} that is not negated"
 
 
 # ---- number --------------------------------------------------------------------------------------------
 
+_NEXT_WORD = re.compile(r"[ \t]*+([a-z]++)", re.I)
 
-def _other_count(t: Tokens, n, anchors: set[str]) -> bool:
+
+def _other_count(lay: Layout, n, anchors: set[str]) -> bool:
     """A number that counts something else ("2 somersaults", "a 10 metre platform")."""
-    i = _index(t, n.start) + 1
-    if i >= len(t.tokens) or t.clause_start[i] != t.clause_start[i - 1]:  # "84. The dive", "5, then"
+    m = _NEXT_WORD.match(lay.text, n.end)
+    if m is None:
         return False
-    nxt = t.tokens[i]
-    return nxt.isalpha() and nxt not in FOLLOW_OK and not (stems(nxt) & anchors)
+    nxt = m.group(1).lower()
+    return nxt not in FOLLOW_OK and not (stems(nxt) & anchors)
 
 
 def check_number(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
-    r = answer.reading(())
-    t, anchors = r.tokens, _anchors(label)
+    lay, anchors = answer.layout, _anchors(label)
     every = [n for n in numbers(answer.text) if not n.is_scale_bound]
-    every = _bounded(every, [n.start for n in every], r, t)[0]
-    nums = [n for n in every if not _other_count(t, n, anchors)]
+    every = _bounded(every, [n.start for n in every], lay)[0]
+    nums = [n for n in every if not _other_count(lay, n, anchors)]
     if not nums:
         return fail(label, "no number (scale bounds such as 'out of 100' do not count)")
-    ok = [n for n in nums if not _negated(t, answer.text, n.start)]
-    concluded = [n for n in ok if _in_conclusion(r, t, n.start)]
-    where = [k for k, tok in enumerate(t.tokens) if stems(tok) & anchors]  # the anchors' positions, once
+    ok = [n for n in nums if not lay.negated(n.start)]
+    concluded = [n for n in ok if lay.in_conclusion(n.start)]
     tied = []
     for n in ok:
-        i = _index(t, n.start)
-        k = bisect.bisect_left(where, i - 6)
-        near = [j for j in where[k : k + 4] if i - 6 <= j <= i + 3 and j != i and t.sentence[j] == t.sentence[i]]
-        if near:
-            tied.append((n, t.tokens[min(near, key=lambda j: abs(j - i))]))
-    tied_concluded = [x for x in tied if _in_conclusion(r, t, x[0].start)]
-    last = t.sentence[-1] if t.tokens else 0
-    final = [n for n in ok if t.sentence[_index(t, n.start)] == last]
+        word = lay.tied(anchors, n.start, before=6) or lay.tied(anchors, n.end, lo=n.end, after=3)
+        if word:
+            tied.append((n, word))
+    tied_concluded = [x for x in tied if lay.in_conclusion(x[0].start)]
+    final = [n for n in ok if lay.sentence(n.start) == lay.last]
     if tied_concluded:
         n, how = tied_concluded[0][0], f"the number tied to '{tied_concluded[0][1]}'"
     elif concluded:
@@ -208,10 +170,10 @@ def _fraction(t: tuple[float, str], duration_s: float | None) -> float | None:
 
 
 def check_timestamp(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
-    r = answer.reading(())
+    lay = answer.layout
     found = times(answer.text)
-    found = _bounded(found, [x.start for x in found], r, r.tokens)[0]
-    found = [x for x in found if not x.clip_length and (x.explicit or _in_conclusion(r, r.tokens, x.start))]
+    found = _bounded(found, [x.start for x in found], lay)[0]
+    found = [x for x in found if not x.clip_length and (x.explicit or lay.in_conclusion(x.start))]
     if not found:
         return fail(label, "no time in the answer")
     picked, how = _pick(found, [x.start for x in found], answer, label, "time")
@@ -234,21 +196,19 @@ def _iou_1d(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 def _start_end(answer: Answer):
     """A span said in two clauses: a time with "starts"/"begins" in its clause, and the next time after it."""
-    t = answer.reading(()).tokens
-    found = [
-        x for x in times(answer.text) if x.explicit and not x.clip_length and not _negated(t, answer.text, x.start)
-    ]
+    lay = answer.layout
+    found = times(answer.text)
+    found = _bounded(found, [x.start for x in found], lay)[0]
+    found = [x for x in found if x.explicit and not x.clip_length and not lay.negated(x.start)]
     for a, b in zip(found, found[1:], strict=False):
-        i = _index(t, a.start)
-        if any(w in _START_CUE for w in t.tokens[t.clause_start[i] : i]):
+        if any(w.lower() in _START_CUE for w in lay.words_before(a.start, lay.clause_start(a.start))):
             return a, b
     return None
 
 
 def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
-    r = answer.reading(())
     found = spans(answer.text)
-    found = [s for s in _bounded(found, [s.pos for s in found], r, r.tokens)[0] if not s.clip_length]
+    found = [s for s in _bounded(found, [s.pos for s in found], answer.layout)[0] if not s.clip_length]
     picked = how = None
     if found:
         picked, how = _pick(found, [s.pos for s in found], answer, label, "span")

@@ -130,9 +130,9 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # a token: a number (digits, "2.5", "1,200") or a word; hyphens join words ("sit-ups" is also indexed as "situps")
 _TOKEN = re.compile(r"\d++(?:[.,]\d++)*+|[a-z]++(?:'[a-z]++)?+(?:-[a-z]++)*+")
 # Sentence ends: . ! ? before a space (not inside a number or "Soms.Pike"); ; and line breaks too.
-_SENTENCE_END = re.compile(r"[.!?]++(?=\s|$)|[;\n]")
+SENTENCE_END = _SENTENCE_END = re.compile(r"[.!?]++(?=\s|$)|[;\n]")
 # Clause breaks inside a sentence: commas, colons, brackets, dashes and the words that start a new clause.
-_CLAUSE = re.compile(r"[,:()\[\]]|\s[-–—]\s|\b(?:but|however|although|though|whereas|while)\b")
+CLAUSE = _CLAUSE = re.compile(r"[,:()\[\]]|\s[-–—]\s|\b(?:but|however|although|though|whereas|while)\b")
 
 
 def words(text: str) -> list[str]:

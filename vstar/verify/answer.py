@@ -23,7 +23,7 @@ from typing import Any
 
 from vstar.config import VerifyConfig
 from vstar.schema import Label
-from vstar.verify.parse import ANSWER_MARKER, digitise
+from vstar.verify.parse import ANSWER_MARKER
 from vstar.verify.text import CLAUSE, NEGATIONS, NOT_NEGATING, SENTENCE_END, Tokens, stems
 
 # "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:"
@@ -73,16 +73,20 @@ def fail(label: Label, reason: str) -> LabelVerdict:
 
 def marker_end(text: str) -> int | None:
     """Where the conclusion begins: after the last answer marker, else after the last soft marker, else None."""
-    low = text.lower()
-    for pattern in (ANSWER_MARKER, SOFT_MARKER):
-        if pattern is ANSWER_MARKER and "answer" not in low and "final" not in low:
-            continue  # most answers without a marker: skip the slow scan
-        last = None
-        for last in pattern.finditer(text):  # noqa: B007
-            pass
-        if last is not None:
-            return last.end()
-    return None
+    low, best = text.lower(), None
+    for word in ("answer", "final"):  # the strong markers, read only where their word is
+        at = low.find(word)
+        while at >= 0:
+            m = ANSWER_MARKER.search(text, max(0, at - 9), at + 40)
+            if m is not None and (best is None or m.end() > best):
+                best = m.end()
+            at = low.find(word, at + 1)
+    if best is not None:
+        return best
+    last = None
+    for last in SOFT_MARKER.finditer(text):  # noqa: B007
+        pass
+    return last.end() if last is not None else None
 
 
 def expand(text: str, abbreviations: tuple[tuple[str, str], ...]) -> str:
@@ -119,7 +123,7 @@ class Layout:
     which read only the words around the few values they weigh and so never tokenize the whole answer."""
 
     def __init__(self, text: str, marker: int | None):
-        self.text = digitise(text)
+        self.text = text  # the answer (its digitised form has the same offsets: see parse.digitise)
         self.ends = [m.end() for m in SENTENCE_END.finditer(self.text)]
         self.breaks = [m.start() for m in CLAUSE.finditer(self.text)]
         self.conclusion = None  # character range of the conclusion's sentence

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import lru_cache
 
 from vstar.schema import Label
 from vstar.verify.answer import Answer, Context, LabelVerdict, Layout, Verdict, fail, verdict
 from vstar.verify.classes import check_class, check_sequence, check_text
-from vstar.verify.parse import boxes, numbers, spans, times
+from vstar.verify.parse import boxes, digitise, numbers, spans, times
 from vstar.verify.text import STOPWORDS, content_words, stems
 
 __all__ = ["CHECKS", "Context", "LabelVerdict", "Verdict", "box_iou", "verify"]
@@ -74,14 +75,19 @@ MAX_VALUES = 200  # values read besides the conclusion's: the last ones (a run-o
 _START_CUE = frozenset(["start", "starts", "started", "starting", "begin", "begins", "began", "beginning"])
 
 
-def _anchors(label: Label, subject_first: bool = False) -> set[str]:
+def _anchors(label: Label, subject_first: bool = False) -> frozenset[str]:
     """Stems of the words that tie a value to the label: its name and subject (times, spans and boxes: the subject
     alone when it has one, "the dog" rather than "visible")."""
-    if subject_first and label.subject:
-        words = content_words(label.subject)
+    return _anchor_stems(label.name, label.subject, subject_first)
+
+
+@lru_cache(maxsize=4096)
+def _anchor_stems(name: str, subject: str | None, subject_first: bool) -> frozenset[str]:
+    if subject_first and subject:
+        words = content_words(subject)
     else:
-        words = content_words(label.name) + (content_words(label.subject) if label.subject else [])
-    return {s for w in words if w not in GENERIC for s in stems(w)}
+        words = content_words(name) + (content_words(subject) if subject else [])
+    return frozenset(s for w in words if w not in GENERIC for s in stems(w))
 
 
 def _bounded(items: list, starts: list[int], lay: Layout) -> tuple[list, list[int]]:
@@ -117,9 +123,9 @@ def _pick(items: list, starts: list[int], answer: Answer, label: Label, what: st
 _NEXT_WORD = re.compile(r"[ \t]*+([a-z]++)", re.I)
 
 
-def _other_count(lay: Layout, n, anchors: set[str]) -> bool:
+def _other_count(digitised: str, n, anchors: set[str]) -> bool:
     """A number that counts something else ("2 somersaults", "a 10 metre platform")."""
-    m = _NEXT_WORD.match(lay.text, n.end)
+    m = _NEXT_WORD.match(digitised, n.end)
     if m is None:
         return False
     nxt = m.group(1).lower()
@@ -130,7 +136,8 @@ def check_number(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     lay, anchors = answer.layout, _anchors(label)
     every = [n for n in numbers(answer.text) if not n.is_scale_bound]
     every = _bounded(every, [n.start for n in every], lay)[0]
-    nums = [n for n in every if not _other_count(lay, n, anchors)]
+    digitised = digitise(answer.text)  # the text `numbers` read (cached): "two shapes" is "2   shapes"
+    nums = [n for n in every if not _other_count(digitised, n, anchors)]
     if not nums:
         return fail(label, "no number (scale bounds such as 'out of 100' do not count)")
     ok = [n for n in nums if not lay.negated(n.start)]

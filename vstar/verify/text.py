@@ -132,7 +132,7 @@ _TOKEN = re.compile(r"\d++(?:[.,]\d++)*+|[a-z]++(?:'[a-z]++)?+(?:-[a-z]++)*+")
 # Sentence ends: . ! ? before a space (not inside a number or "Soms.Pike"); ; and line breaks too.
 SENTENCE_END = _SENTENCE_END = re.compile(r"[.!?]++(?=\s|$)|[;\n]")
 # Clause breaks inside a sentence: commas, colons, brackets, dashes and the words that start a new clause.
-CLAUSE = _CLAUSE = re.compile(r"[,:()\[\]]|\s[-–—]\s|\b(?:but|however|although|though|whereas|while)\b")
+CLAUSE = _CLAUSE = re.compile(r"[,:()\[\]]|\s[-–—]\s|\b(?:but|however|although|though|wh(?:ereas|ile))\b")
 
 
 def words(text: str) -> list[str]:

@@ -18,7 +18,7 @@ import bisect
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from vstar.config import VerifyConfig
@@ -93,9 +93,20 @@ def expand(text: str, abbreviations: tuple[tuple[str, str], ...]) -> str:
     """The text with a domain's abbreviations written out ("2.5 Soms.Pike" → "2.5  somersaults Pike")."""
     if not abbreviations:
         return text
+    pattern, full = _abbreviation_pattern(abbreviations)
+    return pattern.sub(lambda m: full[m.group().lower()], text)
+
+
+@lru_cache(maxsize=64)
+def _abbreviation_pattern(abbreviations: tuple[tuple[str, str], ...]) -> tuple[re.Pattern, dict[str, str]]:
     pattern = "|".join(re.escape(a) for a, _ in sorted(abbreviations, key=lambda x: -len(x[0])))
-    full = {a.lower(): f" {b} " for a, b in abbreviations}
-    return re.sub(pattern, lambda m: full[m.group().lower()], text, flags=re.I)
+    return re.compile(pattern, re.I), {a.lower(): f" {b} " for a, b in abbreviations}
+
+
+@lru_cache(maxsize=8192)
+def expand_name(name: str, abbreviations: tuple[tuple[str, str], ...]) -> str:
+    """`expand` for a label's or a class's name (cached: names recur, answers do not)."""
+    return expand(name, abbreviations)
 
 
 @dataclass(frozen=True)

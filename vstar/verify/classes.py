@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from vstar.schema import Label
-from vstar.verify.answer import Answer, Context, LabelVerdict, Reading, expand, verdict
+from vstar.verify.answer import Answer, Context, LabelVerdict, Reading, verdict
+from vstar.verify.answer import expand_name as expand
 from vstar.verify.names import Phrase, find, phrases
 from vstar.verify.text import Tokens, content_words, ratio, stems
 

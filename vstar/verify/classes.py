@@ -81,11 +81,17 @@ def _class_index(choices: tuple[str, ...], abbrev: tuple) -> dict[str, list[int]
 
 
 def _sentences(r: Reading) -> list[tuple[int, int]]:
-    """Token ranges to read, in order: the conclusion, else the last sentences from the end backward."""
+    """Token ranges to read, in order: the conclusion's sentence and those after it (an answer of several labels:
+    "Answer: action: open a door; action: close a door"), else the last sentences from the end backward."""
+    t, out = r.tokens, []
     if r.conclusion:
-        a, b = r.conclusion
-        return [(a, min(b, a + MAX_SENTENCE))]
-    t, out, end = r.tokens, [], len(r.tokens.tokens)
+        a = r.conclusion[0]
+        while a < len(t.tokens) and len(out) < LAST_SENTENCES:
+            b = t.sentence_range(t.sentence[a])[1]
+            out.append((a, min(b, a + MAX_SENTENCE)))
+            a = b
+        return out
+    end = len(t.tokens)
     while end > 0 and len(out) < LAST_SENTENCES:
         start = t.sentence_range(t.sentence[end - 1])[0]
         out.append((max(start, end - MAX_SENTENCE), end))
@@ -145,9 +151,14 @@ def _listed(t: Tokens, mentions: list[Mention]) -> set[Mention]:
         if m.first > prev.last and len(gap) <= 3 and all(g in SEPARATORS for g in gap):
             run.append(m)
         else:
-            out |= set(run) if len(run) >= 3 else set()
+            out |= _options(run)
             run = [m]
-    return out | (set(run) if len(run) >= 3 else set())
+    return out | _options(run)
+
+
+def _options(run: list[Mention]) -> set[Mention]:
+    """A run of three or more classes, not all the label's own names ("cup/glass/bottle"), is a list of options."""
+    return set(run) if len(run) >= 3 and any(not m.own for m in run) else set()
 
 
 def _alternative(t: Tokens, m: Mention, own: set[str]) -> bool:
@@ -208,8 +219,8 @@ def check_class(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
             own = own if own is not None else _own_stems(label, abbrev)
         others = [m for m in mentions if not m.own and m not in listed and _alternative(t, m, own)]
         in_list = [m for m in mentions if m in listed]
-        if not (label_hits or others or in_list) and r.conclusion is None:
-            continue  # this sentence commits to nothing: read the one before
+        if not (label_hits or others or in_list):
+            continue  # this sentence commits to nothing: read the next one
         if not label_hits:
             if others or in_list:
                 names = list(dict.fromkeys(m.name for m in others + in_list if not m.own))
@@ -244,9 +255,7 @@ def check_yes_no(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
             if w in yes or w in no:
                 said.add((w in yes) != t.negated(i))
         if not said:
-            if r.conclusion is None:
-                continue
-            break
+            continue
         if len(said) == 2:
             return verdict(label, None, 0, 1, False, "the answer says both yes and no")
         got = "yes" if said.pop() else "no"

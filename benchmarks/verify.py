@@ -9,7 +9,8 @@ Prints measured figures; it is not a test. What it does:
   give the label as `render_label` writes it (built to pass), half a wrong value (built to fail);
 - checks that `verify` agrees with how each answer was built (the "agreement" column) and prints every
   disagreement it finds, up to `--show` per type;
-- times `verify(answer, labels, ctx)` in a plain loop: one untimed warm-up pass, then the median of
+- times `verify(answer, labels, ctx)` in a plain loop (CPU time of this process): one untimed warm-up pass, then the
+  median of
   `--repeats` timed passes, "cold" (`vstar.verify.text.ratio.cache_clear()` before each pass, so only the
   words repeated within a pass hit the cache) and "warm" (the cache filled by the passes before; the
   hit-rate column shows how warm it really was: the cache holds 65,536 word pairs);
@@ -487,9 +488,9 @@ def timed(fn: Callable[[], object], cold: bool) -> tuple[float, int, int]:
     if cold:
         ratio.cache_clear()
     before = ratio.cache_info()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other load on a shared machine moves it less
     fn()
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     after = ratio.cache_info()
     return elapsed, after.hits - before.hits, after.misses - before.misses
 

@@ -129,7 +129,7 @@ class Label(BaseModel):
     label_set: str | None = Field(default=None, min_length=1)
     subject: str | None = None
     at: float | None = None
-    abbreviations: dict[str, str] = {}
+    abbreviations: tuple[tuple[str, str], ...] = ()  # given as a dict {"Soms.": "somersaults"}; a tuple: hashable
 
     @field_validator("value")
     @classmethod
@@ -137,6 +137,11 @@ class Label(BaseModel):
         if "type" not in info.data:  # the type itself was invalid; that error is reported
             return v
         return VALUE_PARSERS[info.data["type"]](v)
+
+    @field_validator("abbreviations", mode="before")
+    @classmethod
+    def _abbreviations(cls, v: Any) -> Any:
+        return tuple(sorted((str(k), str(x)) for k, x in v.items())) if isinstance(v, Mapping) else v
 
     @field_validator("at")
     @classmethod
@@ -163,6 +168,8 @@ class Label(BaseModel):
         for extra in ("synonyms", "choices"):
             if extra in d:
                 d[extra] = list(d[extra])
+        if "abbreviations" in d:
+            d["abbreviations"] = dict(d["abbreviations"])
         return d
 
 

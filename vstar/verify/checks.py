@@ -240,7 +240,7 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         return fail(label, f"span from {a:.3g} to {b:.3g} does not go forward")
     iou = _iou_1d((a, b), label.value)
     ok = iou > ctx.cfg.span_min_iou
-    reason = f"[{a:.3g}, {b:.3g}] ({how}): IoU {iou:.3f} {'>' if ok else '<='} {ctx.cfg.span_min_iou:g}"
+    reason = f"[{a:.3g}, {b:.3g}]: IoU {iou:.3f} {'>' if ok else '<='} {ctx.cfg.span_min_iou:g}"
     return verdict(label, [a, b], iou, ctx.cfg.span_min_iou, ok, reason)
 
 
@@ -273,7 +273,7 @@ def check_box(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         return fail(label, f"{[round(x, 3) for x in box]} is not a corner-format box (x1 < x2, y1 < y2)")
     iou = box_iou(box, label.value)
     ok = iou > ctx.cfg.box_min_iou
-    reason = f"{[round(x, 3) for x in box]} ({how}): IoU {iou:.3f} {'>' if ok else '<='} {ctx.cfg.box_min_iou:g}"
+    reason = f"{[round(x, 3) for x in box]}: IoU {iou:.3f} {'>' if ok else '<='} {ctx.cfg.box_min_iou:g}"
     return verdict(label, box, iou, ctx.cfg.box_min_iou, ok, reason)
 
 

@@ -65,7 +65,7 @@ class Mention:
 
 
 def abbreviations(label: Label) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(label.abbreviations.items()))
+    return label.abbreviations
 
 
 @lru_cache(maxsize=16)

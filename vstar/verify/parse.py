@@ -107,31 +107,41 @@ _RUN_START = re.compile(
     rf"|a(?={_SEP}(?:{_W_SCALE}|half|third|quarter)\b))",
     re.I,
 )
-# a number word alone ("three shapes"), not "no one", "one of them", "the one who"
-_LONE = re.compile(
-    r"(?<!\bno\s)(?<!\bthe\s)(?<!\bany\s)(?<!\beach\s)(?<!\bsome\s)(?<!\bthis\s)(?<!\bthat\s)(?<!\bevery\s)"
-    rf"\b(?:(?:{_W_SMALL}|{_W_TENS})\b(?<!one)|one\b(?!\s++(?:of|another|who|that|which|hand|side|foot|leg|arm|by)\b))",
-    re.I,
-)
 
 
-def _runs(text: str):
-    """(start, end, value) of every run of several number words ("one hundred and two", "two and a half", "a
-    third"); the words around each run's start only are read."""
+def _numbers_in_words(text: str, found: list[re.Match]):
+    """(start, end, value) of every number in words: a run ("one hundred and two", "two and a half", "a third") or a
+    lone word ("three shapes"; not "no one", "one of them", "the one who"). One scan for number words; the words
+    around a run's start only are read."""
     done = 0
-    for cand in _RUN_START.finditer(text):
-        if cand.start() < done:
+    for m in found:
+        start = m.start()
+        if start < done:
             continue
-        ws = [
-            (m.start(), m.end(), m.group().lower()) for m in _WORD_RE.finditer(text, cand.start(), cand.start() + 160)
-        ]
-        found = _run_at(text, ws, 0)
-        if found is None:
-            continue
-        start, end, value = found
-        done = end
-        if value is not None:
-            yield start, end, value
+        w = m.group().lower()
+        a_before = start >= 2 and _A_BEFORE.search(text, max(0, start - 4), start)
+        run_at = a_before.start() if a_before and (w in _SCALES or w in _FRACTIONS) else start
+        if _RUN_START.match(text, run_at):
+            window = _WORD_RE.finditer(text, run_at, run_at + 160)
+            found = _run_at(text, [(x.start(), x.end(), x.group().lower()) for x in window], 0)
+            if found is not None:
+                done = found[1]
+                if found[2] is not None:
+                    yield found
+                continue
+        if w in WORD_NUMBERS and not (w == "one" and _not_one(text, start, m.end())):
+            done = m.end()
+            yield start, m.end(), float(WORD_NUMBERS[w])
+
+
+_A_BEFORE = re.compile(r"\ba[\s-]++$", re.I)
+_ONE_AFTER = re.compile(r"\s++(?:of|another|who|that|which|hand|side|foot|leg|arm|by)\b", re.I)
+
+
+def _not_one(text: str, start: int, end: int) -> bool:
+    """ "no one", "the one who", "one of them": a pronoun, not the number."""
+    before = text[max(0, start - 8) : start].lower().split()[-1:]
+    return (before and before[0] in _NOT_ONE_AFTER) or _ONE_AFTER.match(text, end) is not None
 
 
 def _run_at(text: str, ws: list, i: int):
@@ -179,24 +189,22 @@ def _digits(value: float) -> str:
 @lru_cache(maxsize=2)  # the checks of one answer share it (the answer, and the answer with abbreviations written out)
 def digitise(text: str) -> str:
     """The text with numbers in words written as digits, padded with spaces to keep every offset."""
-    if _ANY_NUMBER_WORD.search(text) is None:
+    found = list(_ANY_NUMBER_WORD.finditer(text))
+    if not found:
         return text
     if "half" in text.lower():
         for pattern, repl in _TIME_PHRASES:
             text = pattern.sub(lambda m, r=repl: r.ljust(len(m.group())), text)
+        found = list(_ANY_NUMBER_WORD.finditer(text))
     out, last = [], 0
-    for start, end, value in _runs(text):
+    for start, end, value in _numbers_in_words(text, found):
         digits = _digits(value)
         if len(digits) > end - start:
             continue
         out += [text[last:start], digits.ljust(end - start)]
         last = end
     out.append(text[last:])
-    return _LONE.sub(_lone, "".join(out))
-
-
-def _lone(m: re.Match) -> str:
-    return str(WORD_NUMBERS[m.group().lower()]).ljust(m.end() - m.start())
+    return "".join(out)
 
 
 # ---- numbers -------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 from vstar.config import VerifyConfig
 from vstar.schema import Label
 from vstar.verify.parse import ANSWER_MARKER
-from vstar.verify.text import CLAUSE, NEGATIONS, NOT_NEGATING, SENTENCE_END, Tokens, stems
+from vstar.verify.text import CLAUSE, NEGATING_PAIRS, NEGATIONS, NOT_NEGATING, SENTENCE_END, Tokens, stems
 
 # "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:"
 SOFT_MARKER = re.compile(
@@ -116,15 +116,7 @@ class Reading:
     rest: tuple[int, int] | None  # token range from the marker to the end of the answer
 
 
-_NEGATION = re.compile(
-    r"\b(?:"
-    + "|".join(
-        re.escape(w) + "".join(rf"(?!\s++{re.escape(b)}\b)" for a, b in NOT_NEGATING if a == w)
-        for w in sorted(NEGATIONS, key=len, reverse=True)
-    )
-    + r"|instead\s++of|rather\s++than|as\s++opposed|other\s++than)\b",
-    re.I,
-)
+_WORDS_APOSTROPHE = re.compile(r"[a-z]++(?:'[a-z]++)?+", re.I)
 _WORDS = re.compile(r"[a-z]++", re.I)
 REACH = 200  # characters around a value that its checks read (its clause, its tie to the label): bounded, so linear
 
@@ -164,7 +156,12 @@ class Layout:
         lo, floor = self.clause_start(c), max(0, c - REACH)
         while lo > floor and (self.text[lo - 1] in "[(" or (self.text[lo - 1] == "," and self._in_brackets(lo))):
             lo = self.clause_start(lo - 1)
-        return _NEGATION.search(self.text, max(lo, floor), c) is not None
+        found = _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)
+        for k, w in enumerate(found):
+            pair = (w.lower(), found[k + 1].lower() if k + 1 < len(found) else "")
+            if (pair[0] in NEGATIONS and pair not in NOT_NEGATING) or pair in NEGATING_PAIRS:
+                return True
+        return False
 
     def _in_brackets(self, c: int) -> bool:
         lo = max(0, c - REACH)

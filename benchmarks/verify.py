@@ -9,7 +9,8 @@ Prints measured figures; it is not a test. What it does:
   give the label as `render_label` writes it (built to pass), half a wrong value (built to fail);
 - checks that `verify` agrees with how each answer was built (the "agreement" column) and prints every
   disagreement it finds, up to `--show` per type;
-- times `verify(answer, labels, ctx)` in a plain loop: one untimed warm-up pass, then the median of
+- times `verify(answer, labels, ctx)` in a plain loop (CPU time of this process): one untimed warm-up pass, then the
+  median of
   `--repeats` timed passes, "cold" (`vstar.verify.text.ratio.cache_clear()` before each pass, so only the
   words repeated within a pass hit the cache) and "warm" (the cache filled by the passes before; the
   hit-rate column shows how warm it really was: the cache holds 65,536 word pairs);
@@ -44,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -486,9 +488,9 @@ def timed(fn: Callable[[], object], cold: bool) -> tuple[float, int, int]:
     if cold:
         ratio.cache_clear()
     before = ratio.cache_info()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other load on a shared machine moves it less
     fn()
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     after = ratio.cache_info()
     return elapsed, after.hits - before.hits, after.misses - before.misses
 
@@ -631,6 +633,55 @@ def profile(kind: str, cases: list[Case], ctx: Context, top: int = 12) -> str:
     return f"cProfile of {len(cases)} {kind} answers (cold cache), by own time:\n{buf.getvalue()}"
 
 
+# ---- the realistic case set (tests/verify_cases): agreement with a human judge ---------------------------
+
+
+def realistic_kind(case) -> str:
+    label = case.labels[0]
+    if label.type == "class":
+        return "class (Kinetics-700, 700 choices)" if len(label.choices) == 700 else "class (other)"
+    return label.type
+
+
+def bench_realistic(repeats: int, show: int) -> tuple[str, list[str]]:
+    """Agreement with the judge and answers per CPU-second per label type on the hand-written case set (the median
+    of `repeats` passes, each after a warm-up pass; CPU time of this process, so that other load on a shared machine
+    moves the figure less), and the disagreements (up to `show` per kind)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from verify_cases import load_cases
+
+    by_kind: dict[str, list] = {}
+    for c in load_cases():
+        by_kind.setdefault(realistic_kind(c), []).append(c)
+    lines = ["| label type (realistic cases) | cases | agreement | answers/CPU-s |", "|---|---:|---:|---:|"]
+    notes, agree_all, total = [], 0, 0
+    for kind, cases in by_kind.items():
+        contexts = [Context(**c.ctx) for c in cases]
+        agree, bad = 0, []
+        for c, ctx in zip(cases, contexts, strict=True):
+            v = verify(c.answer, c.labels, ctx)
+            agree += v.passed == c.judge
+            if v.passed != c.judge and len(bad) < show:
+                bad.append(f"  {c.id} [{c.group}] judge {'pass' if c.judge else 'fail'}: {v.per_label[0].reason}")
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            for c, ctx in zip(cases, contexts, strict=True):
+                verify(c.answer, c.labels, ctx)
+            times.append(time.process_time() - start)
+        rate = len(cases) / statistics.median(times)
+        lines.append(
+            f"| {kind} | {len(cases)} | {agree}/{len(cases)} ({100 * agree / len(cases):.1f}%) | {rate:,.0f} |"
+        )
+        agree_all, total = agree_all + agree, total + len(cases)
+        if bad:
+            notes.append(
+                f"{kind}: {len(cases) - agree} disagreements with the judge, first {len(bad)}:\n" + "\n".join(bad)
+            )
+    lines.append(f"| all | {total} | {agree_all}/{total} ({100 * agree_all / total:.1f}%) | |")
+    return "\n".join(lines), notes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer labels and repeats: a smoke check under 20 s")
@@ -641,6 +692,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--show", type=int, default=5, help="disagreements printed per type")
     parser.add_argument("--profile", choices=sorted(KINDS), action="append", default=[], help="cProfile a type")
+    parser.add_argument("--realistic-only", action="store_true", help="only the hand-written case set")
     args = parser.parse_args(argv)
     args.labels = args.labels or (50 if args.quick else 300)
     args.repeats = args.repeats or (3 if args.quick else 5)
@@ -656,6 +708,12 @@ def main(argv: list[str] | None = None) -> None:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     print(f"python {platform.python_version()} on {platform.platform()}, CPU: {cpu}")
     print(f"{pinned}")
+    table, notes = bench_realistic(args.repeats, args.show)
+    print("\nThe realistic case set (tests/verify_cases, verdicts of a human judge):\n" + table)
+    for note in notes:
+        print("\n" + note)
+    if args.realistic_only:
+        return
     pairs = 2  # answers per label: 2 built to pass, 2 built to fail
     print(
         f"seed {args.seed}; {args.labels} distinct labels per type x {2 * pairs} answers; {args.repeats} timed "

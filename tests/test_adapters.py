@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from vstar.data.adapters import CONVERTERS
+from vstar.data.adapters.finediving import ABBREVIATIONS
 from vstar.data.adapters.kinetics700 import clip_name
 from vstar.data.manifest import load_manifest, write_manifest
 from vstar.data.questions import assign_question
@@ -193,6 +194,7 @@ def test_finediving(tmp_path):
                 "type": "sequence",
                 "value": ["Forward", "2.5 Soms.Pike", "Entry"],
                 "subject": "the dive",
+                "abbreviations": ABBREVIATIONS,
             }
         ],
         "score": [{"name": "score", "type": "number", "value": 85.5, "subject": "the dive"}],
@@ -204,6 +206,7 @@ def test_finediving(tmp_path):
                 "value": "2.5 Soms.Pike",
                 "choices": [n for n in names if n != "Forward"],
                 "subject": "the Forward step",
+                "abbreviations": ABBREVIATIONS,
             }
         ],
         "previous": [
@@ -213,6 +216,7 @@ def test_finediving(tmp_path):
                 "value": "2.5 Soms.Pike",
                 "choices": [n for n in names if n != "Entry"],
                 "subject": "the Entry step",
+                "abbreviations": ABBREVIATIONS,
             }
         ],
     }

@@ -218,7 +218,7 @@ def test_text_lexical_similarity():
     assert one("She takes two cups.", L("text", "take cup")).passed  # stems: cups → cup, takes → take
     assert one("The main key moment.", L("text", "man with keys near the door")).score == 0.25  # only keys
     v = one("The person put down the towel.", label)
-    assert not v.passed and v.score == 0.0 and v.threshold == 0.5
+    assert not v.passed and v.score == 0.0 and v.threshold == 1.0  # every word, as a phrase
 
 
 def test_text_embedding_similarity(tmp_path):
@@ -423,3 +423,17 @@ def test_a_value_beyond_tolerance_never_verifies(data, before, after):
     answer = f"{before}. Answer: {render_label(moved)}. {after}"
     v = verify(answer, [label])
     assert not v.passed, (answer, v.per_label[0].reason)
+
+
+def test_a_datasets_abbreviations_read_in_the_label_and_the_answer():
+    """FineDiving's "2.5 Soms.Pike" said in words or copied; the adapter supplies the abbreviations, on the label."""
+    from vstar.data.adapters.finediving import ABBREVIATIONS
+
+    label = L("sequence", ["Forward", "2.5 Soms.Pike", "Entry"], abbreviations=ABBREVIATIONS)
+    assert one("She leaves forward, does two and a half somersaults in pike, then a clean entry.", label).passed
+    assert one("Answer: Forward, 2.5 Soms.Pike, Entry.", label).passed
+    assert not one("She leaves forward, does two and a half twists, then a clean entry.", label).passed
+    assert not one("She leaves forward, does 2 somersaults in pike, then a clean entry.", label).passed
+    plain = L("sequence", ["Forward", "2.5 Soms.Pike", "Entry"])  # without them, "Soms." is no word of the answer
+    assert not one("She leaves forward, does two and a half somersaults in pike, then a clean entry.", plain).passed
+    assert Label.model_validate(label.to_json()) == label and hash(label)  # a manifest round trip; still hashable

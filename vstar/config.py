@@ -227,14 +227,26 @@ class GenerateConfig(_Section):
 
 
 class VerifyConfig(_Section):
-    class_min_ratio: float = Field(85.0, ge=0, le=100, description="fuzzy match ratio a label word needs")
+    class_min_ratio: float = Field(
+        85.0,
+        ge=0,
+        le=100,
+        description="fuzzy match ratio for a spelling variant or typo of a word of 8+ letters with the same first "
+        "three (colouring/coloring); shorter words match only as inflections (a different verb is a different action)",
+    )
     class_strict: bool = Field(True, description="fail an answer that also names another class of the label's choices")
     number_rel_tol: float = Field(0.10, ge=0)
     number_abs_tol: float | None = Field(None, ge=0)
     timestamp_tol: float = Field(0.10, ge=0, le=1)
     span_min_iou: float = Field(0.5, ge=0, le=1)
     box_min_iou: float = Field(0.5, ge=0, le=1)
-    text_min_similarity: float = Field(0.5, ge=0, le=1)
+    text_min_similarity: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="embedding cosine a text label needs (with text_embedding_model); the lexical "
+        "check needs every word of the label as a phrase",
+    )
     text_embedding_model: str | None = None
 
 

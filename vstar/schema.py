@@ -114,7 +114,9 @@ class Label(BaseModel):
     names of a class; `choices` are the class names of its label set (the value among them), so a
     strict verifier can fail an answer that names another class too. `label_set` names that set instead of
     listing it (700 Kinetics classes on every row would make the manifest 27 KB a sample); `resolve` turns it
-    into the equivalent label with `choices`.
+    into the equivalent label with `choices`. `abbreviations` are a dataset's short forms in its names and how
+    they read (FineDiving's "Soms." → "somersaults"), set by the adapter that knows them, for class and sequence
+    labels: the verifier reads names and answers with them written out.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -127,6 +129,7 @@ class Label(BaseModel):
     label_set: str | None = Field(default=None, min_length=1)
     subject: str | None = None
     at: float | None = None
+    abbreviations: tuple[tuple[str, str], ...] = ()  # given as a dict {"Soms.": "somersaults"}; a tuple: hashable
 
     @field_validator("value")
     @classmethod
@@ -134,6 +137,11 @@ class Label(BaseModel):
         if "type" not in info.data:  # the type itself was invalid; that error is reported
             return v
         return VALUE_PARSERS[info.data["type"]](v)
+
+    @field_validator("abbreviations", mode="before")
+    @classmethod
+    def _abbreviations(cls, v: Any) -> Any:
+        return tuple(sorted((str(k), str(x)) for k, x in v.items())) if isinstance(v, Mapping) else v
 
     @field_validator("at")
     @classmethod
@@ -147,6 +155,8 @@ class Label(BaseModel):
                 raise ValueError(f"{extra} apply to class labels only, not to a {self.type} label")
         if self.choices and self.label_set:
             raise ValueError("give choices or label_set, not both (a label set is its choices)")
+        if self.abbreviations and self.type not in ("class", "sequence"):
+            raise ValueError(f"abbreviations apply to class and sequence labels only, not to a {self.type} label")
         if self.at is not None and self.type != "box":
             raise ValueError(f"'at' applies to box labels only, not to a {self.type} label")
         return self
@@ -158,6 +168,8 @@ class Label(BaseModel):
         for extra in ("synonyms", "choices"):
             if extra in d:
                 d[extra] = list(d[extra])
+        if "abbreviations" in d:
+            d["abbreviations"] = dict(d["abbreviations"])
         return d
 
 

@@ -1,69 +1,220 @@
-"""Parsers: what a free-text answer commits to — numbers, times, spans and boxes — with their positions.
+"""Parsers: what a free-text answer says — numbers, times, spans and boxes — with their character positions.
 
-Positions are character offsets, so checks can prefer what follows "Answer:" or sits next to the
-label's name. Times come back as (value, unit) with unit "frac" (a fraction of the clip) or "s".
+Number words are read by text2num ("one hundred and two", "eighty-five point five") and written back as digits
+padded to the same length (`digitise`), so every parser reads one text and every position stays the answer's.
+Times come back with unit "frac" (a fraction of the clip) or "s". Every pattern is linear in the text's length
+(possessive quantifiers, no scan that restarts inside a run of digits).
 
+>>> digitise("one hundred and two points, eighty-five point five, two and a half twists")
+'102                 points, 85.5                  , 2.5            twists'
 >>> [(n.value, n.scale) for n in numbers("I'd give it 7.5/10, maybe three points.")]
 [(7.5, 10.0), (3.0, None)]
 >>> [n.is_scale_bound for n in numbers("On a scale of 1 to 100 it is 85.")]
 [True, True, False]
 >>> [(s.start, s.end) for s in spans("It is visible from 0.20 to 0.55 of the video.")]
 [((0.2, 'frac'), (0.55, 'frac'))]
->>> [s.start for s in spans("between 1:05 and 1:20")]
-[(65.0, 's')]
+>>> [(s.start, s.end) for s in spans("between 1:05 and 1:20")]
+[((65.0, 's'), (80.0, 's'))]
 >>> [b.values for b in boxes("The box is [0.1, 0.2, 0.35, 0.5].")]
 [(0.1, 0.2, 0.35, 0.5)]
+>>> [b.values for b in boxes("top-left (10, 20), bottom-right (30, 50); x1 = 0.1, y1 = 0.2, x2 = 0.3, y2 = 0.4")]
+[(10.0, 20.0, 30.0, 50.0), (0.1, 0.2, 0.3, 0.4)]
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
-_UNITS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
-_TEENS = {
-    "zero": 0,
-    "ten": 10,
-    "eleven": 11,
-    "twelve": 12,
-    "thirteen": 13,
-    "fourteen": 14,
-    "fifteen": 15,
-    "sixteen": 16,
-    "seventeen": 17,
-    "eighteen": 18,
-    "nineteen": 19,
-}
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
-WORD_NUMBERS = {**_UNITS, **_TEENS, **_TENS}
+from text_to_num import alpha2digit
 
-_NUM = r"[-+]?\d+(?:,\d{3})*(?:\.\d+)?|[-+]?\.\d+"
-_WORDNUM = (
-    r"(?:"
-    + "|".join(sorted(_TENS, key=len, reverse=True))
-    + r")(?:[\s-](?:"
-    + "|".join(_UNITS)
-    + r"))?|"
-    + "|".join(sorted({**_UNITS, **_TEENS}, key=len, reverse=True))
-)
-_NUMBER = re.compile(
-    rf"(?<![\w.:])(?P<num>{_NUM})(?:\s*/\s*(?P<den>{_NUM}))?(?P<pct>\s*%)?(?![\w.:]*\d)|\b(?P<word>{_WORDNUM})\b",
-    re.IGNORECASE,
-)
-_SCALE_BEFORE = re.compile(r"(?:scale|range)\s+(?:of|from)?\s*$|\bout\s+of\s*$|\bbetween\s*$", re.IGNORECASE)
-_SCALE_TO = re.compile(rf"^\s*(?:to|-|–|and)\s*({_NUM})", re.IGNORECASE)
-_SCALE_AFTER = re.compile(r"^\s*(?:-|to)?\s*(?:point\s+)?scale", re.IGNORECASE)
+_SMALL = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+WORD_NUMBERS = {**{w: i for i, w in enumerate(_SMALL)}, **{w: 20 + 10 * i for i, w in enumerate(_TENS)}}
+_SCALES = {"hundred", "thousand", "million"}
+_FRACTIONS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4}
+_WORD_RE = re.compile(r"[A-Za-z]++")
+# phrases of time written in words, replaced before the numbers (same length or shorter, padded)
+_TIME_PHRASES = [
+    (re.compile(r"\b(?:the\s+)?first\s+half\b", re.I), "0 to 0.5"),
+    (re.compile(r"\b(?:the\s+)?second\s+half\b", re.I), "0.5 to 1"),
+    (re.compile(r"\bhalf\s*-?\s*way\b", re.I), "at 0.5"),
+]
+_NOT_ONE_AFTER = {"no", "the", "any", "every", "some", "each", "this", "that", "which", "someone", "anyone"}
+_NOT_ONE_BEFORE = {"of", "another", "who", "that", "which", "hand", "side", "foot", "leg", "arm", "by"}
 
-_TIME = r"(?:\d+:)?\d+:\d{2}(?:\.\d+)?|\d*\.?\d+\s*%?"
-_UNIT = r"\s*(?:s\b|sec\b|secs\b|seconds?\b)"
-_TIME_RE = re.compile(rf"(?<![\w.:])(?P<t>{_TIME})(?P<unit>{_UNIT})?", re.IGNORECASE)
-_SPAN_RE = re.compile(
-    rf"(?:\bfrom\s+|\bbetween\s+|[\[(]\s*)?(?<![\w.:])(?P<a>{_TIME})(?P<ua>{_UNIT})?"
-    rf"\s*(?:\bto\b|\band\b|–|—|-|,|until|till)\s*(?P<b>{_TIME})(?P<ub>{_UNIT})?\s*[\])]?",
-    re.IGNORECASE,
+
+def _trie(words) -> str:
+    """A regex alternation of `words` as a trie ("t(?:en|hree|wo)…"): each position fails on its first letter."""
+    heads: dict[str, list[str]] = {}
+    for w in words:
+        heads.setdefault(w[:1], []).append(w[1:])
+    parts = []
+    for head, tails in sorted(heads.items()):
+        if head == "":
+            continue
+        body = _trie([t for t in tails if t])
+        parts.append(re.escape(head) + (f"(?:{body})" + ("?" if "" in tails else "") if body else ""))
+    return "|".join(parts)
+
+
+_ANY_NUMBER_WORD = re.compile(r"\b(?:" + _trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]) + r")\b|half", re.I)
+
+
+def _number_word(w: str) -> bool:
+    return w in WORD_NUMBERS or w in _SCALES
+
+
+@lru_cache(maxsize=4096)
+def _run_value(run: str) -> float | None:
+    """The value of a run of number words ("one hundred and two", "eighty five point five"), by text2num."""
+    out = alpha2digit(run, "en")
+    if re.fullmatch(r"\d+(?:\.\d+)?", out):
+        return float(out)
+    ws = run.split()
+    return float(WORD_NUMBERS[ws[0]]) if len(ws) == 1 and ws[0] in WORD_NUMBERS else None
+
+
+_SEP = r"[\s-]++"
+_W_SMALL, _W_TENS, _W_SCALE = _trie(_SMALL), _trie(_TENS), _trie(_SCALES)
+_W_FRACTION = "halves|half|thirds?|quarters?"
+# where a run of several number words starts: "one hundred", "eighty-five point five", "two and a half", "a third"
+_RUN_START = re.compile(
+    rf"\b(?:(?:{_W_SMALL})(?={_SEP}(?:{_W_SCALE}|point|and{_SEP}a{_SEP}half|{_W_FRACTION})\b)"
+    rf"|(?:{_W_TENS})(?={_SEP}(?:{_W_SMALL}|{_W_SCALE}|point|and{_SEP}a{_SEP}half)\b)"
+    rf"|a(?={_SEP}(?:{_W_SCALE}|half|third|quarter)\b))",
+    re.I,
 )
-_BOX_RE = re.compile(rf"[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\])]")
-ANSWER_MARKER = re.compile(r"\b(?:final answer|answer|therefore|thus|in conclusion|so)\b\s*(?:is|:|=|,)?", re.I)
+
+
+def _numbers_in_words(text: str, found: list[re.Match]):
+    """(start, end, value) of every number in words: a run ("one hundred and two", "two and a half", "a third") or a
+    lone word ("three shapes"; not "no one", "one of them", "the one who"). One scan for number words; the words
+    around a run's start only are read."""
+    done = 0
+    for m in found:
+        start = m.start()
+        if start < done:
+            continue
+        w = m.group().lower()
+        a_before = start >= 2 and _A_BEFORE.search(text, max(0, start - 4), start)
+        run_at = a_before.start() if a_before and (w in _SCALES or w in _FRACTIONS) else start
+        if _RUN_START.match(text, run_at):
+            window = _WORD_RE.finditer(text, run_at, run_at + 160)
+            found = _run_at(text, [(x.start(), x.end(), x.group().lower()) for x in window], 0)
+            if found is not None:
+                done = found[1]
+                if found[2] is not None:
+                    yield found
+                continue
+        if w in WORD_NUMBERS and not (w == "one" and _not_one(text, start, m.end())):
+            done = m.end()
+            yield start, m.end(), float(WORD_NUMBERS[w])
+
+
+_A_BEFORE = re.compile(r"\ba[\s-]++$", re.I)
+_ONE_AFTER = re.compile(r"\s++(?:of|another|who|that|which|hand|side|foot|leg|arm|by)\b", re.I)
+
+
+def _not_one(text: str, start: int, end: int) -> bool:
+    """ "no one", "the one who", "one of them": a pronoun, not the number."""
+    before = text[max(0, start - 8) : start].lower().split()[-1:]
+    return (before and before[0] in _NOT_ONE_AFTER) or _ONE_AFTER.match(text, end) is not None
+
+
+def _run_at(text: str, ws: list, i: int):
+    """The run of number words starting at ws[i]: (start, end, value or None), or None when there is none."""
+    n = len(ws)
+    start, _, w = ws[i]
+    a_scale = w == "a" and i + 1 < n and (ws[i + 1][2] in _SCALES or ws[i + 1][2] in _FRACTIONS)
+    if not (_number_word(w) and w not in _SCALES) and not a_scale:
+        return None
+    j = i + 1 if a_scale else i  # the run is ws[i..j]
+    while j + 1 < n and j - i < 12 and text[ws[j][1] : ws[j + 1][0]].strip(" -") == "":
+        nxt = ws[j + 1][2]
+        follows = ws[j + 2][2] if j + 2 < n else ""
+        if _number_word(nxt) and not (ws[j][2] in _SMALL and nxt not in _SCALES):
+            j += 1
+        elif nxt == "point" and follows in WORD_NUMBERS:
+            j += 2
+        elif nxt == "and" and (_number_word(follows) and ws[j][2] in _SCALES):
+            j += 1
+        else:
+            break
+    words = [x[2] for x in ws[i : j + 1]]
+    if words[0] == "a" and words[1] in _FRACTIONS:  # "a half", "a third"
+        value = 1.0 / _FRACTIONS[words[1]]
+    else:  # "a hundred and two" reads as "one hundred and two"
+        value = _run_value(" ".join(["one", *words[1:]] if words[0] == "a" else words))
+    end = ws[j][1]
+    # "two and a half", "one-and-a-half", "a half", "two thirds", "three quarters"
+    rest = [x[2] for x in ws[j + 1 : j + 4]]
+    if value is not None and rest[:3] == ["and", "a", "half"]:
+        value, end = value + 0.5, ws[j + 3][1]
+    elif rest[:1] and rest[0] in _FRACTIONS and (value or words[0] == "a"):
+        value, end = (value or 1.0) / _FRACTIONS[rest[0]], ws[j + 1][1]
+    if value is not None and words == ["one"] and end == ws[i][1]:
+        before = text[max(0, start - 12) : start].split()[-1:]
+        if (before and before[0].lower() in _NOT_ONE_AFTER) or (rest[:1] and rest[0] in _NOT_ONE_BEFORE):
+            value = None  # "no one", "one of the", "the one who": not a number
+    return start, end, value
+
+
+def _digits(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+
+
+@lru_cache(maxsize=2)  # the checks of one answer share it (the answer, and the answer with abbreviations written out)
+def digitise(text: str) -> str:
+    """The text with numbers in words written as digits, padded with spaces to keep every offset."""
+    found = list(_ANY_NUMBER_WORD.finditer(text))
+    if not found:
+        return text
+    if "half" in text.lower():
+        for pattern, repl in _TIME_PHRASES:
+            text = pattern.sub(lambda m, r=repl: r.ljust(len(m.group())), text)
+        found = list(_ANY_NUMBER_WORD.finditer(text))
+    out, last = [], 0
+    for start, end, value in _numbers_in_words(text, found):
+        digits = _digits(value)
+        if len(digits) > end - start:
+            continue
+        out += [text[last:start], digits.ljust(end - start)]
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+# ---- numbers -------------------------------------------------------------------------------------------
+
+_NUM = r"[-+]?\d++(?:,\d{3})*+(?:\.\d++)?+|[-+]?\.\d++"
+_NUMBER = re.compile(rf"(?<![\w.:])(?P<num>{_NUM})(?:\s*+/\s*+(?P<den>{_NUM}))?+(?P<pct>\s*+%)?+(?![\w:]|\.\d)")
+_SCALE_BEFORE = re.compile(r"(?:scale|range)\s++(?:of|from)?\s*+$|\bout\s++of\s*+(?:a\s++)?$|\bbetween\s*+$", re.I)
+_SCALE_TO = re.compile(rf"\s*+(?:to|-|–|and)\s*+(?:{_NUM})", re.I)
+_ANY_SCALE = re.compile(r"scale|range|out\s++of|between", re.I)
+_SCALE_AFTER = re.compile(r"\s*+(?:-|to)?\s*+(?:point\s++)?scale", re.I)
 
 
 @dataclass(frozen=True)
@@ -75,11 +226,189 @@ class Number:
     is_scale_bound: bool = False  # "on a scale of 1 to 100": 1 and 100 describe the scale, not an answer
 
 
-@dataclass(frozen=True)
+def _float(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def numbers(text: str) -> list[Number]:
+    """Every number in the text: digits, decimals, "7.5/10", "85%", and numbers in words."""
+    text = digitise(text)
+    out = []
+    for m in _NUMBER.finditer(text):
+        value, den = _float(m.group("num")), m.group("den")
+        out.append(Number(value, m.start(), m.end(), scale=_float(den) if den else None))
+    return _mark_scale_bounds(text, out)
+
+
+def _mark_scale_bounds(text: str, nums: list[Number]) -> list[Number]:
+    """Flag numbers that describe a scale: "scale of A to B", "A-B scale", "out of B", "between A and B"."""
+    if _ANY_SCALE.search(text) is None:
+        return nums
+    bounds = set()
+    for i, n in enumerate(nums):
+        nxt = nums[i + 1] if i + 1 < len(nums) else None
+        to_next = nxt is not None and _SCALE_TO.fullmatch(text, n.end, nxt.end) is not None
+        if _SCALE_BEFORE.search(text[max(0, n.start - 20) : n.start]):
+            bounds.add(i)
+            if to_next:
+                bounds.add(i + 1)
+        if to_next and _SCALE_AFTER.match(text, nxt.end):
+            bounds.update((i, i + 1))
+    return [Number(n.value, n.start, n.end, n.scale, i in bounds) for i, n in enumerate(nums)]
+
+
+# ---- times and spans -----------------------------------------------------------------------------------
+
+_TIME_RE = re.compile(
+    r"(?<![\w.:])(?P<t>\d++:\d\d(?::\d\d)?+(?:\.\d++)?+|\d++(?:\.\d++)?+|\.\d++)(?![\w:]|\.\d)"
+    r"(?P<pct>\s*+%)?+(?P<unit>\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+",
+    re.I,
+)
+_TIME_TAIL = re.compile(r"(?:\s*+%)?+(?:\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+", re.I)
+_OF_CLIP = re.compile(r"\s*+(?:of\s++the\s++(?:video|clip|way)|into\s++the\s++(?:video|clip))", re.I)
+_TIME_WORDS = frozenset(["at", "from", "to", "until", "till", "by", "after", "before", "through", "between"])
+_HEDGE_WORDS = frozenset(["about", "around", "approximately", "roughly", "the", "only"])
+_CLIP_WORDS = frozenset(["lasts", "last", "length", "duration", "long", "whole", "entire", "total"])
+_CLIP_AFTER = re.compile(r"\s*+-?\s*+(?:long\b|clip\b|video\b|in\s++total)", re.I)
+_SPAN_JOIN = re.compile(
+    r"\s*+(?:s|secs?|seconds?)?\s*+(?:to|until|till|through|-|–|—|(?P<and>and)|(?P<comma>,))\s*+", re.I
+)
+
+
+class Time:
+    """A number that may be a time; what it is is read when a check asks (a check reads a few of thousands)."""
+
+    __slots__ = ("_clip", "_end_all", "_explicit", "end", "pct", "start", "text", "unit")
+
+    def __init__(self, text: str, start: int, end: int, unit: bool, pct: bool):
+        self.text, self.start, self.end, self.unit, self.pct = text, start, end, unit, pct  # text: the digitised answer
+        self._end_all = self._explicit = self._clip = None
+
+    @property
+    def value(self) -> tuple[float, str]:
+        """(value, "frac" | "s")."""
+        return _time_value(self.text[self.start : self.end], self.pct, self.unit)
+
+    @property
+    def end_all(self) -> int:
+        """The end of the number with its % or unit."""
+        if self._end_all is None:
+            self._end_all = _TIME_TAIL.match(self.text, self.end).end()
+        return self._end_all
+
+    @property
+    def of_clip(self) -> bool:
+        return _OF_CLIP.match(self.text, self.end_all) is not None
+
+    @property
+    def explicit(self) -> bool:
+        """A unit, mm:ss, %, "of the video", or a temporal word before it ("at", "from", "until")."""
+        if self._explicit is None:
+            before = self.text[max(0, self.start - 40) : self.start]
+            number = self.text[self.start : self.end]
+            self._explicit = self.unit or self.pct or ":" in number or self.of_clip or _temporal(before)
+        return self._explicit
+
+    @property
+    def clip_length(self) -> bool:
+        """ "A 10-second clip", "the video lasts 10 s": the clip's length, not an event's time."""
+        if self._clip is None:
+            tail = self.text[max(0, self.start - 30) : self.start]
+            clause = tail[max(tail.rfind("."), tail.rfind(";")) + 1 :].lower().split()
+            after = _CLIP_AFTER.match(self.text, self.end_all) is not None
+            self._clip = after or (not self.of_clip and any(w in _CLIP_WORDS for w in clause))
+        return self._clip
+
+
 class Span:
-    start: tuple[float, str]  # (value, "frac" | "s")
-    end: tuple[float, str]
-    pos: int
+    """Two times joined as a range; its values are read when a check asks."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Time, b: Time):
+        self.a, self.b = a, b
+
+    @property
+    def pos(self) -> int:
+        return self.a.start
+
+    @property
+    def start(self) -> tuple[float, str]:  # (value, "frac" | "s"); a bare end takes the other's unit ("0.5 to 3 s")
+        a, b = self.a.value, self.b.value
+        return a if a[1] == b[1] else (a[0], "s")
+
+    @property
+    def end(self) -> tuple[float, str]:
+        a, b = self.a.value, self.b.value
+        return b if a[1] == b[1] else (b[0], "s")
+
+    @property
+    def clip_length(self) -> bool:
+        return self.a.clip_length or self.b.clip_length
+
+
+def _time_value(t: str, pct: bool, unit: bool) -> tuple[float, str]:
+    if ":" in t:
+        secs = 0.0
+        for part in t.split(":"):
+            secs = secs * 60 + float(part)
+        return secs, "s"
+    value = float(t)
+    if pct:
+        return value / 100, "frac"
+    if unit or value > 1:  # a bare number above 1 cannot be a fraction of the clip: seconds
+        return value, "s"
+    return value, "frac"
+
+
+def _temporal(before: str) -> bool:
+    """Whether the text before a number ends in a temporal word ("at", "from about", "until") or a bracket."""
+    tail = before.rstrip()
+    if tail.endswith(("[", "(")):
+        return True
+    for w in reversed(tail.lower().split()[-4:]):
+        w = w.strip(",:")
+        if w in _TIME_WORDS:
+            return True
+        if w not in _HEDGE_WORDS:
+            return False
+    return False
+
+
+def times(text: str) -> list[Time]:
+    """Every number that may be a time, with its position: fractions (0.4, 40%), seconds (3.5 s), mm:ss."""
+    return list(_times(text))
+
+
+@lru_cache(maxsize=2)  # spans and the checks of one answer read the same times
+def _times(text: str) -> tuple[Time, ...]:
+    text = digitise(text)
+    return tuple(Time(text, m.start(1), m.end(1), m.start(3) >= 0, m.start(2) >= 0) for m in _TIME_RE.finditer(text))
+
+
+def spans(text: str) -> list[Span]:
+    """Every span: "from a to b", "a–b", "a until b" (always a range); "between a and b" (a time on one side);
+    "[a, b]" (in brackets), with a unit after either end."""
+    digitised, found, out = digitise(text), times(text), []
+    for a, b in zip(found, found[1:], strict=False):
+        join = _SPAN_JOIN.fullmatch(digitised, a.end_all, b.start)
+        if join is None:
+            continue
+        if join.group("comma"):
+            before, after = digitised[max(0, a.start - 3) : a.start].rstrip(), digitised[b.end_all : b.end_all + 3]
+            if not (before.endswith(("[", "(")) and after.lstrip().startswith(("]", ")"))):
+                continue
+        elif join.group("and") and not (a.explicit or b.explicit):
+            continue
+        out.append(Span(a, b))
+    return out
+
+
+# ---- boxes ---------------------------------------------------------------------------------------------
+
+_BOX_RE = re.compile(rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+[\])]")
+_PAIR_RE = re.compile(rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+[\])]")
+_NAMED_RE = re.compile(rf"\b([xy][12]?|[xy]_?(?:min|max))\s*+(?:=|:|is)\s*+({_NUM})", re.I)
 
 
 @dataclass(frozen=True)
@@ -88,85 +417,43 @@ class Box:
     pos: int
 
 
-def _float(text: str) -> float:
-    return float(text.replace(",", ""))
-
-
-def _word_value(text: str) -> float:
-    parts = re.split(r"[\s-]+", text.lower())
-    return float(sum(WORD_NUMBERS[p] for p in parts))
-
-
-def numbers(text: str) -> list[Number]:
-    """Every number in the text: digits, decimals, "7.5/10", "85%", and number words up to ninety-nine."""
-    out = []
-    for m in _NUMBER.finditer(text):
-        if m.group("word"):
-            out.append(Number(_word_value(m.group("word")), m.start(), m.end()))
-            continue
-        value, den = _float(m.group("num")), m.group("den")
-        scale = _float(den) if den else None
-        out.append(Number(value, m.start(), m.end(), scale=scale))
-    return _mark_scale_bounds(text, out)
-
-
-def _mark_scale_bounds(text: str, nums: list[Number]) -> list[Number]:
-    """Flag numbers that describe a scale: "scale of A to B", "A-B scale", "out of B", "between A and B"."""
-    bounds = set()
-    for i, n in enumerate(nums):
-        if _SCALE_BEFORE.search(text[max(0, n.start - 20) : n.start]):
-            bounds.add(i)
-            if i + 1 < len(nums) and _SCALE_TO.match(text[n.end : nums[i + 1].end]):
-                bounds.add(i + 1)
-        if (
-            i + 1 < len(nums)
-            and _SCALE_TO.match(text[n.end : nums[i + 1].end])
-            and _SCALE_AFTER.match(text[nums[i + 1].end :])
-        ):
-            bounds.update((i, i + 1))
-    return [Number(n.value, n.start, n.end, n.scale, i in bounds) for i, n in enumerate(nums)]
-
-
-def _time(text: str, unit: str | None) -> tuple[float, str]:
-    text = text.strip()
-    if ":" in text:
-        secs = 0.0
-        for part in text.split(":"):
-            secs = secs * 60 + float(part)
-        return secs, "s"
-    if text.endswith("%"):
-        return float(text[:-1]) / 100, "frac"
-    value = float(text)
-    if unit or value > 1:  # a bare number above 1 cannot be a fraction of the clip: seconds
-        return value, "s"
-    return value, "frac"
-
-
-def times(text: str) -> list[tuple[tuple[float, str], int]]:
-    """Every time in the text with its position: fractions (0.4, 40%), seconds (3.5 s) and mm:ss."""
-    return [(_time(m.group("t"), m.group("unit")), m.start()) for m in _TIME_RE.finditer(text)]
-
-
-def spans(text: str) -> list[Span]:
-    """Every span: "from a to b", "between a and b", "a–b", "[a, b]", with a unit after either end."""
-    out = []
-    for m in _SPAN_RE.finditer(text):
-        unit = m.group("ua") or m.group("ub")  # "from 2 to 5 seconds": the unit applies to both
-        a, b = _time(m.group("a"), unit), _time(m.group("b"), unit)
-        if a[1] != b[1]:  # "0.5 to 3 s": read a bare end as the other's unit
-            a, b = (_time(m.group("a"), "s"), _time(m.group("b"), "s"))
-        out.append(Span(a, b, m.start()))
-    return out
-
-
 def boxes(text: str) -> list[Box]:
-    """Every box written as [x1, y1, x2, y2] or (x1, y1, x2, y2)."""
-    return [Box(tuple(_float(g) for g in m.groups()), m.start()) for m in _BOX_RE.finditer(text)]
+    """Every box: [x1, y1, x2, y2] or (…); two corners "(x1, y1) … (x2, y2)"; named "x1 = …, y1 = …, x2 = …, y2 = …"
+    (or two x and two y values: the box spanning them)."""
+    found = [Box(tuple(_float(g) for g in m.groups()), m.start()) for m in _BOX_RE.finditer(text)]
+    pairs = [(m.start(), m.end(), _float(m.group(1)), _float(m.group(2))) for m in _PAIR_RE.finditer(text)]
+    for (s1, e1, x1, y1), (s2, _, x2, y2) in zip(pairs, pairs[1:], strict=False):
+        if s2 - e1 <= 80 and not re.search(r"[.;]\s", text[e1:s2]):
+            found.append(Box((x1, y1, x2, y2), s1))
+    named = [(m.start(), m.group(1).lower(), _float(m.group(2))) for m in _NAMED_RE.finditer(text)]
+    for k in range(len(named) - 3):
+        group = named[k : k + 4]
+        if group[-1][0] - group[0][0] > 200:
+            continue
+        names = [g[1].replace("_", "") for g in group]
+        if sorted(names) == ["x1", "x2", "y1", "y2"]:
+            v = dict(zip(names, [g[2] for g in group], strict=True))
+            found.append(Box((v["x1"], v["y1"], v["x2"], v["y2"]), group[0][0]))
+        elif sorted(n[0] for n in names) == ["x", "x", "y", "y"]:
+            xs = [g[2] for g in group if g[1][0] == "x"]
+            ys = [g[2] for g in group if g[1][0] == "y"]
+            found.append(Box((min(xs), min(ys), max(xs), max(ys)), group[0][0]))
+    return sorted(found, key=lambda b: b.pos)
 
 
-def answer_start(text: str) -> int:
-    """Where the final answer begins: just after the last "Answer:"/"therefore"/…, else 0."""
+# ---- the conclusion ------------------------------------------------------------------------------------
+
+# An answer marker: "Answer:", "The answer is", "Final answer", "Final score:". Its sentence is the conclusion.
+ANSWER_MARKER = re.compile(
+    r"\b(?:(?:final|correct|my|the)\s++)?answer\s*+(?:is\b|would\s++be\b|should\s++be\b|[:=]|-(?!\w))"
+    r"|\bfinal\s++(?:answer|score|label|result)s?\b\s*+(?:is\b|[:=])?",
+    re.I,
+)
+
+
+def answer_start(text: str) -> int | None:
+    """Where the final answer begins: just after the last answer marker, else None."""
     last = None
     for last in ANSWER_MARKER.finditer(text):  # noqa: B007
         pass
-    return last.end() if last else 0
+    return last.end() if last else None

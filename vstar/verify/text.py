@@ -1,23 +1,30 @@
-"""Words of free text: tokens, content words, a fuzzy word ratio, light stems and negation.
+"""Words of free text: tokens with their sentence and clause, light stems, negation scoped to a clause.
 
 >>> words("He isn't playing the Guitar!")
 ['he', "isn't", 'playing', 'the', 'guitar']
 >>> content_words("playing the guitar")
 ['playing', 'guitar']
->>> ratio("guitar", "guitars"), sorted(stems("hedges")), sorted(stems("playing"))
-(92, ['hedg', 'hedge', 'hedges'], ['play', 'playing'])
->>> find_word(Words.of("he is not playing guitar"), "playing", 85)
-(3, 'playing', 100, True)
+>>> sorted(stems("ties")), sorted(stems("tying")), sorted(stems("took"))
+(['tie', 'ties'], ['tie', 'tying'], ['take', 'took'])
+>>> t = Tokens.of("The man, who has no hat, is not really playing guitar; he sings.")
+>>> [t.tokens[i] for i in t.positions("playing")], t.negated(t.positions("playing")[0])
+(['playing'], True)
+>>> t.negated(t.positions("sings")[0])
+False
+>>> Tokens.of("She did two-and-a-half somersaults and 10 sit-ups.").tokens
+['she', 'did', '2.5', 'somersaults', 'and', '10', 'sit', 'ups']
 """
 
 from __future__ import annotations
 
-import math
+import bisect
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+from rapidfuzz import fuzz
+
+from vstar.verify.parse import digitise
 
 STOPWORDS = frozenset(
     [
@@ -64,6 +71,14 @@ STOPWORDS = frozenset(
         "whom",
         "whose",
         "what",
+        "somewhere",
+        "something",
+        "someone",
+        "my",
+        "your",
+        "our",
+        "them",
+        "him",
     ]
 )
 NEGATIONS = frozenset(
@@ -90,10 +105,35 @@ NEGATIONS = frozenset(
         "hasn't",
         "haven't",
         "hadn't",
+        "couldn't",
+        "wouldn't",
+        "shouldn't",
+        "unlike",
     ]
 )
-NOT_NEGATING = frozenset({("no", "doubt"), ("not", "only"), ("without", "doubt")})
-NEGATION_WINDOW = 3  # a negation this many words before a match negates it ("is not really playing")
+NOT_NEGATING = frozenset({("no", "doubt"), ("not", "only"), ("without", "doubt"), ("not", "just")})
+NEGATING_PAIRS = frozenset({("instead", "of"), ("rather", "than"), ("as", "opposed"), ("other", "than")})
+_NEGATING_FIRST = NEGATIONS | {a for a, _ in NEGATING_PAIRS}
+# Irregular forms a 7B model writes for the verbs of action names (STAR's "Took.", "Threw the pillow.").
+IRREGULAR = {
+    "took": "take", "taken": "take", "threw": "throw", "thrown": "throw", "sat": "sit", "ate": "eat",
+    "eaten": "eat", "drank": "drink", "drunk": "drink", "held": "hold", "put": "put", "ran": "run", "rode": "ride",
+    "ridden": "ride", "swam": "swim", "wore": "wear", "worn": "wear", "lay": "lie", "lain": "lie", "got": "get",
+    "gave": "give", "given": "give", "made": "make", "went": "go", "gone": "go", "wrote": "write",
+    "written": "write", "drew": "draw", "drawn": "draw", "cut": "cut", "hit": "hit", "blew": "blow",
+    "blown": "blow", "caught": "catch", "brought": "bring", "bought": "buy", "left": "leave", "stood": "stand",
+    "fell": "fall", "fallen": "fall", "flew": "fly", "flown": "fly", "dug": "dig", "hung": "hang", "sang": "sing",
+    "sung": "sing", "swung": "swing", "kept": "keep", "saw": "see", "seen": "see", "shook": "shake", "tore": "tear",
+    "torn": "tear", "woke": "wake", "broke": "break", "broken": "break", "fed": "feed", "did": "do", "done": "do",
+}  # fmt: skip
+_SUFFIXES = ("ing", "ed", "es", "s")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# a token: a number (digits, "2.5", "1,200") or a word; hyphens join words ("sit-ups" is also indexed as "situps")
+_TOKEN = re.compile(r"\d++(?:[.,]\d++)*+|[a-z]++(?:'[a-z]++)?+(?:-[a-z]++)*+")
+# Sentence ends: . ! ? before a space (not inside a number or "Soms.Pike"); ; and line breaks too.
+SENTENCE_END = _SENTENCE_END = re.compile(r"[.!?]++(?=\s|$)|[;\n]")
+# Clause breaks inside a sentence: commas, colons, brackets, dashes and the words that start a new clause.
+CLAUSE = _CLAUSE = re.compile(r"[,:()\[\]]|\s[-–—]\s|\b(?:but|however|although|though|wh(?:ereas|ile))\b")
 
 
 def words(text: str) -> list[str]:
@@ -108,97 +148,141 @@ def content_words(text: str) -> list[str]:
 
 @lru_cache(maxsize=65536)
 def ratio(a: str, b: str) -> int:
-    """0–100 similarity of two words: 2·LCS / (len a + len b), the indel ratio fuzzywuzzy reports."""
-    if a == b:
-        return 100
-    la, lb = len(a), len(b)
-    if not la or not lb:
-        return 0
-    prev = [0] * (lb + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b):
-            cur.append(prev[j] + 1 if ca == cb else max(prev[j + 1], cur[j]))
-        prev = cur
-    return round(200 * prev[lb] / (la + lb))
+    """0–100 similarity of two words: the indel ratio (rapidfuzz's `fuzz.ratio`, which replaced a pure-Python LCS)."""
+    return round(fuzz.ratio(a, b))
 
 
-_SUFFIXES = ("ing", "ed", "es", "s")
-
-
-def stems(word: str) -> set[str]:
-    """The word and its light stems (plural and verb endings off, 3+ letters left). Two words share a
-    stem when one is a plural or inflection of the other: hedge/hedges, box/boxes, played/playing."""
+@lru_cache(maxsize=65536)
+def stems(word: str) -> frozenset[str]:
+    """The word and its light stems: plural and verb endings off (3+ letters left, a doubled consonant undone, a
+    silent e put back), -ies/-ied/-ying as -y/-ie, irregular verbs as their base. Two words share a stem when one is
+    a plural or inflection of the other: hedge/hedges, ride/riding, ties/tying, took/take, running/run."""
     word = word.removesuffix("'s")
-    return {word} | {word[: -len(x)] for x in _SUFFIXES if word.endswith(x) and len(word) - len(x) >= 3}
+    out = {word}
+    if word in IRREGULAR:
+        out.add(IRREGULAR[word])
+    if word.endswith(("ies", "ied")) and len(word) > 4:
+        out.add(word[:-3] + "y")
+    if word.endswith("ying") and len(word) >= 5:
+        out.add(word[:-4] + "ie")
+    for x in _SUFFIXES:
+        base = word[: -len(x)]
+        if word.endswith(x) and len(base) >= 3:
+            out.add(base)
+            if x in ("ing", "ed"):
+                out.add(base + "e")
+                if len(base) >= 3 and base[-1] == base[-2] and base[-1] not in "aeiouls":
+                    out.add(base[:-1])  # running → run, swimming → swim (not "rolling" → "rol")
+    if word.endswith("e") and len(word) >= 4:
+        out.add(word[:-1])  # dance ~ danc(ing)
+    return frozenset(s for s in out if len(s) >= 2 or s == word)
 
 
 def matches(token: str, word: str, min_ratio: float) -> bool:
-    """A token matches a word when they share a stem or their ratio reaches `min_ratio`."""
-    return bool(stems(token) & stems(word)) or ratio(token, word) >= min_ratio
+    """A token matches a word when they share a stem, or (a typo or a spelling variant: colouring/coloring) both are
+    8+ letters, start with the same 3 letters and reach `min_ratio`. Shorter words never match fuzzily: a different
+    verb is a different action (putting/cutting)."""
+    if stems(token) & stems(word):
+        return True
+    return len(token) >= 8 and len(word) >= 8 and token[:3] == word[:3] and ratio(token, word) >= min_ratio
 
 
-def _length_range(n: int, min_ratio: float) -> range:
-    """Token lengths that can reach `min_ratio` against a word of length n (ratio <= 2·min / sum)."""
-    if min_ratio <= 0:
-        return range(0, 10**6)
-    return range(math.ceil(n * min_ratio / (200 - min_ratio) - 1e-9), math.floor(n * (200 - min_ratio) / min_ratio) + 1)
+def _negations(tokens: list[str], clause_start: list[int], clause_end: list[int]) -> list[bool]:
+    """For every token, whether a negation stands before it in its clause (slices from each negation, few)."""
+    out, marked = [False] * len(tokens), 0
+    for i in [i for i, tok in enumerate(tokens) if tok in _NEGATING_FIRST]:
+        pair = (tokens[i], tokens[i + 1] if i + 1 < len(tokens) else "")
+        if i >= marked and ((pair[0] in NEGATIONS and pair not in NOT_NEGATING) or pair in NEGATING_PAIRS):
+            marked = clause_end[i]  # the rest of the clause: a later negation in it adds nothing
+            out[i + 1 : marked] = [True] * (marked - i - 1)
+    return out
+
+
+def _fill(n: int, starts: list[int], cuts: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """Per token: the number of its segment, and its segment's first and last+1 token, for segments that begin at
+    the character offsets `cuts` (sorted)."""
+    bounds = sorted({0, n, *(bisect.bisect_left(starts, c) for c in cuts)})
+    number, first, end = [0] * n, [0] * n, [0] * n
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        number[a:b], first[a:b], end[a:b] = [k] * (b - a), [a] * (b - a), [b] * (b - a)
+    return number, first, end
 
 
 @dataclass
-class Words:
-    """An answer's words, indexed once: distinct tokens by length, and where each occurs."""
+class Tokens:
+    """An answer's tokens (number words as numbers), each with its sentence and clause; stems indexed once."""
 
     tokens: list[str]
-    positions: dict[str, list[int]]
-    by_length: dict[int, list[str]]
-    by_stem: dict[str, list[str]]
+    starts: list[int]  # character offsets in the text
+    sentence: list[int]  # sentence number of each token
+    clause_start: list[int]  # index of the first token of each token's clause
+    negations: list[bool]  # whether a negation stands before the token in its clause
+    by_token: dict[str, list[int]]  # token → ascending positions (joined hyphenated words too)
 
     @classmethod
-    def of(cls, text: str) -> Words:
-        tokens = words(text)
-        positions: dict[str, list[int]] = {}
+    def of(cls, text: str) -> Tokens:
+        text = digitise(text).lower()
+        if "-" not in text:  # no hyphenated word: one pass in C
+            found = _TOKEN.findall(text)
+            starts = [m.start() for m in _TOKEN.finditer(text)]
+            return cls._build(text, list(found), starts, [])
+        tokens, starts, joined = [], [], []
+        for m in _TOKEN.finditer(text):
+            tok = m.group()
+            if "-" not in tok:
+                tokens.append(tok)
+                starts.append(m.start())
+                continue
+            joined.append((len(tokens), tok.replace("-", "")))
+            pos = m.start()
+            for part in tok.split("-"):
+                tokens.append(part)
+                starts.append(pos)
+                pos += len(part) + 1
+        return cls._build(text, tokens, starts, joined)
+
+    @classmethod
+    def _build(cls, text: str, tokens: list[str], starts: list[int], joined: list) -> Tokens:
+        ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+        breaks = [m.start() for m in _CLAUSE.finditer(text)]
+        n = len(tokens)
+        sentence, _, _ = _fill(n, starts, ends)
+        _, clause_start, clause_end = _fill(n, starts, sorted(ends + breaks))
+        by_token: dict[str, list[int]] = {}
         for i, tok in enumerate(tokens):
-            positions.setdefault(tok, []).append(i)
-        by_length: dict[int, list[str]] = {}
-        by_stem: dict[str, list[str]] = {}
-        for tok in positions:
-            by_length.setdefault(len(tok), []).append(tok)
-            for s in stems(tok):
-                by_stem.setdefault(s, []).append(tok)
-        return cls(tokens, positions, by_length, by_stem)
+            by_token.setdefault(tok, []).append(i)
+        for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit"
+            by_token.setdefault(tok, []).append(i)
+            by_token[tok].sort()
+        return cls(tokens, starts, sentence, clause_start, _negations(tokens, clause_start, clause_end), by_token)
 
-    def similar(self, word: str, min_ratio: float) -> list[tuple[str, int]]:
-        """Distinct tokens that match `word` (a shared stem, or a ratio of at least `min_ratio`), with their ratio."""
-        found = {tok for s in stems(word) for tok in self.by_stem.get(s, ())}
-        for n in _length_range(len(word), min_ratio):
-            found.update(tok for tok in self.by_length.get(n, ()) if ratio(tok, word) >= min_ratio)
-        return [(tok, ratio(tok, word)) for tok in found]
+    @cached_property
+    def by_stem(self) -> dict[str, list[int]]:
+        """Stem → ascending token positions (joined hyphenated words too), built when a check first asks."""
+        out: dict[str, list[int]] = {}
+        for tok, where in self.by_token.items():
+            for stem in stems(tok):
+                out.setdefault(stem, []).extend(where)
+        for where in out.values():
+            where.sort()
+        return out
 
+    def positions(self, word: str) -> list[int]:
+        """Ascending positions of the tokens that share a stem with `word`."""
+        found = [self.by_stem.get(s, ()) for s in stems(word)]
+        found = [f for f in found if f]
+        if len(found) == 1:
+            return found[0]
+        return sorted(set().union(*found))
 
-def negated(tokens: list[str], i: int) -> bool:
-    """Whether a negation stands within NEGATION_WINDOW words before position i."""
-    for j in range(max(0, i - NEGATION_WINDOW), i):
-        if tokens[j] in NEGATIONS and (tokens[j], tokens[j + 1]) not in NOT_NEGATING:
-            return True
-    return False
+    def negated(self, i: int) -> bool:
+        """Whether a negation stands before token i in its clause ("I don't think he is really playing guitar")."""
+        return self.negations[i]
 
+    def sentence_range(self, s: int) -> tuple[int, int]:
+        """Token positions [first, last + 1) of sentence s."""
+        return bisect.bisect_left(self.sentence, s), bisect.bisect_right(self.sentence, s)
 
-def find_word(ws: Words, word: str, min_ratio: float, start: int = 0) -> tuple[int, str, int, bool] | None:
-    """The best match of `word` at or after `start`: (position, token, ratio, negated), preferring
-    a match that is not negated, then the higher ratio, then the earlier position. None below `min_ratio`."""
-    best = None
-    for tok, r in ws.similar(word, min_ratio):
-        for i in ws.positions[tok]:
-            if i >= start:
-                key = (not negated(ws.tokens, i), r, -i)
-                if best is None or key > best[0]:
-                    best = (key, (i, tok, r, not key[0]))
-    return None if best is None else best[1]
-
-
-def first_word(ws: Words, word: str, min_ratio: float, start: int, stop: int | None = None) -> int | None:
-    """The earliest position in [start, stop) of a token matching `word` (for order, not the best match)."""
-    stop = len(ws.tokens) if stop is None else stop
-    hits = [i for tok, _ in ws.similar(word, min_ratio) for i in ws.positions[tok] if start <= i < stop]
-    return min(hits, default=None)
+    def token_at(self, char: int) -> int:
+        """The index of the first token at or after character offset `char`."""
+        return bisect.bisect_left(self.starts, char)

@@ -42,6 +42,10 @@ from vstar.data.manifest import ManifestReport, Rejected
 from vstar.schema import Sample
 
 FINE = "FineDiving_fine-grained_annotation.pkl"
+# How FineDiving's sub-action names read ("2.5 Soms.Pike": two and a half somersaults, piked; "Arm.Back": an armstand
+# back takeoff), on every label that names sub-actions, so the verifier reads "2.5 somersaults pike" in the name and
+# in an answer that copies the abbreviation alike.
+ABBREVIATIONS = {"Som.": "somersault", "Soms.": "somersaults", "Arm.": "armstand/handstand"}
 TABLE = "Sub_action_Types_Table.pkl"
 
 
@@ -108,7 +112,13 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
             "split": split.get((competition, index), "train"),
         }
         per_task = {
-            "sequence": {"name": "sub-actions", "type": "sequence", "value": seq, "subject": "the dive"},
+            "sequence": {
+                "name": "sub-actions",
+                "type": "sequence",
+                "value": seq,
+                "subject": "the dive",
+                "abbreviations": ABBREVIATIONS,
+            },
             "score": {"name": "score", "type": "number", "value": float(dive["dive_score"]), "subject": "the dive"},
             "difficulty": {"name": "difficulty", "type": "number", "value": float(dive["difficulty"])},
         }
@@ -126,6 +136,7 @@ def convert(annotations: Path, videos: Path) -> ManifestReport:
                 "value": answer,
                 "choices": choices,
                 "subject": f"the {asked} step",
+                "abbreviations": ABBREVIATIONS,
             }
         for task, label in per_task.items():
             sample_id = f"finediving-{competition}-{index}-{task}"

@@ -1,0 +1,220 @@
+"""An answer as the checks read it, and what a check returns.
+
+`Answer.reading(abbreviations)` tokenizes the answer once per set of domain abbreviations (FineDiving's "Soms.Pike"
+read as "somersaults pike" in the answer as in the label) and finds its conclusion: the sentence after the last answer
+marker ("Answer:", "The answer is", "Final score:"), else after the last "so"/"therefore" that starts a clause.
+
+>>> r = Answer("He waves. Then he jumps twice. Answer: jumping, not waving.").reading(())
+>>> [r.tokens.tokens[i] for i in range(*r.conclusion)]
+['jumping', 'not', 'waving']
+>>> r = Answer("It spins 2.5 Soms.Pike").reading((("Soms.", "somersaults"),))
+>>> r.tokens.tokens, r.conclusion
+(['it', 'spins', '2.5', 'somersaults', 'pike'], None)
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import cached_property, lru_cache
+from typing import Any
+
+from vstar.config import VerifyConfig
+from vstar.schema import Label
+from vstar.verify.parse import ANSWER_MARKER
+from vstar.verify.text import CLAUSE, NEGATING_PAIRS, NEGATIONS, NOT_NEGATING, SENTENCE_END, Tokens, stems
+
+# "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:"
+SOFT_MARKER = re.compile(
+    r"(?:^|[.,;:!?]\s*+)(?:so|therefore|thus|hence|in\s++conclusion|in\s++summary|overall|to\s++sum\s++up)\b,?",
+    re.I,
+)
+
+
+@dataclass(frozen=True)
+class LabelVerdict:
+    name: str
+    type: str
+    parsed: Any
+    score: float | None
+    threshold: float | None
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    per_label: list[LabelVerdict]
+
+    def to_json(self) -> dict:
+        return {"passed": self.passed, "per_label": [asdict(v) for v in self.per_label]}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What checks need besides the answer and the label."""
+
+    cfg: VerifyConfig = field(default_factory=VerifyConfig)
+    duration_s: float | None = None  # the clip's length: answers in seconds or mm:ss become fractions
+    frame_size: tuple[int, int] | None = None  # (width, height): boxes in pixels become normalized
+    embed: Callable[[list[str]], Any] | None = None  # text → unit vectors, for text labels
+
+
+def verdict(label: Label, parsed, score, threshold, passed: bool, reason: str) -> LabelVerdict:
+    return LabelVerdict(label.name, label.type, parsed, score, threshold, passed, reason)
+
+
+def fail(label: Label, reason: str) -> LabelVerdict:
+    return verdict(label, None, None, None, False, reason)
+
+
+def marker_end(text: str) -> int | None:
+    """Where the conclusion begins: after the last answer marker, else after the last soft marker, else None."""
+    low, best = text.lower(), None
+    for word in ("answer", "final"):  # the strong markers, read only where their word is
+        at = low.find(word)
+        while at >= 0:
+            m = ANSWER_MARKER.search(text, max(0, at - 9), at + 40)
+            if m is not None and (best is None or m.end() > best):
+                best = m.end()
+            at = low.find(word, at + 1)
+    if best is not None:
+        return best
+    last = None
+    for last in SOFT_MARKER.finditer(text):  # noqa: B007
+        pass
+    return last.end() if last is not None else None
+
+
+def expand(text: str, abbreviations: tuple[tuple[str, str], ...]) -> str:
+    """The text with a domain's abbreviations written out ("2.5 Soms.Pike" → "2.5  somersaults Pike")."""
+    if not abbreviations:
+        return text
+    pattern, full = _abbreviation_pattern(abbreviations)
+    return pattern.sub(lambda m: full[m.group().lower()], text)
+
+
+@lru_cache(maxsize=64)
+def _abbreviation_pattern(abbreviations: tuple[tuple[str, str], ...]) -> tuple[re.Pattern, dict[str, str]]:
+    pattern = "|".join(re.escape(a) for a, _ in sorted(abbreviations, key=lambda x: -len(x[0])))
+    return re.compile(pattern, re.I), {a.lower(): f" {b} " for a, b in abbreviations}
+
+
+@lru_cache(maxsize=8192)
+def expand_name(name: str, abbreviations: tuple[tuple[str, str], ...]) -> str:
+    """`expand` for a label's or a class's name (cached: names recur, answers do not)."""
+    return expand(name, abbreviations)
+
+
+@dataclass(frozen=True)
+class Reading:
+    tokens: Tokens
+    conclusion: tuple[int, int] | None  # token range [first, end) of the conclusion's sentence, if it has a marker
+    rest: tuple[int, int] | None  # token range from the marker to the end of the answer
+
+
+_WORDS_APOSTROPHE = re.compile(r"[a-z]++(?:'[a-z]++)?+", re.I)
+_WORDS = re.compile(r"[a-z]++", re.I)
+REACH = 200  # characters around a value that its checks read (its clause, its tie to the label): bounded, so linear
+
+
+class Layout:
+    """Sentences and clauses of an answer by character offset, for the checks of values (numbers, times, boxes),
+    which read only the words around the few values they weigh and so never tokenize the whole answer."""
+
+    def __init__(self, text: str, marker: int | None):
+        self.text = text  # the answer (its digitised form has the same offsets: see parse.digitise)
+        self.ends = [m.end() for m in SENTENCE_END.finditer(self.text)]
+        self.breaks = [m.start() for m in CLAUSE.finditer(self.text)]
+        self.conclusion = None  # character range of the conclusion's sentence
+        if marker is not None:
+            k = bisect.bisect_right(self.ends, marker)
+            self.conclusion = (marker, self.ends[k] if k < len(self.ends) else len(self.text))
+        end = len(self.text.rstrip())
+        self.last = self.sentence(max(0, end - 1))
+
+    def sentence(self, c: int) -> int:
+        return bisect.bisect_right(self.ends, c)
+
+    def sentence_bounds(self, c: int) -> tuple[int, int]:
+        k = self.sentence(c)
+        return (self.ends[k - 1] if k else 0), (self.ends[k] if k < len(self.ends) else len(self.text))
+
+    def clause_start(self, c: int) -> int:
+        k = bisect.bisect_right(self.breaks, c - 1)
+        return max(self.sentence_bounds(c)[0], self.breaks[k - 1] + 1 if k else 0)
+
+    def in_conclusion(self, c: int) -> bool:
+        return self.conclusion is not None and self.conclusion[0] <= c < self.conclusion[1]
+
+    def negated(self, c: int) -> bool:
+        """Whether a negation stands before the value at `c` in its clause; a bracket ("not at [0.1, ...]") and
+        the value's own commas do not end the clause."""
+        lo, floor = self.clause_start(c), max(0, c - REACH)
+        while lo > floor and (self.text[lo - 1] in "[(" or (self.text[lo - 1] == "," and self._in_brackets(lo))):
+            lo = self.clause_start(lo - 1)
+        found = _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)
+        for k, w in enumerate(found):
+            pair = (w.lower(), found[k + 1].lower() if k + 1 < len(found) else "")
+            if (pair[0] in NEGATIONS and pair not in NOT_NEGATING) or pair in NEGATING_PAIRS:
+                return True
+        return False
+
+    def _in_brackets(self, c: int) -> bool:
+        lo = max(0, c - REACH)
+        opened = max(self.text.rfind("[", lo, c), self.text.rfind("(", lo, c))
+        closed = max(self.text.rfind("]", lo, c), self.text.rfind(")", lo, c), self.sentence_bounds(c)[0] - 1)
+        return opened > closed
+
+    def words_before(self, c: int, lo: int, n: int | None = None) -> list[str]:
+        """The words between offsets lo and c in c's sentence (the last n)."""
+        found = _WORDS.findall(self.text, max(lo, self.sentence_bounds(c)[0], c - REACH), c)
+        return found[-n:] if n else found
+
+    def words_after(self, c: int, n: int) -> list[str]:
+        """The first n words after offset c in its sentence."""
+        return _WORDS.findall(self.text, c, min(self.sentence_bounds(c)[1], c + REACH))[:n]
+
+    def tied(self, anchors: set[str], c: int, lo: int = 0, before: int = 0, after: int = 0) -> str | None:
+        """The anchor word nearest to the value at `c` in its sentence: between `lo` and c (the last `before` words,
+        all when 0), or among the first `after` words after it."""
+        for w in reversed(self.words_before(c, lo, before or None)):
+            if stems(w.lower()) & anchors:
+                return w.lower()
+        for w in self.words_after(c, after) if after else ():
+            if stems(w.lower()) & anchors:
+                return w.lower()
+        return None
+
+
+class Answer:
+    """The answer text, tokenized only when a check asks, once per set of abbreviations."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._readings: dict[tuple, Reading] = {}
+
+    @cached_property
+    def marker(self) -> int | None:
+        return marker_end(self.text)
+
+    @cached_property
+    def layout(self) -> Layout:
+        return Layout(self.text, self.marker)
+
+    def reading(self, abbreviations: tuple[tuple[str, str], ...] = ()) -> Reading:
+        if abbreviations not in self._readings:
+            text = expand(self.text, abbreviations)
+            tokens = Tokens.of(text)
+            end = self.marker if not abbreviations else marker_end(text)
+            conclusion = rest = None
+            if end is not None:
+                first = tokens.token_at(end)
+                if first < len(tokens.tokens):
+                    conclusion = (first, tokens.sentence_range(tokens.sentence[first])[1])
+                    rest = (first, len(tokens.tokens))
+            self._readings[abbreviations] = Reading(tokens, conclusion, rest)
+        return self._readings[abbreviations]

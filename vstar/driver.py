@@ -179,7 +179,8 @@ def init_ray(address: str | None, num_cpus: int | None, log_to_driver: bool = Tr
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
         log.info("started a local Ray for this run (%s CPUs)", num_cpus or os.cpu_count())
-    console.quiet_libraries(console.verbose())
+    if console.log_file() is not None:  # a run's console is attached: ray.init may have given Ray its handlers back
+        console.quiet_libraries(console.verbose())
     node = getattr(ray._private.worker.global_worker, "node", None)  # private: where this Ray writes its logs
     if node is not None and hasattr(node, "get_session_dir_path"):
         logging.getLogger("vstar.driver").info(

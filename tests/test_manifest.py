@@ -72,23 +72,88 @@ def test_csv_labels_as_json_and_empty_cells(tmp_path):
         assert rejected.where == f"{path} {where}" and field in [f for f, _ in rejected.errors]
 
 
-def test_parquet_rows_and_nan(tmp_path):
+def test_parquet_rows_null_is_absent_nan_is_refused(tmp_path):
     path = tmp_path / "m.parquet"
-    rows = [GOOD, SPAN, BAD_ROWS[0][0]]
+    rows = [GOOD, SPAN, BAD_ROWS[0][0], {**GOOD, "sample_id": "n"}]
     table = pa.table(
         {
             "sample_id": [r["sample_id"] for r in rows],
             "video": [r["video"] for r in rows],
             "task": [r["task"] for r in rows],
-            "start_s": [float("nan"), 1.0, float("nan")],
+            "start_s": [None, 1.0, None, float("nan")],
             "labels": [json.dumps(r["labels"]) for r in rows],
         }
     )
     pq.write_table(table, path)
     report = load_manifest(path)
     assert [s.sample_id for s in report.samples] == ["a", "b"]
-    assert report.rejected[0].where == f"{path} row 2"
+    assert report.samples[0].start_s is None
+    assert [r.where for r in report.rejected] == [f"{path} row 2", f"{path} row 3"]
     assert report.rejected[0].errors[0][0] == "labels.0.value"
+    assert report.rejected[1].errors == [("start_s", "expected a finite number, got nan")]
+
+
+# Hostile rows (issue 27): each is this row's rejection with file, line and field; the good rows around it are kept.
+HOSTILE_JSON = [  # (line as written, field named)
+    ('{"sample_id": "i1", "video": "v.mp4", "task": "t", "start_s": Infinity, "labels": LABELS}', "start_s"),
+    ('{"sample_id": "i2", "video": "v.mp4", "task": "t", "end_s": 1e999, "labels": LABELS}', "end_s"),
+    ('{"sample_id": "i3", "video": "v.mp4", "task": "t", "start_s": NaN, "labels": LABELS}', "start_s"),
+    ('{"sample_id": "i4", "video": "v.mp4", "task": "t", "start_s": 1e12, "labels": LABELS}', "start_s"),
+    ('{"sample_id": "i5", "video": "v.mp4", "task": "t", "start_s": -1, "labels": LABELS}', "start_s"),
+    ('{"sample_id": "i6", "video": "v.mp4", "task": "t", "end_s": 0, "labels": LABELS}', "end_s"),
+    ('{"sample_id": "nul\\u0000id", "video": "v.mp4", "task": "t", "labels": LABELS}', "sample_id"),
+    ('{"sample_id": "i7", "video": "v\\u0000.mp4", "task": "t", "labels": LABELS}', "video"),
+    ('{"sample_id": "i8\\nx", "video": "v.mp4", "task": "t", "labels": LABELS}', "sample_id"),
+    ('{"sample_id": "i9", "video": "v.mp4", "task": "t", "question": "why\\u0000", "labels": LABELS}', "question"),
+    ('{"sample_id": "BIG", "video": "v.mp4", "task": "t", "labels": LABELS}', "sample_id"),
+    ("[" * 100_000 + "]" * 100_000, ""),
+    ("[1, 2]", ""),
+]
+
+
+def test_hostile_jsonl_rows_are_rejected_one_by_one(tmp_path):
+    labels = json.dumps(GOOD["labels"])
+    lines = [json.dumps(GOOD)]
+    for text, _ in HOSTILE_JSON:
+        lines.append(text.replace("LABELS", labels).replace('"BIG"', json.dumps("x" * 10_000_000)))
+    path = tmp_path / "m.jsonl"
+    data = "\n".join(lines).encode() + b'\n{"sample_id": "\xff\xfe", "video": "v"}\n' + json.dumps(SPAN).encode()
+    path.write_bytes(data + b"\n")
+    report = load_manifest(path)
+    assert [s.sample_id for s in report.samples] == ["a", "b"]
+    expected = [(f"line {i}", f) for i, (_, f) in enumerate(HOSTILE_JSON, 2)]
+    expected.append((f"line {len(HOSTILE_JSON) + 2}", ""))
+    assert [(r.where, r.errors[0][0]) for r in report.rejected] == [(f"{path} {w}", f) for w, f in expected]
+    messages = [r.message for r in report.rejected]
+    assert "expected a finite number, got inf" in messages[1]
+    assert "10,000,000 characters, over the limit of 4,096" in messages[10]
+    assert "nested too deeply" in messages[11]
+    assert "not valid UTF-8 (byte 0xff at column 16)" in messages[13]
+
+
+def test_hostile_csv_rows_are_rejected_one_by_one(tmp_path):
+    path = tmp_path / "m.csv"
+    labels = json.dumps(GOOD["labels"]).replace('"', '""')
+    head = "sample_id,video,task,start_s,labels\n"
+    good = f'a,v.mp4,t,,"{labels}"\n'.encode()
+    rows = [
+        f'big,v.mp4,t,,"{"x" * 10_000_000}"\n'.encode(),  # a field past the CSV limit
+        b"utf,v\xff.mp4,t,,x\n",  # a byte that is not UTF-8, in the video path
+        f'nan,v.mp4,t,nan,"{labels}"\n'.encode(),
+        f'inf,v.mp4,t,inf,"{labels}"\n'.encode(),
+        f'b,v.mp4,t,1.5,"{labels}"\n'.encode(),
+    ]
+    path.write_bytes(head.encode() + good + b"".join(rows))
+    report = load_manifest(path)
+    assert [(s.sample_id, s.start_s) for s in report.samples] == [("a", None), ("b", 1.5)]
+    assert [(r.where, r.errors[0][0]) for r in report.rejected] == [
+        (f"{path} line 3", ""),
+        (f"{path} line 4", "video"),
+        (f"{path} line 5", "start_s"),
+        (f"{path} line 6", "start_s"),
+    ]
+    assert "field larger than field limit" in report.rejected[0].message
+    assert "not valid UTF-8 (byte 0xff at character 2)" in report.rejected[1].message
 
 
 def test_report_files_keep_good_rows_and_reasons(tmp_path):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -43,10 +44,26 @@ Split = Literal["train", "val", "test"]
 LabelSets = Mapping[str, tuple[str, ...]]  # label set name → its class names
 
 
-def _text(v: Any) -> str:
+MAX_TEXT = 4096  # characters of one name, id, path or label text: far above any real one, far below a hostile one
+MAX_CLIP_S = 7 * 24 * 3600.0  # a clip bound past a week of video is a broken row, not a video
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0/C1 controls: never in an id, a path or a name
+
+
+def _text(v: Any, max_chars: int = MAX_TEXT) -> str:
     if not isinstance(v, str) or not v.strip():
-        raise ValueError(f"expected a non-empty string, got {v!r}")
+        raise ValueError(f"expected a non-empty string, got {v if not isinstance(v, str) else v[:200]!r}")
+    if len(v) > max_chars:
+        raise ValueError(f"{len(v):,} characters, over the limit of {max_chars:,}")
     return v.strip()
+
+
+def _name(v: Any) -> str:
+    """A one-line text: an id, a path, a task. Control characters (a NUL, a newline) are refused, not stripped:
+    a sample_id or a video path with one is a broken row, and a path with a NUL cannot be opened."""
+    v = _text(v)
+    if m := _CONTROL.search(v):
+        raise ValueError(f"control character {m.group()!r} at position {m.start()}: {v[:200]!r}")
+    return v
 
 
 def _finite(v: Any) -> float:
@@ -180,8 +197,8 @@ class Sample(BaseModel):
 
     sample_id: str = Field(min_length=1)
     video: str = Field(min_length=1)
-    start_s: float | None = Field(default=None, ge=0)
-    end_s: float | None = Field(default=None, gt=0)
+    start_s: float | None = None
+    end_s: float | None = None
     source: str = "custom"
     task: str = Field(min_length=1)
     split: Split = "train"
@@ -189,10 +206,32 @@ class Sample(BaseModel):
     template_id: str | None = None
     labels: tuple[Label, ...] = Field(min_length=1)
 
-    @field_validator("sample_id", "video", "task", "source")
+    @field_validator("sample_id", "video", "task", "source", "template_id")
     @classmethod
-    def _strip(cls, v: str) -> str:
-        return _text(v)
+    def _strip(cls, v: str | None) -> str | None:
+        return None if v is None else _name(v)
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
+            raise ValueError(f"NUL character at position {v.index(chr(0))}")
+        if v is not None and len(v) > 4 * MAX_TEXT:
+            raise ValueError(f"{len(v):,} characters, over the limit of {4 * MAX_TEXT:,}")
+        return v
+
+    @field_validator("start_s", "end_s", mode="before")
+    @classmethod
+    def _bound(cls, v: Any, info: ValidationInfo) -> float | None:
+        """Seconds into the video: finite, 0 to a week, an end after 0. NaN and inf are refused (absent: null or no
+        key), so a broken bound is this row's error here, not a decode failure stages later."""
+        if v is None:
+            return None
+        x = _finite(v)
+        if not 0.0 <= x <= MAX_CLIP_S or (x == 0.0 and info.field_name == "end_s"):
+            low = "after 0" if info.field_name == "end_s" else "from 0"
+            raise ValueError(f"expected seconds {low} to {MAX_CLIP_S:.0f} (a week), got {v!r}")
+        return x
 
     @model_validator(mode="after")
     def _clip(self) -> Sample:

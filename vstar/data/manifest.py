@@ -26,7 +26,6 @@ import csv
 import itertools
 import json
 import logging
-import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -94,23 +93,30 @@ class ManifestReport:
         return tally.text()
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A row the file format itself could not give (bad UTF-8, broken JSON, an oversized CSV field): rejected with
+    the field where known, the rest of the file read on."""
+
+    field: str
+    reason: str
+
+
 def read_rows(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
-    """(where, row) pairs from a JSONL, Parquet or CSV manifest, one at a time. A JSONL line that is not a JSON object
-    is yielded as its raw text, to be rejected with the rest."""
+    """(where, row) pairs from a JSONL, Parquet or CSV manifest, one at a time. A row the format cannot give (a JSONL
+    line that is not a JSON object or not UTF-8, a CSV record with a field over `MAX_CSV_FIELD` or bytes that are
+    not UTF-8) is yielded as an `Unreadable`, to be rejected with the rest: one bad row never costs the file."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"{path}: manifests are {', '.join(FORMATS)} files, not {suffix or 'extensionless'}")
     if suffix in (".jsonl", ".json"):
-        with path.open() as f:
+        with path.open("rb") as f:
             for i, line in enumerate(f, 1):
                 if line.strip():
                     yield f"{path} line {i}", _json_row(line)
     elif suffix == ".csv":
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                yield f"{path} line {reader.line_num}", {k: (v if v != "" else None) for k, v in row.items()}
+        yield from _csv_rows(path)
     else:
         import pyarrow.parquet as pq
 
@@ -121,17 +127,58 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
                 n += 1
 
 
-def _json_row(line: str) -> Any:
+MAX_CSV_FIELD = 1 << 20  # characters in one CSV cell (Python's default limit is 128 KiB; a label set cell can be long)
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """CSV records as dicts ("" → None). Bytes that are not UTF-8 are read as surrogates (`surrogateescape`) and
+    the record naming them rejected; a field over the limit rejects its record and the reader goes on after it."""
+    csv.field_size_limit(MAX_CSV_FIELD)
+    with path.open(newline="", errors="surrogateescape") as f:
+        reader = csv.DictReader(f)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # the record is consumed; line_num still counts the lines before it
+                yield f"{path} line {reader.line_num + 1}", Unreadable("", f"unreadable CSV record ({e})")
+                continue
+            where = f"{path} line {reader.line_num}"
+            if bad := next((k for k, v in row.items() if _undecodable(k) or _undecodable(v)), False):
+                yield where, Unreadable(str(bad).encode("utf-8", "replace").decode(), _utf8_reason(row[bad]))
+            else:
+                yield where, {k: (v if v != "" else None) for k, v in row.items()}
+
+
+def _undecodable(v: Any) -> bool:
+    return isinstance(v, str) and any("\udc80" <= c <= "\udcff" for c in v)
+
+
+def _utf8_reason(v: Any) -> str:
+    text = v if isinstance(v, str) else ""
+    i = next((j for j, c in enumerate(text) if "\udc80" <= c <= "\udcff"), 0)
+    return f"not valid UTF-8 (byte 0x{ord(text[i]) - 0xDC00:02x} at character {i + 1})" if text else "not valid UTF-8"
+
+
+def _json_row(line: bytes) -> Any:
     try:
-        return json.loads(line)
+        text = line.decode()
+    except UnicodeDecodeError as e:
+        return Unreadable("", f"not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        return f"not valid JSON ({e.msg} at column {e.colno}): {line.strip()[:200]}"
+        return Unreadable("", f"not valid JSON ({e.msg} at column {e.colno}): {text.strip()[:200]}")
+    except RecursionError:
+        return Unreadable("", "not valid JSON (nested too deeply)")
 
 
 def _clean(row: dict, base: Path | None) -> dict:
-    """Normalise what file formats add: NaN and None cells dropped, labels given as JSON text parsed,
-    relative video paths resolved against the manifest's folder, the sample table's `clip` (derived) dropped."""
-    row = {k: v for k, v in row.items() if not (v is None or (isinstance(v, float) and math.isnan(v)) or k == "clip")}
+    """Normalise what file formats add: None cells (CSV's empty, Parquet's null) dropped, labels given as JSON text
+    parsed, relative video paths resolved against the manifest's folder, the sample table's `clip` (derived) dropped.
+    A NaN stays, to be refused by the field it is in: absent is null, and a NaN bound is a broken row."""
+    row = {k: v for k, v in row.items() if not (v is None or k == "clip")}
     if isinstance(row.get("labels"), str):
         try:
             row["labels"] = json.loads(row["labels"])
@@ -216,8 +263,11 @@ def validated(
                 continue
             define_label_sets(sets, defined_at, new, where)  # two meanings of one name are fatal: no row is safe
             continue
+        if isinstance(raw, Unreadable):
+            yield Rejected(where, [(raw.field, raw.reason)], None)
+            continue
         if not isinstance(raw, dict):
-            yield Rejected(where, [("", str(raw) if isinstance(raw, str) else "not an object")], raw)
+            yield Rejected(where, [("", f"not a JSON object: {json.dumps(raw)[:200]}")], raw)
             continue
         try:
             sample = Sample.model_validate(_clean(raw, base))

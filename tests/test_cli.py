@@ -179,3 +179,18 @@ def test_serve_takes_vllms_served_model_name(tmp_path):
     cfg = serve_config(args)
     assert cfg.serve.served_model_name == "Qwen/Qwen2.5-VL-7B-Instruct: vstar" and cfg.serve.port == 8123
     assert serve_config(build_parser().parse_args(["serve", str(tmp_path)])).serve.served_model_name is None
+
+
+def test_overrides_anywhere_on_the_line(tmp_path, capsys):
+    from vstar.cli import build_parser, parse, serve_config
+
+    line = ["serve", str(tmp_path), "serve.max_frames=8", "--host", "0.0.0.0", "--port", "9000", "serve.num_replicas=2"]
+    args = parse(build_parser(), line)
+    assert args.overrides[-1] == "serve.num_replicas=2"  # the first one is read as CONFIG, then as an override
+    cfg = serve_config(args)
+    assert (cfg.serve.host, cfg.serve.port, cfg.serve.num_replicas, cfg.serve.max_frames) == ("0.0.0.0", 9000, 2, 8)
+    args = parse(build_parser(), ["verify", "a.jsonl", "--out", "v", "verify.span_min_iou=0.6"])
+    assert (args.out, args.overrides) == ("v", ["verify.span_min_iou=0.6"])
+    with pytest.raises(SystemExit):  # anything else unknown after the options is still an error
+        parse(build_parser(), ["serve", str(tmp_path), "--port", "9000", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

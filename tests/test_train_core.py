@@ -297,6 +297,7 @@ def test_the_export_keeps_the_initial_checkpoints_dtype(tiny_vlm_dir, tmp_path):
     export(model, {"init": str(bf16_base), "lora": None, "out": str(tmp_path / "out")}, rank=0)
     assert {v.dtype for v in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.bfloat16}
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # readable by the serving user, as mkdir makes it
 
 
 def test_checkpoints_by_time_go_where_the_caller_says(tiny_vlm_dir, rows, tmp_path):

@@ -37,7 +37,7 @@ OVERRIDES_HELP = "dotted overrides such as train.lr=1e-5 data.num_frames=16 (val
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from vstar.config import ConfigError
 
@@ -46,6 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"vstar: {e}", file=sys.stderr)
         return 2
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Arguments as `parse_args` reads them, but dotted overrides may also come after the options
+    (`vstar serve MODEL --port 8000 serve.num_replicas=2`): argparse stops a `nargs="*"` positional at the first
+    option, and its intermixed parsing does not support subcommands. They keep their order on the line."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def plot_yield_accuracy(lines: list[dict[str, Any]], path: Path) -> None:
     ax.set(title="Yield and held-out accuracy per cycle", xlabel="cycle", ylabel="share of samples")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
 
 
 def plot_stage_time(lines: list[dict[str, Any]], path: Path) -> None:
@@ -202,7 +203,14 @@ def plot_stage_time(lines: list[dict[str, Any]], path: Path) -> None:
     ax.margins(y=0.1)
     if any(bottom):
         ax.legend(loc="upper left", fontsize="small")
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    """The figure as a PNG, moved in place whole: a reader (or a killed run) never sees half a plot."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    os.replace(tmp, path)
 
 
 def _get(line: dict[str, Any], *keys: str) -> Any:

@@ -318,6 +318,7 @@ def build_tiny_vlm(out_dir: str | os.PathLike, family: Family = "qwen2_5_vl", se
         setattr(model.generation_config, key, getattr(config.text_config, key))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # a model folder others may read, as mkdir would make it (mkdtemp's is 0700)
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -430,6 +430,7 @@ def export(model, cfg: dict, rank: int) -> None:
         out = Path(cfg["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from the serving user and the cluster's other users
         base.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         if out.exists():

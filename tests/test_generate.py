@@ -159,6 +159,23 @@ def test_sampling_is_what_sampling_says_whatever_the_checkpoint_says(tiny_vlm_di
     assert out.token_ids == [argmax_decode(greedy, "What moves?", clip, 16)]
 
 
+def test_a_rows_samples_follow_its_key_not_its_batch(tiny_vlm_dir, clip, tmp_path):
+    """Seeded by row (the kind and sample_id): the same row draws the same candidates alone, in any batch, after any
+    other draws; another key draws others. This is what makes a killed and resumed stage write one run's rows."""
+    qwen_like = dict(do_sample=True, top_k=1, top_p=0.001, temperature=0.1, repetition_penalty=1.05)
+    path = str(checkpoint_copy(tiny_vlm_dir, tmp_path / "qwen-like", generation=qwen_like))
+    backend = HFBackend(path, Sampling(max_new_tokens=12, n=3, temperature=0.7, top_p=0.9, seed=5))
+    prompts = ["What moves?", "Which way does the red square go, and how many shapes are there in the video?"]
+    keys = ["answer/a", "answer/b"]
+    batched = backend.generate(prompts, [clip.array] * 2, [clip.meta] * 2, keys)
+    alone = [backend.generate([p], [clip.array], [clip.meta], [k])[0] for p, k in zip(prompts, keys, strict=True)]
+    reversed_ = backend.generate(prompts[::-1], [clip.array] * 2, [clip.meta] * 2, keys[::-1])[::-1]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone] == [g.token_ids for g in reversed_]
+    assert len({tuple(ids) for ids in batched[0].token_ids}) > 1  # candidate j draws from seed + j
+    other = backend.generate(prompts[:1], [clip.array], [clip.meta], ["rationale/a"])[0]
+    assert other.token_ids != batched[0].token_ids
+
+
 def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
     rows = [frames_row(r, 8) for r in prompt_rows([assign_question(s, 0) for s in synth_samples[:3]], "answer")]
     rows[1]["frames_shape"] = [8, 112, 336]  # the same bytes as one channel: the processor raises for this row

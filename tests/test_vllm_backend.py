@@ -307,3 +307,19 @@ def test_rows_stream_into_one_engine(ray_local, tiny_vlm_dir, synth_samples, tmp
     print(f"most in flight {most}; long row {long['end'] - long['start']:.1f} s, {len(during)} rows finished meanwhile")
     assert most > gen.batch_size
     assert len(during) >= 6
+
+
+def test_a_rows_seed_gives_it_the_same_candidates_alone_or_together(backend, streaming, loop, clip):
+    """Seeded by row key: the same candidates from vllm.LLM in a batch, from the async engine alone or with other
+    rows in flight; another key, others (what a resumed stage needs to write one run's rows)."""
+    questions, keys = ["What moves?", "Which way does it go?"], ["answer/a", "answer/b"]
+    with sampling_as(backend, backend.params, lora=False), sampling_as(streaming, streaming.params, lora=False):
+        batch = backend.generate(questions, [clip.array] * 2, [clip.meta] * 2, keys)
+        together_ = together(
+            loop, [streaming.generate(q, clip.array, clip.meta, k) for q, k in zip(questions, keys, strict=True)]
+        )
+        alone = together(loop, [streaming.generate(questions[1], clip.array, clip.meta, keys[1])])
+        other = together(loop, [streaming.generate(questions[1], clip.array, clip.meta, "rationale/b")])
+    assert [g.token_ids for g in together_] == [g.token_ids for g in batch]
+    assert alone[0].token_ids == batch[1].token_ids != other[0].token_ids
+    assert len({tuple(ids) for ids in batch[0].token_ids}) > 1  # candidate j draws from seed + j

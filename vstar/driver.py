@@ -56,6 +56,7 @@ from vstar.report import write_report
 from vstar.schema import LabelSets
 from vstar.storage import Cycle, atomic_write, done, failed_ids, once, open_run, record_step, write_metrics, write_text
 from vstar.trackers import Trackers
+from vstar.waiting import Watchdog
 
 log = logging.getLogger("vstar")
 
@@ -96,16 +97,17 @@ def run(cfg: Config, fork: bool = False, sft_step: SFTStep | None = None, verbos
 
 def _run(cfg: Config, run_dir: Path, sft_step: SFTStep, verbose: bool | None) -> Path:
     record_step(run_dir, f"{sft_step.__module__}.{sft_step.__name__}")
+    init_ray(cfg.run.ray_address, cfg.run.num_cpus, log_to_driver=verbose is not False)
     trackers = Trackers(cfg, run_dir)
-    try:
-        _cycles(cfg, run_dir, sft_step, verbose, trackers)
+    try:  # the watchdog says what the run waits for when the cluster shrank under it, instead of a silent hang
+        with Watchdog(ray.get_runtime_context().gcs_address):
+            _cycles(cfg, run_dir, sft_step, trackers)
     finally:
         trackers.close()
     return run_dir
 
 
-def _cycles(cfg: Config, run_dir: Path, sft_step: SFTStep, verbose: bool | None, trackers: Trackers) -> None:
-    init_ray(cfg.run.ray_address, cfg.run.num_cpus, log_to_driver=verbose is not False)
+def _cycles(cfg: Config, run_dir: Path, sft_step: SFTStep, trackers: Trackers) -> None:
     samples = prepare_manifest(cfg, run_dir)
     base = prepare_model(cfg)
     store = check_videos(cfg, samples, run_dir)

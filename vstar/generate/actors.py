@@ -74,7 +74,8 @@ class GenerateActor:
         try:
             videos, metas = frames_from_batch(batch, rows)
             prompts = [str(batch["prompt"][i]) for i in rows]
-            return dict(zip(rows, self.backend.generate(prompts, videos, metas), strict=True))
+            keys = [row_key(batch, i) for i in rows]
+            return dict(zip(rows, self.backend.generate(prompts, videos, metas, keys), strict=True))
         except ValueError as e:
             if len(rows) == 1:
                 return {rows[0]: refused(e)}
@@ -128,9 +129,15 @@ class StreamingGenerateActor:
             return batch["error"][i]
         try:
             (video,), (meta,) = frames_from_batch(batch, [i])
-            return await self.backend.generate(str(batch["prompt"][i]), video, meta)
+            return await self.backend.generate(str(batch["prompt"][i]), video, meta, row_key(batch, i))
         except ValueError as e:
             return refused(e)
+
+
+def row_key(batch, i: int) -> str:
+    """What seeds row i's sampling (`Sampling.row_seed`): its kind and sample_id, so a row draws the same answers
+    in whichever actor, batch or attempt it is generated (a killed and resumed stage writes what one run writes)."""
+    return f"{batch['kind'][i]}/{batch['sample_id'][i]}"
 
 
 def engine_failed(e: Exception):

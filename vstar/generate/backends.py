@@ -39,11 +39,13 @@ class Generation:
 
 
 class Backend(Protocol):
-    def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]: ...
+    def generate(
+        self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta], keys: list[str] | None = None
+    ) -> list[Generation]: ...
 
 
 class StreamingBackend(Protocol):
-    async def generate(self, prompt: str, video: np.ndarray, meta: FrameMeta) -> Generation: ...
+    async def generate(self, prompt: str, video: np.ndarray, meta: FrameMeta, key: str | None = None) -> Generation: ...
 
 
 def load_hf(model: str, dtype: str = "auto", device: str | None = None, max_frame_pixels: int | None = None) -> tuple:
@@ -81,14 +83,23 @@ class HFBackend:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
 
-    def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]:
+    def generate(
+        self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta], keys: list[str] | None = None
+    ) -> list[Generation]:
+        """K candidates a prompt. With `keys` (one a row, e.g. "answer/<sample_id>") each row samples from its own
+        seed (`Sampling.row_seed`), so its candidates do not depend on the rest of the batch."""
         import torch
 
         from vstar.models import video_chat_inputs
 
         inputs = video_chat_inputs(self.processor, prompts, videos, metas).to(self.device)
+        kwargs = self.sampling.hf_kwargs()
+        seeds = [self.sampling.row_seed(k) for k in keys] if keys is not None else []
+        if seeds and seeds[0] is not None:
+            sampler = RowSampler([s + j for s in seeds for j in range(self.sampling.n)], self.sampling)
+            kwargs.update(temperature=1.0, top_p=1.0, logits_processor=[sampler])  # the sampler does both
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **self.sampling.hf_kwargs())
+            out = self.model.generate(**inputs, **kwargs)
         new = out[:, inputs["input_ids"].shape[1] :].cpu().numpy()
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
         lengths = [self._length(row) for row in new]
@@ -111,6 +122,32 @@ class HFBackend:
             if int(t) in self.eos:
                 return i + 1
         return len(ids)
+
+
+class RowSampler:
+    """A transformers logits processor that samples each row from its own `torch.Generator` (temperature, then
+    top-p) and leaves only the chosen token: `generate`'s own draw over that one token then changes nothing. Rows
+    are in `generate`'s order (prompt i's candidate j at i * n + j). transformers has no per-row generator, and
+    its one global stream makes a row's sample depend on the rows drawn before it."""
+
+    def __init__(self, seeds: list[int], sampling: Sampling):
+        self.seeds, self.temperature, self.top_p = seeds, sampling.temperature, sampling.top_p
+        self.generators = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.generators is None:  # on the scores' device, made at the first step
+            self.generators = [torch.Generator(scores.device).manual_seed(s) for s in self.seeds]
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:  # the smallest set of top tokens whose mass reaches top_p (the first always kept)
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p
+            probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+        chosen = torch.stack(
+            [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators, strict=True)]
+        )
+        return torch.full_like(scores, float("-inf")).scatter(-1, chosen, 0.0)
 
 
 def vllm_video(frames: np.ndarray, meta: FrameMeta) -> tuple[np.ndarray, dict]:
@@ -218,14 +255,17 @@ class VLLMBackend:
         self.llm, self.processor, self.lora = load_vllm(
             model, dtype, tensor_parallel_size, lora_path, sampling.seed, **llm_kwargs
         )
-        self.params = sampling.vllm_params()
+        self.sampling, self.params = sampling, sampling.vllm_params()
 
-    def generate(self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta]) -> list[Generation]:
+    def generate(
+        self, prompts: list[str], videos: list[np.ndarray], metas: list[FrameMeta], keys: list[str] | None = None
+    ) -> list[Generation]:
         from vllm.exceptions import VLLMClientError
 
         requests = [vllm_request(self.processor, p, v, m) for p, v, m in zip(prompts, videos, metas, strict=True)]
+        params = self.params if keys is None else [self.sampling.vllm_params(self.sampling.row_seed(k)) for k in keys]
         try:
-            outs = self.llm.generate(requests, self.params, lora_request=self.lora, use_tqdm=False)
+            outs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
         except VLLMClientError as e:  # a request vLLM refuses (VLLMValidationError): a ValueError here, as in HF
             raise ValueError(str(e)) from e
         return [generation(out) for out in outs]
@@ -254,13 +294,14 @@ class AsyncVLLMBackend:
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args, disable_log_stats=True))
         self.processor = load_processor(model)
         self.lora = lora_request(lora_path)
-        self.params = sampling.vllm_params()
+        self.sampling, self.params = sampling, sampling.vllm_params()
         self.ids = itertools.count()
         self.in_flight = self.most_in_flight = 0
 
-    async def generate(self, prompt: str, video: np.ndarray, meta: FrameMeta) -> Generation:
-        """One row: its request to the engine, awaited until finished."""
-        return await self.request(vllm_request(self.processor, prompt, video, meta), self.params)
+    async def generate(self, prompt: str, video: np.ndarray, meta: FrameMeta, key: str | None = None) -> Generation:
+        """One row: its request to the engine (seeded by its `key`, when given), awaited until finished."""
+        params = self.params if key is None else self.sampling.vllm_params(self.sampling.row_seed(key))
+        return await self.request(vllm_request(self.processor, prompt, video, meta), params)
 
     async def request(self, request: dict, params) -> Generation:
         """One vLLM request (`vllm_request`) with these `SamplingParams`, awaited until finished. A request the

@@ -21,10 +21,21 @@ repetition_penalty=1.05, do_sample=True) changes nothing:
 
 `vllm_params()` gives the same as a `vllm.SamplingParams` (vLLM is imported only there; `load_vllm` keeps the
 checkpoint's generation config out of vLLM too). No torch and no Ray here.
+
+Seeds are per row: `row_seed(key)` derives a row's seed from the run's seed and the row's key (its kind and
+sample_id), and candidate j of the row draws from that seed + j (vLLM's rule for `n` > 1). A row's answers then do
+not depend on which actor drew it, what else was in its batch, or whether the stage was killed and resumed:
+
+    >>> s = Sampling(max_new_tokens=32, n=4, temperature=0.7, seed=0)
+    >>> s.row_seed("answer/v1") == s.row_seed("answer/v1") != s.row_seed("rationale/v1")
+    True
+    >>> Sampling.greedy(32).row_seed("answer/v1") is None  # greedy draws nothing
+    True
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,7 +56,7 @@ class Sampling:
     n: int = 1  # candidates per prompt
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
-    seed: int | None = 0  # seeds the engine once (torch, vllm.LLM), never a request; None: unseeded (serving)
+    seed: int | None = 0  # the run's seed: engines are seeded with it, rows with `row_seed`; None: unseeded (serving)
     ignore_eos: bool = False  # generate exactly max_new_tokens (serve benchmarks)
 
     def __post_init__(self):
@@ -67,6 +78,13 @@ class Sampling:
     def sample(self) -> bool:
         return self.temperature > 0
 
+    def row_seed(self, key: str) -> int | None:
+        """The seed of the row with this key (e.g. "answer/<sample_id>"): 56 bits of SHA-256 of the run's seed and
+        the key, so seed + candidate stays in vLLM's int64. None when greedy or unseeded."""
+        if self.seed is None or not self.sample:
+            return None
+        return int.from_bytes(hashlib.sha256(f"{self.seed}/{key}".encode()).digest()[:7], "big")
+
     def hf_kwargs(self) -> dict:
         """Keyword arguments of transformers' `generate` (the seed is torch's: `HFBackend` sets it once)."""
         kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.sample, num_return_sequences=self.n, **HF_OFF)
@@ -76,10 +94,12 @@ class Sampling:
             kwargs.update(min_new_tokens=self.max_new_tokens)
         return kwargs
 
-    def vllm_params(self):
-        """A `vllm.SamplingParams`. No seed of its own: a per-request seed sends every request down vLLM's slow
-        per-request sampler, so the seed is the engine's (`load_vllm` seeds `vllm.LLM` once). A request's output
-        comes once, finished: the async engine would otherwise build one for every request at every step."""
+    def vllm_params(self, seed: int | None = None):
+        """A `vllm.SamplingParams`, with the request's `seed` (a row's `row_seed`) when given: vLLM then draws the
+        request's candidates from seed, seed + 1, ... whatever else is in the batch. The cost: a batch holding seeded
+        requests samples on vLLM's native path (a per-request generator, the top-p sort in torch) instead of
+        FlashInfer's kernel. Serving sends none. A request's output comes once, finished: the async engine would
+        otherwise build one for every request at every step."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -92,5 +112,6 @@ class Sampling:
             repetition_penalty=1.0,
             max_tokens=self.max_new_tokens,
             ignore_eos=self.ignore_eos,
+            seed=seed,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )

@@ -24,7 +24,15 @@ from typing import Any
 from vstar.config import VerifyConfig
 from vstar.schema import Label
 from vstar.verify.parse import ANSWER_MARKER
-from vstar.verify.text import CLAUSE, NEGATING_PAIRS, NEGATIONS, NOT_NEGATING, SENTENCE_END, Tokens, stems
+from vstar.verify.text import (
+    NEGATING_PAIRS,
+    NEGATIONS,
+    NOT_NEGATING,
+    SENTENCE_END,
+    Tokens,
+    clause_breaks,
+    stems,
+)
 
 # "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:"
 SOFT_MARKER = re.compile(
@@ -128,7 +136,7 @@ class Layout:
     def __init__(self, text: str, marker: int | None):
         self.text = text  # the answer (its digitised form has the same offsets: see parse.digitise)
         self.ends = [m.end() for m in SENTENCE_END.finditer(self.text)]
-        self.breaks = [m.start() for m in CLAUSE.finditer(self.text)]
+        self.breaks = clause_breaks(self.text)
         self.conclusion = None  # character range of the conclusion's sentence
         if marker is not None:
             k = bisect.bisect_right(self.ends, marker)

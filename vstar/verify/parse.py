@@ -81,6 +81,32 @@ def _trie(words) -> str:
 
 
 _ANY_NUMBER_WORD = re.compile(r"\b(?:" + _trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]) + r")\b|half", re.I)
+# The same words with no word boundary, for lower-case ASCII text: re scans for a pattern's first letters in C only when
+# it begins with them (and is not IGNORECASE), so this finds candidates ~4x faster; `number_words` checks the bounds.
+_NUMBER_WORD_CANDIDATE = re.compile(_trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]))
+
+
+def number_words(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, lower-case word) of every match of `_ANY_NUMBER_WORD`: a number word between word bounds, or
+    "half" anywhere ("halfway").
+
+    >>> number_words("Twenty-one, fourteens; halfway, someone")
+    [(0, 6, 'twenty'), (7, 10, 'one'), (23, 27, 'half')]
+    """
+    if not text.isascii():  # IGNORECASE matches a few non-ASCII letters (the Kelvin sign as "k"): the full pattern
+        return [(m.start(), m.end(), m.group().lower()) for m in _ANY_NUMBER_WORD.finditer(text)]
+    low, out = text.lower(), []
+    for m in _NUMBER_WORD_CANDIDATE.finditer(low):
+        start, end, w = m.start(), m.end(), m.group()
+        # the longest word at `start` is the one the anchored pattern takes (a shorter one is followed by a letter)
+        if w == "half" or ((not start or not _is_word(low[start - 1])) and (end == len(low) or not _is_word(low[end]))):
+            out.append((start, end, w))
+    return out
+
+
+def _is_word(c: str) -> bool:
+    """re's `\w` for one character."""
+    return c.isalnum() or c == "_"
 
 
 def _number_word(w: str) -> bool:
@@ -109,29 +135,27 @@ _RUN_START = re.compile(
 )
 
 
-def _numbers_in_words(text: str, found: list[re.Match]):
+def _numbers_in_words(text: str, found: list[tuple[int, int, str]]):
     """(start, end, value) of every number in words: a run ("one hundred and two", "two and a half", "a third") or a
     lone word ("three shapes"; not "no one", "one of them", "the one who"). One scan for number words; the words
     around a run's start only are read."""
     done = 0
-    for m in found:
-        start = m.start()
+    for start, end, w in found:
         if start < done:
             continue
-        w = m.group().lower()
         a_before = start >= 2 and _A_BEFORE.search(text, max(0, start - 4), start)
         run_at = a_before.start() if a_before and (w in _SCALES or w in _FRACTIONS) else start
         if _RUN_START.match(text, run_at):
             window = _WORD_RE.finditer(text, run_at, run_at + 160)
-            found = _run_at(text, [(x.start(), x.end(), x.group().lower()) for x in window], 0)
-            if found is not None:
-                done = found[1]
-                if found[2] is not None:
-                    yield found
+            run = _run_at(text, [(x.start(), x.end(), x.group().lower()) for x in window], 0)
+            if run is not None:
+                done = run[1]
+                if run[2] is not None:
+                    yield run
                 continue
-        if w in WORD_NUMBERS and not (w == "one" and _not_one(text, start, m.end())):
-            done = m.end()
-            yield start, m.end(), float(WORD_NUMBERS[w])
+        if w in WORD_NUMBERS and not (w == "one" and _not_one(text, start, end)):
+            done = end
+            yield start, end, float(WORD_NUMBERS[w])
 
 
 _A_BEFORE = re.compile(r"\ba[\s-]++$", re.I)
@@ -189,13 +213,13 @@ def _digits(value: float) -> str:
 @lru_cache(maxsize=2)  # the checks of one answer share it (the answer, and the answer with abbreviations written out)
 def digitise(text: str) -> str:
     """The text with numbers in words written as digits, padded with spaces to keep every offset."""
-    found = list(_ANY_NUMBER_WORD.finditer(text))
+    found = number_words(text)
     if not found:
         return text
     if "half" in text.lower():
         for pattern, repl in _TIME_PHRASES:
             text = pattern.sub(lambda m, r=repl: r.ljust(len(m.group())), text)
-        found = list(_ANY_NUMBER_WORD.finditer(text))
+        found = number_words(text)
     out, last = [], 0
     for start, end, value in _numbers_in_words(text, found):
         digits = _digits(value)

@@ -130,10 +130,41 @@ _SUFFIXES = ("ing", "ed", "es", "s")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # a token: a number (digits, "2.5", "1,200") or a word; hyphens join words ("sit-ups" is also indexed as "situps")
 _TOKEN = re.compile(r"\d++(?:[.,]\d++)*+|[a-z]++(?:'[a-z]++)?+(?:-[a-z]++)*+")
-# Sentence ends: . ! ? before a space (not inside a number or "Soms.Pike"); ; and line breaks too.
-SENTENCE_END = _SENTENCE_END = re.compile(r"[.!?]++(?=\s|$)|[;\n]")
+# Sentence ends: . ! ? before a space (not inside a number or "Soms.Pike"); ; and line breaks too. Written to begin
+# with a character class, which re scans for in C (`[.!?]++(?=\s|$)|[;\n]` tries every position in Python's loop).
+SENTENCE_END = re.compile(r"[.!?;\n](?:(?<=[.!?])[.!?]*+(?=\s|$)|(?<=[;\n]))")
 # Clause breaks inside a sentence: commas, colons, brackets, dashes and the words that start a new clause.
-CLAUSE = _CLAUSE = re.compile(r"[,:()\[\]]|\s[-–—]\s|\b(?:but|however|although|though|wh(?:ereas|ile))\b")
+_CLAUSE_MARK = re.compile(r"[,:()\[\]]")
+_DASH = re.compile(r"\s[-–—]\s")
+_CLAUSE_WORDS = ("but", "however", "although", "though", "whereas", "while")
+
+
+def clause_breaks(text: str) -> list[int]:
+    """Where clause breaks start (sorted): a comma, colon or bracket, a dash between spaces, or one of the words
+    "but", "however", "although", "though", "whereas", "while" (case as written). Found with a character class and
+    str.find: one alternation regex over all of them (a leading word boundary) costs about three times as much.
+
+    >>> clause_breaks("He sat, however tired - and (slowly) left; abut")
+    [6, 8, 21, 28, 35]
+    """
+    out = [m.start() for m in _CLAUSE_MARK.finditer(text)]
+    if "-" in text or "–" in text or "—" in text:
+        out += [m.start() for m in _DASH.finditer(text)]
+    n = len(text)
+    for w in _CLAUSE_WORDS:
+        i = text.find(w)
+        while i >= 0:
+            j = i + len(w)
+            if (not i or not _is_word(text[i - 1])) and (j == n or not _is_word(text[j])):
+                out.append(i)
+            i = text.find(w, j)
+    out.sort()
+    return out
+
+
+def _is_word(c: str) -> bool:
+    """re's `\\w` for one character."""
+    return c.isalnum() or c == "_"
 
 
 def words(text: str) -> list[str]:
@@ -243,8 +274,8 @@ class Tokens:
 
     @classmethod
     def _build(cls, text: str, tokens: list[str], starts: list[int], joined: list) -> Tokens:
-        ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-        breaks = [m.start() for m in _CLAUSE.finditer(text)]
+        ends = [m.end() for m in SENTENCE_END.finditer(text)]
+        breaks = clause_breaks(text)
         n = len(tokens)
         sentence, _, _ = _fill(n, starts, ends)
         _, clause_start, clause_end = _fill(n, starts, sorted(ends + breaks))

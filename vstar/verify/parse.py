@@ -432,7 +432,8 @@ def spans(text: str) -> list[Span]:
 
 _BOX_RE = re.compile(rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+[\])]")
 _PAIR_RE = re.compile(rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+[\])]")
-_NAMED_RE = re.compile(rf"\b([xy][12]?|[xy]_?(?:min|max))\s*+(?:=|:|is)\s*+({_NUM})", re.I)
+# "x1 = 0.1", "y_max: 20", "X2 is 3" (a name at a word start); its first letter a character class, scanned for in C
+_NAMED_RE = re.compile(rf"([xyXY](?<!\w\w)(?:[12]?|_?(?i:min|max)))\s*+(?:=|:|(?i:is))\s*+({_NUM})")
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,14 @@ Run it from the repository root:
     . .venv/bin/activate && python benchmarks/verify.py            # full run, about 1-2 minutes
     . .venv/bin/activate && python benchmarks/verify.py --quick    # smoke check, under 20 s
     . .venv/bin/activate && python benchmarks/verify.py --quick --profile class-400   # + cProfile of one type
+    . .venv/bin/activate && python benchmarks/verify.py --realistic-only --before 92e94ec^1  # vs the old verifier
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
 import io
 import json
 import os
@@ -41,7 +43,9 @@ import platform
 import pstats
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -643,42 +647,91 @@ def realistic_kind(case) -> str:
     return label.type
 
 
-def bench_realistic(repeats: int, show: int) -> tuple[str, list[str]]:
+def verifier_at(rev: str):
+    """The `vstar.verify` package of git revision `rev`, imported beside the current one (its files copied from git
+    into a temporary folder as the package `_verify_<commit>`, their `vstar.verify` imports renamed; the current
+    schema and config): the "before" of a comparison, measured in the same process on the same cases."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=root, check=True, capture_output=True, text=True).stdout
+
+    commit = git("rev-parse", "--short", rev).strip()
+    name = f"_verify_{commit}"
+    folder = Path(tempfile.mkdtemp(prefix="vstar-verify-")) / name
+    folder.mkdir()
+    for path in git("ls-tree", "--name-only", commit, "vstar/verify/").split():
+        if path.endswith(".py"):
+            (folder / Path(path).name).write_text(git("show", f"{commit}:{path}").replace("vstar.verify", name))
+    sys.path.insert(0, str(folder.parent))
+    return importlib.import_module(name)
+
+
+def judge_and_time(module, cases: list, repeats: int) -> tuple[int, list, list[float]]:
+    """How many of `cases` `module.verify` agrees with the judge on, the verdicts, and the CPU seconds of each of
+    `repeats` passes (after the agreement pass, which warms any cache)."""
+    contexts = [module.Context(**c.ctx) for c in cases]
+    verdicts = [module.verify(c.answer, c.labels, ctx) for c, ctx in zip(cases, contexts, strict=True)]
+    agree = sum(v.passed == c.judge for v, c in zip(verdicts, cases, strict=True))
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        for c, ctx in zip(cases, contexts, strict=True):
+            module.verify(c.answer, c.labels, ctx)
+        times.append(time.process_time() - start)
+    return agree, verdicts, times
+
+
+def bench_realistic(repeats: int, show: int, before: str | None = None) -> tuple[str, list[str]]:
     """Agreement with the judge and answers per CPU-second per label type on the hand-written case set (the median
     of `repeats` passes, each after a warm-up pass; CPU time of this process, so that other load on a shared machine
-    moves the figure less), and the disagreements (up to `show` per kind)."""
+    moves the figure less), and the disagreements (up to `show` per kind). With `before` (a git revision), the
+    verifier of that revision is measured too, back to back with the current one (their passes alternate)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from verify_cases import load_cases
+
+    import vstar.verify
 
     by_kind: dict[str, list] = {}
     for c in load_cases():
         by_kind.setdefault(realistic_kind(c), []).append(c)
-    lines = ["| label type (realistic cases) | cases | agreement | answers/CPU-s |", "|---|---:|---:|---:|"]
-    notes, agree_all, total = [], 0, 0
+    old = verifier_at(before) if before else None
+    if old:
+        lines = [
+            f"| label type (realistic cases) | cases | agreement {before} | now | answers/CPU-s {before} | now |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        lines = ["| label type (realistic cases) | cases | agreement | answers/CPU-s |", "|---|---:|---:|---:|"]
+    notes, agree_all, agree_old, total = [], 0, 0, 0
     for kind, cases in by_kind.items():
-        contexts = [Context(**c.ctx) for c in cases]
-        agree, bad = 0, []
-        for c, ctx in zip(cases, contexts, strict=True):
-            v = verify(c.answer, c.labels, ctx)
-            agree += v.passed == c.judge
-            if v.passed != c.judge and len(bad) < show:
-                bad.append(f"  {c.id} [{c.group}] judge {'pass' if c.judge else 'fail'}: {v.per_label[0].reason}")
-        times = []
-        for _ in range(repeats):
-            start = time.process_time()
-            for c, ctx in zip(cases, contexts, strict=True):
-                verify(c.answer, c.labels, ctx)
-            times.append(time.process_time() - start)
+        old_times, times = [], []
+        for _ in range(repeats):  # alternate one pass each, so that drift on a shared machine hits both alike
+            if old:
+                a_old, _, t = judge_and_time(old, cases, 1)
+                old_times += t
+            agree, verdicts, t = judge_and_time(vstar.verify, cases, 1)
+            times += t
         rate = len(cases) / statistics.median(times)
-        lines.append(
-            f"| {kind} | {len(cases)} | {agree}/{len(cases)} ({100 * agree / len(cases):.1f}%) | {rate:,.0f} |"
-        )
+        cells = f"{agree}/{len(cases)} ({100 * agree / len(cases):.1f}%)"
+        if old:
+            old_rate = len(cases) / statistics.median(old_times)
+            cells = f"{a_old}/{len(cases)} ({100 * a_old / len(cases):.1f}%) | {cells} | {old_rate:,.0f}"
+            agree_old += a_old
+        lines.append(f"| {kind} | {len(cases)} | {cells} | {rate:,.0f} |")
         agree_all, total = agree_all + agree, total + len(cases)
+        bad = [
+            f"  {c.id} [{c.group}] judge {'pass' if c.judge else 'fail'}: {v.per_label[0].reason}"
+            for c, v in zip(cases, verdicts, strict=True)
+            if v.passed != c.judge
+        ]
         if bad:
             notes.append(
-                f"{kind}: {len(cases) - agree} disagreements with the judge, first {len(bad)}:\n" + "\n".join(bad)
+                f"{kind}: {len(bad)} disagreements with the judge, first {min(show, len(bad))}:\n"
+                + "\n".join(bad[:show])
             )
-    lines.append(f"| all | {total} | {agree_all}/{total} ({100 * agree_all / total:.1f}%) | |")
+    both = f"{100 * agree_old / total:.1f}% | " if old else ""
+    lines.append(f"| all | {total} | {both}{agree_all}/{total} ({100 * agree_all / total:.1f}%) | |")
     return "\n".join(lines), notes
 
 
@@ -693,6 +746,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--show", type=int, default=5, help="disagreements printed per type")
     parser.add_argument("--profile", choices=sorted(KINDS), action="append", default=[], help="cProfile a type")
     parser.add_argument("--realistic-only", action="store_true", help="only the hand-written case set")
+    parser.add_argument(
+        "--before", metavar="REV", help="also measure the verifier of git revision REV on the case set (e.g. 92e94ec^1)"
+    )
     args = parser.parse_args(argv)
     args.labels = args.labels or (50 if args.quick else 300)
     args.repeats = args.repeats or (3 if args.quick else 5)
@@ -708,7 +764,7 @@ def main(argv: list[str] | None = None) -> None:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     print(f"python {platform.python_version()} on {platform.platform()}, CPU: {cpu}")
     print(f"{pinned}")
-    table, notes = bench_realistic(args.repeats, args.show)
+    table, notes = bench_realistic(args.repeats, args.show, args.before)
     print("\nThe realistic case set (tests/verify_cases, verdicts of a human judge):\n" + table)
     for note in notes:
         print("\n" + note)

@@ -24,13 +24,22 @@ from typing import Any
 from vstar.config import VerifyConfig
 from vstar.schema import Label
 from vstar.verify.parse import ANSWER_MARKER
-from vstar.verify.text import CLAUSE, NEGATING_PAIRS, NEGATIONS, NOT_NEGATING, SENTENCE_END, Tokens, stems
-
-# "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:"
-SOFT_MARKER = re.compile(
-    r"(?:^|[.,;:!?]\s*+)(?:so|therefore|thus|hence|in\s++conclusion|in\s++summary|overall|to\s++sum\s++up)\b,?",
-    re.I,
+from vstar.verify.text import (
+    NEGATING_FIRST,
+    NEGATING_PAIRS,
+    NEGATIONS,
+    NOT_NEGATING,
+    SENTENCE_END,
+    Tokens,
+    clause_breaks,
+    stems,
 )
+
+# "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:". After punctuation
+# (a pattern that begins with a character class, which re scans for in C), or at the very start of the answer.
+_SOFT_WORDS = r"(?i:so|therefore|thus|hence|in\s++conclusion|in\s++summary|overall|to\s++sum\s++up)\b,?"
+SOFT_MARKER = re.compile(r"[.,;:!?]\s*+" + _SOFT_WORDS)
+_SOFT_AT_START = re.compile(_SOFT_WORDS)
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,8 @@ def marker_end(text: str) -> int | None:
             at = low.find(word, at + 1)
     if best is not None:
         return best
-    last = None
-    for last in SOFT_MARKER.finditer(text):  # noqa: B007
+    first = last = _SOFT_AT_START.match(text)
+    for last in SOFT_MARKER.finditer(text, first.end() if first else 0):  # noqa: B007
         pass
     return last.end() if last is not None else None
 
@@ -128,7 +137,7 @@ class Layout:
     def __init__(self, text: str, marker: int | None):
         self.text = text  # the answer (its digitised form has the same offsets: see parse.digitise)
         self.ends = [m.end() for m in SENTENCE_END.finditer(self.text)]
-        self.breaks = [m.start() for m in CLAUSE.finditer(self.text)]
+        self.breaks = clause_breaks(self.text)
         self.conclusion = None  # character range of the conclusion's sentence
         if marker is not None:
             k = bisect.bisect_right(self.ends, marker)
@@ -156,9 +165,11 @@ class Layout:
         lo, floor = self.clause_start(c), max(0, c - REACH)
         while lo > floor and (self.text[lo - 1] in "[(" or (self.text[lo - 1] == "," and self._in_brackets(lo))):
             lo = self.clause_start(lo - 1)
-        found = _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)
+        found = [w.lower() for w in _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)]
+        if NEGATING_FIRST.isdisjoint(found):
+            return False
         for k, w in enumerate(found):
-            pair = (w.lower(), found[k + 1].lower() if k + 1 < len(found) else "")
+            pair = (w, found[k + 1] if k + 1 < len(found) else "")
             if (pair[0] in NEGATIONS and pair not in NOT_NEGATING) or pair in NEGATING_PAIRS:
                 return True
         return False

@@ -99,23 +99,30 @@ def _bounded(items: list, starts: list[int], lay: Layout) -> tuple[list, list[in
 
 
 def _pick(items: list, starts: list[int], answer: Answer, label: Label, what: str):
-    """The item the answer commits to (see the module docstring) and how it was chosen, or (None, reason)."""
+    """The item the answer commits to (see the module docstring) and how it was chosen, or (None, reason). Negations
+    are read only for the items it weighs: the conclusion's first, else from the last backward."""
     lay, anchors = answer.layout, _anchors(label, subject_first=True)
     items, starts = _bounded(items, starts, lay)
-    ok = {k for k, s in enumerate(starts) if not lay.negated(s)}
-    concluded = [items[k] for k in sorted(ok) if lay.in_conclusion(starts[k])]
-    if concluded:
-        return concluded[0], f"the first {what} of the final answer"
-    tied = []
-    for k in sorted(ok):
-        word = lay.tied(anchors, starts[k], lo=starts[k - 1] if k else 0) if anchors else None
-        if word:
-            tied.append((items[k], word))
-    if tied:
-        return tied[-1][0], f"the {what} tied to '{tied[-1][1]}'"
-    if ok:
-        return items[max(ok)], f"the last {what}" if len(ok) > 1 else f"the only {what}"
-    return None, f"no {what} that is not negated"
+    negated: dict[int, bool] = {}
+
+    def ok(k: int) -> bool:
+        if k not in negated:
+            negated[k] = lay.negated(starts[k])
+        return not negated[k]
+
+    for k, s in enumerate(starts):
+        if lay.in_conclusion(s) and ok(k):
+            return items[k], f"the first {what} of the final answer"
+    if anchors:
+        for k in reversed(range(len(items))):
+            word = ok(k) and lay.tied(anchors, starts[k], lo=starts[k - 1] if k else 0)
+            if word:
+                return items[k], f"the {what} tied to '{word}'"
+    last = next((k for k in reversed(range(len(items))) if ok(k)), None)
+    if last is None:
+        return None, f"no {what} that is not negated"
+    more = any(ok(k) for k in range(last))
+    return items[last], f"the last {what}" if more else f"the only {what}"
 
 
 # ---- number --------------------------------------------------------------------------------------------
@@ -132,6 +139,39 @@ def _other_count(digitised: str, n, anchors: set[str]) -> bool:
     return nxt not in FOLLOW_OK and not (stems(nxt) & anchors)
 
 
+def _committed_number(nums: list, lay: Layout, anchors: frozenset[str]) -> tuple:
+    """The number the answer commits to and how it was chosen: the first of the conclusion tied to the label, else its
+    first, else the last tied one, else the last of the last sentence (how: None); negated ones never. Negations and
+    ties are read only for the numbers weighed, in that order."""
+    negated: dict[int, bool] = {}
+    tied: dict[int, str | None] = {}
+
+    def ok(k: int) -> bool:
+        if k not in negated:
+            negated[k] = lay.negated(nums[k].start)
+        return not negated[k]
+
+    def tie(k: int) -> str | None:
+        if k not in tied:
+            n = nums[k]
+            tied[k] = lay.tied(anchors, n.start, before=6) or lay.tied(anchors, n.end, lo=n.end, after=3)
+        return tied[k]
+
+    concluded = [k for k, n in enumerate(nums) if lay.in_conclusion(n.start) and ok(k)]
+    for k in concluded:
+        if tie(k):
+            return nums[k], f"the number tied to '{tied[k]}'"
+    if concluded:
+        return nums[concluded[0]], "the first number of the final answer"
+    for k in reversed(range(len(nums))):
+        if ok(k) and tie(k):
+            return nums[k], f"the number tied to '{tied[k]}'"
+    for k in reversed(range(len(nums))):
+        if lay.sentence(nums[k].start) == lay.last and ok(k):
+            return nums[k], None
+    return None, None
+
+
 def check_number(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     lay, anchors = answer.layout, _anchors(label)
     every = [n for n in numbers(answer.text) if not n.is_scale_bound]
@@ -140,25 +180,11 @@ def check_number(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     nums = [n for n in every if not _other_count(digitised, n, anchors)]
     if not nums:
         return fail(label, "no number (scale bounds such as 'out of 100' do not count)")
-    ok = [n for n in nums if not lay.negated(n.start)]
-    concluded = [n for n in ok if lay.in_conclusion(n.start)]
-    tied = []
-    for n in ok:
-        word = lay.tied(anchors, n.start, before=6) or lay.tied(anchors, n.end, lo=n.end, after=3)
-        if word:
-            tied.append((n, word))
-    tied_concluded = [x for x in tied if lay.in_conclusion(x[0].start)]
-    final = [n for n in ok if lay.sentence(n.start) == lay.last]
-    if tied_concluded:
-        n, how = tied_concluded[0][0], f"the number tied to '{tied_concluded[0][1]}'"
-    elif concluded:
-        n, how = concluded[0], "the first number of the final answer"
-    elif tied:
-        n, how = tied[-1][0], f"the number tied to '{tied[-1][1]}'"
-    elif final:
-        n, how = final[-1], "the last number" if len(every) > 1 else "the only number"
-    else:
+    n, how = _committed_number(nums, lay, anchors)
+    if n is None:
         return fail(label, "no number the answer commits to (negated, or not in its conclusion)")
+    if how is None:
+        how = "the last number" if len(every) > 1 else "the only number"
     tol = max(ctx.cfg.number_rel_tol * abs(label.value), ctx.cfg.number_abs_tol or 0.0)
     err = abs(n.value - label.value)
     ok_ = err <= tol

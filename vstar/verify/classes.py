@@ -268,17 +268,17 @@ def check_yes_no(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
 
 
 def _committed_sentences(t: Tokens) -> set[int]:
-    """Sentences that commit: not hedged ("could be any of these"), not a list of options (3+ commas and an "or")."""
-    hedged, commas, ors = set(), {}, set()
-    for i, w in enumerate(t.tokens):
-        s = t.sentence[i]
-        if w in HEDGES or (w == "sure" and i and t.tokens[i - 1] == "not"):
-            hedged.add(s)
-        if w == "or":
-            ors.add(s)
-        if t.clause_start[i] == i:
-            commas[s] = commas.get(s, 0) + 1
-    return {s for s in set(t.sentence) if s not in hedged and not (s in ors and commas.get(s, 0) >= 4)}
+    """Sentences that commit: not hedged ("could be any of these"), not a list of options (3+ commas and an "or").
+    Read from the token index: the hedges, "not sure" and "or" where they are, clauses counted only where an "or" is."""
+    at = {w: [i for i in t.by_token.get(w, ()) if t.tokens[i] == w] for w in (*HEDGES, "sure", "or")}  # not "o-r"
+    hedged = {t.sentence[i] for w in HEDGES for i in at[w]}
+    hedged |= {t.sentence[i] for i in at["sure"] if i and t.tokens[i - 1] == "not"}
+    lists = set()
+    for s in {t.sentence[i] for i in at["or"]}:
+        a, b = t.sentence_range(s)
+        if sum(1 for i in range(a, b) if t.clause_start[i] == i) >= 4:
+            lists.add(s)
+    return set(t.sentence) - hedged - lists
 
 
 def _item_hits(t: Tokens, item: str, abbrev: tuple, lo: int, hi: int, ok: set[int]) -> list[tuple[int, int]]:

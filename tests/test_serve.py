@@ -27,6 +27,7 @@ except ImportError:  # the vLLM environment (.ci/vllm_env.sh) has no openai: onl
 QUESTION = "What shape moves, and where does it go?"
 TIMEOUT_S = 6.0  # serve.request_timeout_s here: far above a 16-token answer, far below an 8000-token one
 MAX_BYTES = 200_000
+MAX_QUEUED = 8  # requests the proxy holds past the replica's 32 (4 x serve.max_batch_size); above a burst of 8
 
 
 def free_port() -> int:
@@ -70,6 +71,8 @@ def server(ray_local, tiny_vlm_dir, media):
             "serve.max_frames=16",
             "serve.max_duration_s=10",
             f"serve.request_timeout_s={TIMEOUT_S}",
+            f"serve.max_queued_requests={MAX_QUEUED}",
+            "serve.retry_after_s=3",
         ],
     )
     url = serve(str(tiny_vlm_dir), cfg, blocking=False)
@@ -354,6 +357,82 @@ def test_concurrent_requests_with_a_bad_one_all_complete(server, tiny_vlm_dir, m
     assert 1 <= results[4][1]["usage"]["completion_tokens"] <= 5
     greedy = {r["choices"][0]["message"]["content"] for i, (_, r) in enumerate(results) if i not in (2, 4)}
     assert len(greedy) == 1, "the same greedy request gives the same answer, whatever it was batched with"
+
+
+def chunked_post(url: str, pieces, piece_bytes: int) -> tuple[int, bytes]:
+    """POST `pieces` chunks of `piece_bytes` with chunked transfer encoding (no Content-Length) over a raw socket,
+    stopping when the server stops reading; the status and body of its answer."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        sock.sendall(
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        piece = f"{piece_bytes:x}\r\n".encode() + b"[" * piece_bytes + b"\r\n"
+        try:
+            for _ in range(pieces):
+                sock.sendall(piece)
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server answered and closed: read what it said
+            pass
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < 20:
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_hostile_bodies_are_refused_early_and_the_server_serves_on(server, tiny_vlm_dir, media):
+    """A chunked body far over the limit (no Content-Length to check) is a 413 once the limit is passed, not
+    after the whole of it; deeply nested JSON is a 400, not a 500 RecursionError."""
+    url = f"{server}/v1/chat/completions"
+    start = time.monotonic()
+    status, body = chunked_post(url, pieces=3200, piece_bytes=1 << 16)  # 200 MiB offered
+    assert status == 413 and b"the request has more than" in body, body[:300]
+    assert time.monotonic() - start < 30
+    got, reply = post(url, b"[" * 100_000 + b"]" * 100_000)
+    assert got == 400 and "nested too deeply" in reply["error"]["message"], reply
+    got, reply = post(url, chat_body(str(tiny_vlm_dir), str(media / "clip.mp4")))
+    assert got == 200, reply
+
+
+def test_slow_downloads_hold_back_no_other_request_and_a_full_queue_says_retry(server, tiny_vlm_dir, media, web):
+    """8 downloads that trickle a byte every 0.2 s (each until its 6 s deadline) while a small request is answered;
+    then more slow requests than the replica and the proxy's queue take: the rest get 429 with Retry-After at once."""
+    model, url = str(tiny_vlm_dir), f"{server}/v1/chat/completions"
+    slow = chat_body(model, f"{web}/slow.mp4")
+    with ThreadPoolExecutor(8) as pool:
+        trickling = [pool.submit(post, url, slow) for _ in range(8)]
+        time.sleep(1.0)  # all 8 are fetching
+        start = time.monotonic()
+        got, reply = post(url, chat_body(model, str(media / "clip.mp4")))
+        took = time.monotonic() - start
+        assert got == 200 and not any(f.done() for f in trickling), (got, reply)
+        assert took < TIMEOUT_S - 1.5, f"the small request waited {took:.1f} s behind the slow downloads"
+        assert [f.result()[0] for f in trickling] == [504] * 8
+
+    def raw(body):
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, None
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(raw, [slow] * 64))
+    refused = [r for r in results if r[0] == 429]
+    assert refused and all(after == "3" for _, after in refused), results
+    assert {status for status, _ in results} <= {429, 504}
+    got, reply = post(url, chat_body(model, str(media / "clip.mp4")))
+    assert got == 200, reply
 
 
 def test_a_request_past_the_timeout_gets_504_and_the_server_serves_on(server, tiny_vlm_dir, media):

@@ -360,6 +360,13 @@ class ServeConfig(_Section):
     max_frames: int = Field(32, ge=1)
     max_duration_s: float = Field(600.0, gt=0)
     request_timeout_s: float = Field(120.0, gt=0)
+    max_queued_requests: int = Field(
+        64,
+        ge=1,
+        description="requests the HTTP proxy holds beyond what the replicas take (4 x max_batch_size each); past "
+        "it a 429 with Retry-After, not a wait until the timeout",
+    )
+    retry_after_s: float = Field(2.0, ge=0, description="the Retry-After of that 429")
     allowed_roots: list[str] = []
     allowed_domains: list[str] = []
 

@@ -15,17 +15,26 @@ Routes: `POST /v1/chat/completions` (`stream: true` → server-sent chunks endin
 `_generate`, which `@serve.batch` runs together with the replica's other pending jobs on one engine
 (`engine`: transformers on CPU, vLLM on GPU). A refused request gets a 4xx OpenAI error body, a request
 running past `serve.request_timeout_s` a 504; neither touches the other requests in its batch.
+
+Under load: the body is counted while it is read (413 past the limit, chunked or not); each request fetches and
+decodes its video on a thread of its own (a pool as large as the requests a replica takes), apart from the one
+thread that runs the engine, so slow downloads hold back no other request; requests past what the replicas take
+wait in the proxy up to `serve.max_queued_requests`, then get a 429 with `Retry-After`. `/health` (and Serve's
+own health check, which restarts the replica) says 503 when the engine has failed three batches running or has
+not stepped for `serve.request_timeout_s` with work in hand.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (`request: Request`) at runtime.
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from ray import serve as rserve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 
@@ -65,6 +74,23 @@ def _error(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
 
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, counted as it arrives: a 413 as soon as it passes `limit`, whether it declared its length
+    or came chunked (a declared length past the limit is refused before reading)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise APIError(413, f"the request has {length} bytes; the limit is {limit}")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise APIError(413, f"the request has more than {limit} bytes")
+    return bytes(body)
+
+
+FAILED_BATCHES = 3  # batches failing in a row before the replica calls itself unhealthy
+
+
 api = FastAPI(title="vstar", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -94,9 +120,29 @@ class ChatServer:
         self.created = int(time.time())
         self._generate.set_max_batch_size(max_batch_size)
         self._generate.set_batch_wait_timeout_s(batch_wait_s)
+        # one thread per request the replica takes (max_ongoing_requests): a fetch never waits for another's
+        self.fetches = ThreadPoolExecutor(4 * max_batch_size, thread_name_prefix="vstar-fetch")
+        self.stepper = ThreadPoolExecutor(1, thread_name_prefix="vstar-engine")  # the engine's steps, in order
+        self.failed_batches = 0
+        self.stepping_since: float | None = None  # when the engine step in hand began
+
+    def problem(self) -> str | None:
+        """Why this replica cannot serve now, or None."""
+        if self.failed_batches >= FAILED_BATCHES:
+            return f"the engine failed {self.failed_batches} batches in a row"
+        if self.stepping_since is not None and time.monotonic() - self.stepping_since > self.limits.request_timeout_s:
+            return f"the engine has not finished a step in {self.limits.request_timeout_s:g} s"
+        return None
+
+    def check_health(self) -> None:
+        """Serve's periodic check: raising makes Serve replace the replica."""
+        if problem := self.problem():
+            raise RuntimeError(problem)
 
     @api.get("/health")
-    async def health(self) -> dict:
+    async def health(self):
+        if problem := self.problem():
+            return JSONResponse({"status": "unhealthy", "model": self.model_id, "reason": problem}, status_code=503)
         return {"status": "ok", "model": self.model_id}
 
     @api.get("/v1/models")
@@ -109,16 +155,13 @@ class ChatServer:
         deadline = time.monotonic() + self.limits.request_timeout_s
         job = None
         try:
-            length = request.headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.limits.max_video_bytes * 4 // 3 + 2**20:  # base64, + the text
-                raise APIError(
-                    413, f"the request has {length} bytes; videos are limited to {self.limits.max_video_bytes}"
-                )
-            req = parse_chat_request(await request.body(), self.model_id, self.gen, self.data, self.limits.max_frames)
+            body = await asyncio.wait_for(_body(request, self.limits.max_video_bytes * 4 // 3 + 2**20), _left(deadline))
+            req = parse_chat_request(body, self.model_id, self.gen, self.data, self.limits.max_frames)
             left = _left(deadline)
-            frames = await asyncio.wait_for(
-                asyncio.to_thread(load_video, req.video_url, req.num_frames, self.limits, self.data, left), left
+            fetch = asyncio.get_running_loop().run_in_executor(
+                self.fetches, load_video, req.video_url, req.num_frames, self.limits, self.data, left
             )
+            frames = await asyncio.wait_for(fetch, left)
             prompt = self.engine.prompt(req.messages)
             job = Job(prompt, frames.array, frames.meta, req.sampling)
             pieces = self._generate(job)
@@ -169,9 +212,20 @@ class ChatServer:
         for a job that has finished (Serve's protocol for batched generators)."""
         steps = self.engine.stream(jobs)
         finished = [False] * len(jobs)
-        while (step := await asyncio.to_thread(next, steps, None)) is not None:
-            yield [StopIteration if done else d for done, d in zip(finished, step, strict=True)]
-            finished = [done or d.finish_reason is not None for done, d in zip(finished, step, strict=True)]
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self.stepping_since = time.monotonic()
+                step = await loop.run_in_executor(self.stepper, next, steps, None)
+                self.stepping_since = None
+                if step is None:
+                    break
+                yield [StopIteration if done else d for done, d in zip(finished, step, strict=True)]
+                finished = [done or d.finish_reason is not None for done, d in zip(finished, step, strict=True)]
+        except Exception:
+            self.stepping_since, self.failed_batches = None, self.failed_batches + 1
+            raise
+        self.failed_batches = 0
 
     def _timeout(self) -> APIError:
         return APIError(
@@ -208,6 +262,9 @@ def build_app(model: str, model_id: str, cfg: Config) -> Application:
     deployment = ChatServer.options(
         # room for the next batch's requests to fetch and decode their videos while one batch generates
         max_ongoing_requests=4 * max_batch_size,
+        # beyond what the replicas take, a bounded wait in the proxy, then 429 + Retry-After (not 504 for everyone)
+        max_queued_requests=limits.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=limits.retry_after_s),
         ray_actor_options={
             "num_cpus": 1,
             "num_gpus": cfg.generate.num_gpus_per_actor,

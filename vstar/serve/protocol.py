@@ -98,6 +98,8 @@ def parse_chat_request(
         req = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # json's C scanner recurses per level: 100k nested arrays are no chat request
+        raise APIError(400, "the request body is not valid JSON: nested too deeply") from None
     if not isinstance(req, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(req).__name__}")
     for field in ("model", "messages"):

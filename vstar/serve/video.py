@@ -66,8 +66,9 @@ def load_video(url: str, num_frames: int, limits: ServeConfig, data: DataConfig,
                 "timeout_s": min(data.decode_timeout_s, timeout_s),
             }
             frames = sample_frames(path, **options)
-        except VideoDecodeError as e:  # the reason names the decoders' errors, not our temporary path
-            raise APIError(422, f"the video could not be decoded: {e.reason}", PARAM) from None
+        except VideoDecodeError as e:  # the decoders' words, without the server's paths (a decoder may name them)
+            reason = e.reason.replace(path, "the video").replace(tmp, "the server")
+            raise APIError(422, f"the video could not be decoded: {reason}", PARAM) from None
     duration = frames.meta.total_frames / frames.meta.fps
     if duration > limits.max_duration_s:
         raise APIError(400, f"the video lasts {duration:.1f} s; the limit is {limits.max_duration_s:g} s", PARAM)
@@ -203,8 +204,8 @@ def fetch(url: str, max_bytes: int, timeout_s: float, allowed_domains: list[str]
             return bytes(body)
         except TimeoutError:
             raise APIError(504, "fetching the video took longer than the request may", PARAM) from None
-        except (OSError, http.client.HTTPException) as e:
-            raise APIError(400, f"fetching the video failed: {type(e).__name__}", PARAM) from None
+        except (OSError, http.client.HTTPException):  # one text for all: which error would tell a port's state
+            raise APIError(400, "fetching the video failed: the host could not be reached or broke off", PARAM) from None
         finally:
             conn.close()
     raise APIError(400, f"fetching the video failed: more than {MAX_REDIRECTS} redirects", PARAM)

@@ -205,7 +205,9 @@ def fetch(url: str, max_bytes: int, timeout_s: float, allowed_domains: list[str]
         except TimeoutError:
             raise APIError(504, "fetching the video took longer than the request may", PARAM) from None
         except (OSError, http.client.HTTPException):  # one text for all: which error would tell a port's state
-            raise APIError(400, "fetching the video failed: the host could not be reached or broke off", PARAM) from None
+            raise APIError(
+                400, "fetching the video failed: the host could not be reached or broke off", PARAM
+            ) from None
         finally:
             conn.close()
     raise APIError(400, f"fetching the video failed: more than {MAX_REDIRECTS} redirects", PARAM)

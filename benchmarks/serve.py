@@ -13,6 +13,10 @@ video as a file path; as a data URL (base64 in the body); and streamed (`stream:
 the first content chunk is shown as well. Latency is per request, client side, from sending to the last byte.
 The clients run in this process and share the 2 cores with the proxy, the replica and the decoder.
 
+Then the stall check (issue 27): small requests (file path, one client, `--requests` of them) alone, and again while
+`--slow-downloads` requests (8) fetch a video from a local web server that trickles a byte every 0.2 s (each is
+sent again when it times out, so that many are always in flight); their p50/p99 and the ratio loaded/unloaded.
+
     . .venv/bin/activate && python benchmarks/serve.py                    # about 1-2 minutes on 2 cores
     . .venv/bin/activate && python benchmarks/serve.py --concurrency 1 8 --requests 32
 """
@@ -27,12 +31,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import base64  # noqa: E402
+import contextlib  # noqa: E402
+import http.client  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -100,10 +107,71 @@ def run_setting(url: str, bodies: list[bytes], stream: bool, concurrency: int) -
     }
 
 
+def trickling_server() -> tuple[str, object]:
+    """A local web server whose every GET sends a byte every 0.2 s for 60 s (a slow, or hostile, video host)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(300):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}/slow.mp4", httpd
+
+
+def stall_check(url: str, model: str, small: list[bytes], slow_url: str, slow: int, requests: int) -> None:
+    """Small requests' latency alone and with `slow` trickling downloads always in flight."""
+    import threading
+
+    def latencies() -> np.ndarray:
+        return np.array([send(url, small[i % len(small)], False)[0] for i in range(requests)])
+
+    alone = latencies()
+    stop = threading.Event()
+
+    def keep_trickling():
+        body = request_body(model, slow_url, False)
+        while not stop.is_set():
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            # a 504 (its deadline passed: send the next one), or the server going away at the end
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                urllib.request.urlopen(request, timeout=300).read()
+
+    threads = [threading.Thread(target=keep_trickling, daemon=True) for _ in range(slow)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)  # all of them fetching
+    loaded = latencies()
+    stop.set()
+    print(
+        f"\nsmall requests (file path, 1 client, {requests} each), alone and with {slow} trickling downloads in flight"
+    )
+    print(f"{'':<24}{'p50 s':>8}{'p99 s':>8}")
+    print(f"{'alone':<24}{np.percentile(alone, 50):>8.3f}{np.percentile(alone, 99):>8.3f}")
+    print(f"{f'{slow} slow downloads':<24}{np.percentile(loaded, 50):>8.3f}{np.percentile(loaded, 99):>8.3f}")
+    print(f"p99 loaded / alone: {np.percentile(loaded, 99) / np.percentile(alone, 99):.2f}x (target: under 3x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="client threads (default: 1 8)")
     parser.add_argument("--requests", type=int, default=48, help="requests per setting (default: 48)")
+    parser.add_argument(
+        "--slow-downloads", type=int, default=8, help="trickling downloads in flight in the stall check (default: 8)"
+    )
     args = parser.parse_args()
 
     import ray
@@ -120,7 +188,9 @@ def main() -> None:
     model = str(build_tiny_vlm(work / "tiny"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     start = time.perf_counter()
-    cfg = load_config(None, [f"serve.port={free_port()}", f"serve.allowed_roots=[{work}]"])
+    slow_url, httpd = trickling_server()
+    overrides = [f"serve.port={free_port()}", f"serve.allowed_roots=[{work}]", "serve.allowed_domains=[127.0.0.1]"]
+    cfg = load_config(None, [*overrides, "serve.request_timeout_s=20"])
     base = serve(model, cfg, blocking=False)
     print(f"serve() until the replica is ready: {time.perf_counter() - start:.1f} s")
     url = f"{base}/v1/chat/completions"
@@ -147,8 +217,11 @@ def main() -> None:
                 f"{name:<14}{concurrency:>8}{r['req/s']:>8.1f}{r['tokens/s']:>10.0f}"
                 f"{r['p50']:>8.3f}{r['p90']:>8.3f}{r['p99']:>8.3f}{first:>11}"
             )
+    small = settings["file path"][0]
+    stall_check(url, model, small, slow_url, args.slow_downloads, args.requests)
     rserve.shutdown()
     ray.shutdown()
+    httpd.shutdown()
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -16,7 +16,7 @@ PIP_C       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 export HF_HUB_OFFLINE ?= 1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo test test-vllm lint format bench clean
+.PHONY: install demo test test-hostile test-vllm lint format bench clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Hostile input and shrinking clusters (issue 27), alone; `make test` runs them too.
+test-hostile:
+	$(BIN)/python -m pytest -m hostile
 
 # The vLLM backend on vLLM's CPU build, in its own environment (about 3 min to build, 4 GB).
 test-vllm:

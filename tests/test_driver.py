@@ -219,6 +219,7 @@ def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 400) ->
     proc.wait()
 
 
+@pytest.mark.hostile
 @pytest.mark.slow
 def test_a_driver_killed_in_every_stage_resumes_to_the_same_rows(tmp_path):
     """SIGKILL the driver (and its local Ray) inside each stage in turn; rerunning the same command finishes the

@@ -72,6 +72,7 @@ def test_csv_labels_as_json_and_empty_cells(tmp_path):
         assert rejected.where == f"{path} {where}" and field in [f for f, _ in rejected.errors]
 
 
+@pytest.mark.hostile
 def test_parquet_rows_null_is_absent_nan_is_refused(tmp_path):
     path = tmp_path / "m.parquet"
     rows = [GOOD, SPAN, BAD_ROWS[0][0], {**GOOD, "sample_id": "n"}]
@@ -111,6 +112,7 @@ HOSTILE_JSON = [  # (line as written, field named)
 ]
 
 
+@pytest.mark.hostile
 def test_hostile_jsonl_rows_are_rejected_one_by_one(tmp_path):
     labels = json.dumps(GOOD["labels"])
     lines = [json.dumps(GOOD)]
@@ -131,6 +133,7 @@ def test_hostile_jsonl_rows_are_rejected_one_by_one(tmp_path):
     assert "not valid UTF-8 (byte 0xff at column 16)" in messages[13]
 
 
+@pytest.mark.hostile
 def test_hostile_csv_rows_are_rejected_one_by_one(tmp_path):
     path = tmp_path / "m.csv"
     labels = json.dumps(GOOD["labels"]).replace('"', '""')

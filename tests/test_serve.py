@@ -387,6 +387,7 @@ def chunked_post(url: str, pieces, piece_bytes: int) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+@pytest.mark.hostile
 def test_hostile_bodies_are_refused_early_and_the_server_serves_on(server, tiny_vlm_dir, media):
     """A chunked body far over the limit (no Content-Length to check) is a 413 once the limit is passed, not
     after the whole of it; deeply nested JSON is a 400, not a 500 RecursionError."""
@@ -401,6 +402,7 @@ def test_hostile_bodies_are_refused_early_and_the_server_serves_on(server, tiny_
     assert got == 200, reply
 
 
+@pytest.mark.hostile
 def test_slow_downloads_hold_back_no_other_request_and_a_full_queue_says_retry(server, tiny_vlm_dir, media, web):
     """8 downloads that trickle a byte every 0.2 s (each until its 6 s deadline) while a small request is answered;
     then more slow requests than the replica and the proxy's queue take: the rest get 429 with Retry-After at once."""

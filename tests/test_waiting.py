@@ -3,7 +3,11 @@
 import logging
 import time
 
+import pytest
+
 from vstar.waiting import Snapshot, Watchdog, snapshot
+
+pytestmark = pytest.mark.hostile
 
 CPU1 = {"CPU 1": {"CPU": 1.0}}
 

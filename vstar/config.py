@@ -113,7 +113,8 @@ class DataConfig(_Section):
         DECODE_MEMORY_MIB,
         ge=256,
         description="memory the guarded decoder process may hold (RLIMIT_DATA); a video that needs more is an error "
-        "row. An 8192x4320 H.264 clip needs ~400 MiB",
+        "row. The process itself holds ~80 MiB and an 8192x4320 H.264 clip decodes within 320 MiB; the default leaves "
+        "room for the largest legal reference buffer (HEVC: 6 pictures of 8192x4320, 1.3 GB at 10-bit 4:4:4)",
     )
     frame_store: bool = Field(
         True, description="decode each clip once into a frame store; False: decode in every stage"

@@ -100,7 +100,7 @@ MIN_FRAME_PIXELS = 56 * 56  # the Qwen2-VL processors' own floor (min_pixels): a
 # The largest frame any level of H.264 or HEVC allows (8K DCI; HEVC level 6.x caps a picture at 35,651,584 luma
 # samples): real footage up to 8K passes, a 8000x8000 frame (64 MP) is refused before it is decoded.
 MAX_DECODE_PIXELS = 8192 * 4320
-DECODE_MEMORY_MIB = 2048  # the guarded decoder's memory limit (RLIMIT_DATA); see `_child_main`
+DECODE_MEMORY_MIB = 2048  # the guarded decoder's memory limit (RLIMIT_DATA): see `_child_main` and the config key
 RECYCLE_MIB = 512  # a decoder child left holding more than this after a clip is restarted
 RESIZE = "swscale bilinear, in the decoder"  # how frames are scaled to the budget: part of the frame store's key
 
@@ -404,7 +404,7 @@ def _child_main(read_fd: int, write_fd: int, memory_mib: int) -> None:
     RLIMIT_DATA bounds the private writable memory (heap and anonymous maps: decoded frames, numpy arrays) and,
     unlike RLIMIT_AS, not the shared libraries and reserved-but-unused thread arenas, which vary with the machine;
     a decode past it fails to allocate and becomes an error. This interpreter with numpy, decord and PyAV loaded
-    holds ~120 MiB of it; an 8192x4320 H.264 clip decoded to the budget peaks at ~400 MiB."""
+    holds ~80 MiB of it; an 8192x4320 H.264 clip sampled at 32 frames decodes within 320 MiB (decord; PyAV 256)."""
     resource.setrlimit(resource.RLIMIT_DATA, (memory_mib << 20, memory_mib << 20))
     conn_in, conn_out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     while True:

@@ -38,7 +38,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def media(synth_samples, tmp_path_factory):
-    """The allowed root: a good clip, a long one, a damaged one, an empty one and one over the byte limit."""
+    """The allowed root: a good clip, a long one, a damaged one, an empty one, one over the byte limit and one whose
+    frames are over the server's `data.max_decode_pixels`."""
     from vstar.data.synth import write_video
 
     root = tmp_path_factory.mktemp("served")
@@ -49,6 +50,7 @@ def media(synth_samples, tmp_path_factory):
     (root / "damaged.mp4").write_bytes(good.read_bytes()[:200] + rng.bytes(3000))
     (root / "empty.mp4").write_bytes(b"")
     (root / "big.mp4").write_bytes(rng.bytes(MAX_BYTES + 1))
+    write_video(root / "wide.mp4", np.zeros((2, 240, 320, 3), np.uint8), fps=2.0)
     return root
 
 
@@ -73,6 +75,7 @@ def server(ray_local, tiny_vlm_dir, media):
             f"serve.request_timeout_s={TIMEOUT_S}",
             f"serve.max_queued_requests={MAX_QUEUED}",
             "serve.retry_after_s=3",
+            "data.max_decode_pixels=50000",  # the good clip's 112x112 passes, wide.mp4's 320x240 does not
         ],
     )
     url = serve(str(tiny_vlm_dir), cfg, blocking=False)
@@ -233,6 +236,7 @@ def bad_requests(model: str, media: Path) -> list[tuple[str, object, int, str | 
         ("too long video", chat_body(model, str(media / "long.mp4")), 400, "messages", "lasts 15.0 s"),
         ("damaged video", chat_body(model, str(media / "damaged.mp4")), 422, "messages", "could not be decoded"),
         ("empty video", chat_body(model, str(media / "empty.mp4")), 422, "messages", "empty file"),
+        ("frames too large", chat_body(model, str(media / "wide.mp4")), 422, "messages", "320x240 frames (76,800"),
         (
             "damaged data URL",
             chat_body(model, data_url(media / "damaged.mp4")),

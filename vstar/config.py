@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vstar.data.frames import MIN_FRAME_PIXELS
+from vstar.data.frames import DECODE_MEMORY_MIB, MAX_DECODE_PIXELS, MIN_FRAME_PIXELS
 
 EMBEDDED_DEFAULT = Path(__file__).with_name("demo") / "demo.yaml"  # `vstar run` with no CONFIG
 
@@ -99,7 +99,23 @@ class DataConfig(_Section):
         "max_frame_pixels, bounds a clip to 2,400 video tokens",
     )
     decode_backend: Literal["auto", "decord", "pyav"] = "auto"
-    decode_timeout_s: float = Field(30.0, gt=0, description="a video that takes longer to decode is an error row")
+    decode_timeout_s: float = Field(
+        30.0, gt=0, description="a video that takes longer to decode (header and all backends together) is an error row"
+    )
+    max_decode_pixels: int = Field(
+        MAX_DECODE_PIXELS,
+        ge=MIN_FRAME_PIXELS,
+        description="a video whose header gives larger frames (width x height) is an error row, refused before "
+        "decoding. The default 35,389,440 (8192x4320) is the largest picture any H.264 or HEVC level allows: real "
+        "footage up to 8K passes, a crafted 8000x8000 stream (64 MP, a few hundred KB) does not",
+    )
+    decode_memory_mib: int = Field(
+        DECODE_MEMORY_MIB,
+        ge=256,
+        description="memory the guarded decoder process may hold (RLIMIT_DATA); a video that needs more is an error "
+        "row. The process itself holds ~80 MiB and an 8192x4320 H.264 clip decodes within 320 MiB; the default leaves "
+        "room for the largest legal reference buffer (HEVC: 6 pictures of 8192x4320, 1.3 GB at 10-bit 4:4:4)",
+    )
     frame_store: bool = Field(
         True, description="decode each clip once into a frame store; False: decode in every stage"
     )

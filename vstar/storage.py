@@ -57,6 +57,7 @@ RUNTIME_KEYS = (
     "generate.accelerator_resource",
     "generate.batch_size",
     "data.decode_timeout_s",
+    "data.decode_memory_mib",
     "data.frame_store_dir",
     "train.num_workers",
     "train.min_workers",

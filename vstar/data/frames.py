@@ -3,10 +3,17 @@
 The one sampler behind generation, training, evaluation and serving, so a sample sees the same frames
 everywhere. decord is the primary decoder and PyAV (FFmpeg inside its wheel) the fallback.
 
+Memory is bounded whatever the file holds. The stream's header is read first (`probe`) and a frame larger than
+`max_decode_pixels` is refused before any frame is decoded; the decoders then scale each frame to the pixel budget
+as they decode it (FFmpeg's swscale, bilinear), so no full-size frame batch is ever held, and PyAV counts the packets
+of a stream whose header has no frame count instead of keeping every frame.
+
 decord can hang or crash inside native code on damaged files (dmlc/decord#373), which no `try` catches.
-So by default each decode runs in a small long-lived child process (`_Guard`): a hang is killed after
-`timeout_s`, a crash is noticed, and both become a `VideoDecodeError` naming the file and the reason.
-The child is started once per process and reused; the cost is one copy of the frames through a pipe.
+So by default each decode runs in a small long-lived child process (`_Guard`) under a memory limit
+(RLIMIT_DATA, `memory_mib`): a hang is killed when the clip's `timeout_s` (one deadline for the header and every
+backend) runs out, a crash or a blow-up is noticed, and each becomes a `VideoDecodeError` naming the file and the
+reason. The child is started once per process and reused, and restarted when a clip left it holding more than
+`RECYCLE_MIB`; the cost is one copy of the (budget-sized) frames through a pipe.
 
     >>> frames = sample_frames("clip.mp4", 8)                          # doctest: +SKIP
     >>> frames.array.shape, frames.meta.indices                          # doctest: +SKIP
@@ -17,9 +24,11 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Literal
@@ -81,20 +90,19 @@ def frame_indices(
     return np.linspace(first, last, num_frames).round().astype(int).tolist()
 
 
-def resize_longer_side(array: np.ndarray, size: int) -> np.ndarray:
-    """Resize [T, H, W, 3] frames (bicubic) so the longer side is `size`, keeping the aspect ratio."""
-    h, w = array.shape[1:3]
-    nh, nw = longer_side_shape(h, w, size)
-    return array if (nh, nw) == (h, w) else resize_to(array, nh, nw)
-
-
 def longer_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
-    """(height, width) with the longer side `size`, aspect kept: what `resize_longer_side` makes."""
+    """(height, width) with the longer side `size`, aspect kept (the deprecated `frame_size`)."""
     scale = size / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 MIN_FRAME_PIXELS = 56 * 56  # the Qwen2-VL processors' own floor (min_pixels): a smaller frame is scaled *up*
+# The largest frame any level of H.264 or HEVC allows (8K DCI; HEVC level 6.x caps a picture at 35,651,584 luma
+# samples): real footage up to 8K passes, a 8000x8000 frame (64 MP) is refused before it is decoded.
+MAX_DECODE_PIXELS = 8192 * 4320
+DECODE_MEMORY_MIB = 2048  # the guarded decoder's memory limit (RLIMIT_DATA): see `_child_main` and the config key
+RECYCLE_MIB = 512  # a decoder child left holding more than this after a clip is restarted
+RESIZE = "swscale bilinear, in the decoder"  # how frames are scaled to the budget: part of the frame store's key
 
 
 def frame_pixel_cap(num_frames: int, max_frame_pixels: int | None, max_video_pixels: int | None) -> int | None:
@@ -108,41 +116,50 @@ def frame_pixel_cap(num_frames: int, max_frame_pixels: int | None, max_video_pix
     return max(MIN_FRAME_PIXELS, min(caps)) if caps else None
 
 
-def fit_pixels(array: np.ndarray, max_pixels: int) -> np.ndarray:
-    """Shrink [T, H, W, 3] frames (bicubic, aspect kept) to at most `max_pixels` pixels each; never upscale.
-
-    >>> fit_pixels(np.zeros((1, 720, 1280, 3), np.uint8), 235_200).shape
-    (1, 363, 646, 3)
-    """
-    h, w = array.shape[1:3]
-    nh, nw = fit_shape(h, w, max_pixels)
-    return array if (nh, nw) == (h, w) else resize_to(array, nh, nw)
-
-
 def fit_shape(h: int, w: int, max_pixels: int) -> tuple[int, int]:
-    """(height, width) of at most `max_pixels`, aspect kept, never larger: what `fit_pixels` makes."""
+    """(height, width) of at most `max_pixels`, aspect kept, never larger.
+
+    >>> fit_shape(720, 1280, 235_200)
+    (363, 646)
+    """
     if h * w <= max_pixels:
         return h, w
     scale = math.sqrt(max_pixels / (h * w))
     return max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
 
 
-def resize_to(array: np.ndarray, nh: int, nw: int) -> np.ndarray:
-    from PIL import Image
+def output_shape(h: int, w: int, size: int | None, max_pixels: int | None) -> tuple[int, int]:
+    """(height, width) the decoders scale an h x w stream to: the longer side `size` (deprecated), then at most
+    `max_pixels` pixels."""
+    if size is not None:
+        h, w = longer_side_shape(h, w, size)
+    return (h, w) if max_pixels is None else fit_shape(h, w, max_pixels)
 
-    return np.stack([np.asarray(Image.fromarray(f).resize((nw, nh), Image.BICUBIC)) for f in array])
+
+def probe(path: str) -> tuple[int, int]:
+    """(height, width) of the first video stream as its header gives them; decodes nothing the header does not."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("the file has no video stream")
+        codec = container.streams.video[0].codec_context
+        if not codec.width > 0 < codec.height:
+            raise ValueError("the video stream's header gives no frame size")
+        return codec.height, codec.width
 
 
-def _decord(path: str, num_frames: int, start_s, end_s) -> Frames:
+def _decord(path: str, num_frames: int, start_s, end_s, shape) -> Frames:
     import decord
 
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    h, w = shape or (-1, -1)  # decord's scale filter resizes every frame as it leaves the decoder
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=w, height=h)
     fps, total = float(vr.get_avg_fps()), len(vr)
     idx = frame_indices(total, fps, num_frames, start_s, end_s)
     return Frames(vr.get_batch(idx).asnumpy(), FrameMeta(idx, fps, total, "decord"))
 
 
-def _pyav(path: str, num_frames: int, start_s, end_s) -> Frames:
+def _pyav(path: str, num_frames: int, start_s, end_s, shape) -> Frames:
     import av
 
     with av.open(path) as container:
@@ -152,45 +169,59 @@ def _pyav(path: str, num_frames: int, start_s, end_s) -> Frames:
         if not fps > 0:
             raise ValueError("the video stream has no frame rate")
         total = stream.frames
-        if total > 0:  # known length: decode only up to the last wanted frame
-            idx = frame_indices(total, fps, num_frames, start_s, end_s)
-            wanted, picked = set(idx), {}
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    picked[i] = frame.to_ndarray(format="rgb24")
-                if i >= idx[-1]:
-                    break
-            if len(picked) < len(wanted):
-                raise ValueError(f"the stream ended after {i + 1} of {total} frames")
-            return Frames(np.stack([picked[i] for i in idx]), FrameMeta(idx, fps, total, "pyav"))
-        decoded = list(container.decode(stream))  # length not in the header: decode everything
-    idx = frame_indices(len(decoded), fps, num_frames, start_s, end_s)
-    array = np.stack([decoded[i].to_ndarray(format="rgb24") for i in idx])
-    return Frames(array, FrameMeta(idx, fps, len(decoded), "pyav"))
+        counted = not total > 0  # no length in the header (WebM, MKV): count the packets, decoding nothing
+        if counted:
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+    idx = frame_indices(total, fps, num_frames, start_s, end_s)
+    picked, seen = _pyav_pick(path, idx, shape)
+    if len(picked) < len(set(idx)) and counted and seen:  # fewer frames than packets: sample the frames there are
+        total, idx = seen, frame_indices(seen, fps, num_frames, start_s, end_s)
+        picked, seen = _pyav_pick(path, idx, shape)
+    if len(picked) < len(set(idx)):
+        raise ValueError(f"the stream ended after {seen} of {total} frames")
+    return Frames(np.stack([picked[i] for i in idx]), FrameMeta(idx, fps, total, "pyav"))
+
+
+def _pyav_pick(path: str, idx: list[int], shape) -> tuple[dict[int, np.ndarray], int]:
+    """The frames at `idx`, each scaled to `shape` as it is decoded, and how many frames were decoded; one pass up
+    to the last wanted frame, holding only the wanted ones."""
+    import av
+
+    wanted, picked, seen = set(idx), {}, 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # one CPU per decode task, as decord; and no frame buffers per thread
+        for seen, frame in enumerate(container.decode(stream), 1):
+            if seen - 1 in wanted:
+                scale = {} if shape is None or shape == (frame.height, frame.width) else {
+                    "height": shape[0], "width": shape[1], "interpolation": "BILINEAR"}  # fmt: skip
+                picked[seen - 1] = frame.to_ndarray(format="rgb24", **scale)
+            if seen - 1 >= idx[-1]:
+                break
+    return picked, seen
 
 
 DECODERS = {"decord": _decord, "pyav": _pyav}
 
 
-def decode(
-    path: str,
-    num_frames: int,
-    start_s=None,
-    end_s=None,
-    size: int | None = None,
-    max_pixels: int | None = None,
-    backend: str = "decord",
-) -> Frames:
-    """Decode in this process with one backend, no guard; resize to `size` (longer side), then shrink to at most
-    `max_pixels` a frame. Raises VideoDecodeError."""
+def decode(path: str, num_frames: int, start_s=None, end_s=None, shape=None, backend: str = "decord") -> Frames:
+    """Decode in this process with one backend, no guard and no limit, each frame scaled to `shape` (height,
+    width; None: as decoded). Raises VideoDecodeError."""
     try:
-        frames = DECODERS[backend](path, num_frames, start_s, end_s)
+        return DECODERS[backend](path, num_frames, start_s, end_s, shape)
     except Exception as e:  # decord raises RuntimeError and DECORDError (a bare Exception); PyAV its own tree
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
-        raise VideoDecodeError(path, f"{backend}: {type(e).__name__}: {reason}") from None
-    array = frames.array if size is None else resize_longer_side(frames.array, size)
-    array = array if max_pixels is None else fit_pixels(array, max_pixels)
-    return Frames(np.ascontiguousarray(array, dtype=np.uint8), frames.meta)
+        raise VideoDecodeError(path, _reason(backend, e)) from None
+
+
+def _probe(path: str) -> tuple[int, int]:
+    try:
+        return probe(path)
+    except Exception as e:
+        raise VideoDecodeError(path, _reason("probe", e)) from None
+
+
+def _reason(step: str, e: Exception) -> str:
+    return f"{step}: {type(e).__name__}: {' '.join(str(e).split())[:300] or type(e).__name__}"
 
 
 def _precheck(video: str) -> str:
@@ -217,29 +248,46 @@ def sample_frames(
     timeout_s: float | None = 30.0,
     max_frame_pixels: int | None = None,
     max_video_pixels: int | None = None,
+    max_decode_pixels: int | None = MAX_DECODE_PIXELS,
+    memory_mib: int = DECODE_MEMORY_MIB,
 ) -> Frames:
     """Sample `num_frames` frames uniformly over the video, or over [start_s, end_s) when given.
 
-    `size` resizes so the longer side is `size` pixels (deprecated: `max_frame_pixels`). Frames larger than the
-    pixel budget (`frame_pixel_cap`: at most `max_frame_pixels` each and `max_video_pixels` together) are shrunk,
-    aspect kept; smaller ones are left as they are. `backend="auto"` tries decord, then PyAV.
-    Each attempt runs in a guarded child process and is killed after `timeout_s` seconds
-    (`timeout_s=None`: decode in this process, unguarded). Raises `VideoDecodeError`, whose message
-    names the file and every backend's reason.
+    The header is read first: a stream whose frames have more than `max_decode_pixels` pixels is refused. `size`
+    resizes so the longer side is `size` pixels (deprecated: `max_frame_pixels`). Frames larger than the pixel
+    budget (`frame_pixel_cap`: at most `max_frame_pixels` each and `max_video_pixels` together) are shrunk as they
+    are decoded, aspect kept; smaller ones are left as they are. `backend="auto"` tries decord, then PyAV.
+    Everything runs in a guarded child process of at most `memory_mib` MiB and is killed when `timeout_s` seconds
+    have passed since the call, all backends together (`timeout_s=None`: decode in this process, unguarded and
+    unlimited). Raises `VideoDecodeError`, whose message names the file and every backend's reason.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     path = _precheck(video)
-    args = (path, num_frames, start_s, end_s, size, frame_pixel_cap(num_frames, max_frame_pixels, max_video_pixels))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    h, w = _call("probe", (path,), deadline, memory_mib)
+    if max_decode_pixels is not None and h * w > max_decode_pixels:
+        raise VideoDecodeError(
+            video, f"{w}x{h} frames ({h * w:,} pixels) are larger than max_decode_pixels ({max_decode_pixels:,})"
+        )
+    shape = output_shape(h, w, size, frame_pixel_cap(num_frames, max_frame_pixels, max_video_pixels))
     reasons = []
     for name in BACKEND_ORDER[backend]:
+        if deadline is not None and time.monotonic() >= deadline:
+            reasons.append(f"{name}: not tried, the {timeout_s:g} s were spent")
+            continue
         try:
-            if timeout_s is None:
-                return decode(*args, name)
-            return _guard().call((*args, name), timeout_s)
+            return _call(name, (path, num_frames, start_s, end_s, shape), deadline, memory_mib)
         except VideoDecodeError as e:
             reasons.append(e.reason)
     raise VideoDecodeError(video, "; ".join(reasons))
+
+
+def _call(step: str, args: tuple, deadline: float | None, memory_mib: int):
+    """`probe` or one backend's `decode`: here when there is no deadline, else in the guarded child."""
+    if deadline is None:
+        return _probe(*args) if step == "probe" else decode(*args, backend=step)
+    return _guard().call(step, args, deadline - time.monotonic(), memory_mib)
 
 
 def decode_options(data) -> dict:
@@ -252,6 +300,8 @@ def decode_options(data) -> dict:
         "timeout_s": data.decode_timeout_s,
         "max_frame_pixels": data.max_frame_pixels,
         "max_video_pixels": data.max_video_pixels,
+        "max_decode_pixels": data.max_decode_pixels,
+        "memory_mib": data.decode_memory_mib,
     }
 
 
@@ -279,6 +329,8 @@ def frames_row(
     timeout_s: float | None = 30.0,
     max_frame_pixels: int | None = None,
     max_video_pixels: int | None = None,
+    max_decode_pixels: int | None = MAX_DECODE_PIXELS,
+    memory_mib: int = DECODE_MEMORY_MIB,
 ) -> dict:
     """A manifest row plus its decoded frames, or plus an `error` naming the file and reason.
 
@@ -289,7 +341,7 @@ def frames_row(
     """
     try:
         clip = (row["video"], num_frames, row.get("start_s"), row.get("end_s"), size, backend, timeout_s)
-        frames = sample_frames(*clip, max_frame_pixels, max_video_pixels)
+        frames = sample_frames(*clip, max_frame_pixels, max_video_pixels, max_decode_pixels, memory_mib)
     except VideoDecodeError as e:
         return {
             **row,
@@ -345,39 +397,55 @@ def frames_from_batch(batch: dict, rows: list[int]) -> tuple[list[np.ndarray], l
 # ---- the guard: a reusable child process that can be killed when native code hangs ---------------------
 
 
-def _child_main(read_fd: int, write_fd: int) -> None:
-    """Decode requests from the parent until it closes the pipe. Started by `_Guard`, never by hand."""
+def _child_main(read_fd: int, write_fd: int, memory_mib: int) -> None:
+    """Serve `_call` requests (a step, "probe" or a backend, and its arguments) until the parent closes the pipe.
+    Started by `_Guard`, never by hand.
+
+    RLIMIT_DATA bounds the private writable memory (heap and anonymous maps: decoded frames, numpy arrays) and,
+    unlike RLIMIT_AS, not the shared libraries and reserved-but-unused thread arenas, which vary with the machine;
+    a decode past it fails to allocate and becomes an error. This interpreter with numpy, decord and PyAV loaded
+    holds ~80 MiB of it; an 8192x4320 H.264 clip sampled at 32 frames decodes within 320 MiB (decord; PyAV 256)."""
+    resource.setrlimit(resource.RLIMIT_DATA, (memory_mib << 20, memory_mib << 20))
     conn_in, conn_out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     while True:
         try:
-            args = conn_in.recv()
+            step, args = conn_in.recv()
         except EOFError:
             return
         try:
-            conn_out.send(("ok", decode(*args)))
+            conn_out.send(("ok", _call(step, args, None, memory_mib)))
         except VideoDecodeError as e:
+            if "MemoryError" in e.reason:  # past the limit: say which, and leave a clean child to the next clip
+                conn_out.send(("error", f"{e.reason} (over the decoder's memory limit of {memory_mib} MiB)"))
+                return
             conn_out.send(("error", e.reason))
 
 
 class _Guard:
     """One child process (a fresh interpreter, not a fork: the parent may be a threaded Ray worker),
-    fed through pipes. A hang is killed after the timeout; a crash is seen as a closed pipe."""
+    fed through pipes. A hang is killed after the timeout; a crash is seen as a closed pipe; a child left
+    holding more than `RECYCLE_MIB` after a call is restarted (freed memory is seldom given back to the system)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
+        self._memory_mib = 0
 
-    def _start(self) -> None:
+    def _start(self, memory_mib: int) -> None:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        code = f"from vstar.data.frames import _child_main; _child_main({to_child_r}, {from_child_w})"
+        code = f"from vstar.data.frames import _child_main; _child_main({to_child_r}, {from_child_w}, {memory_mib})"
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL
+            [sys.executable, "-c", code],
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+            env=os.environ | {"OPENBLAS_NUM_THREADS": "1"},  # numpy's BLAS would reserve buffers for every core
         )
         os.close(to_child_r)
         os.close(from_child_w)
         self._send = Connection(to_child_w, readable=False)
         self._recv = Connection(from_child_r, writable=False)
+        self._memory_mib = memory_mib
 
     def _stop(self) -> int | None:
         self._proc.kill()
@@ -387,25 +455,36 @@ class _Guard:
         self._proc = None
         return code
 
-    def call(self, args: tuple, timeout_s: float) -> Frames:
-        path, backend = args[0], args[-1]
+    def call(self, step: str, args: tuple, timeout_s: float, memory_mib: int = DECODE_MEMORY_MIB):
+        """`_call(step, *args)` in the child, within `timeout_s` seconds and `memory_mib` MiB."""
+        path = args[0]
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._start()
+            if self._proc is not None and (self._proc.poll() is not None or self._memory_mib != memory_mib):
+                self._stop()
+            if self._proc is None:
+                self._start(memory_mib)
             try:
-                self._send.send(args)
-                ready = self._recv.poll(timeout_s)
+                self._send.send((step, args))
+                ready = self._recv.poll(max(0.0, timeout_s))
                 status, payload = self._recv.recv() if ready else (None, None)
             except (EOFError, OSError):  # the child died mid-request
                 self._proc.wait()
                 code = self._stop()
-                raise VideoDecodeError(path, f"{backend}: the decoder crashed (exit code {code})") from None
+                raise VideoDecodeError(path, f"{step}: the decoder crashed (exit code {code})") from None
             if not ready:
                 self._stop()
-                raise VideoDecodeError(path, f"{backend}: did not finish within {timeout_s:g} s (killed)")
+                raise VideoDecodeError(path, f"{step}: did not finish within {timeout_s:.3g} s (killed)")
+            if _rss_mib(self._proc.pid) > RECYCLE_MIB:
+                self._stop()
         if status == "error":
             raise VideoDecodeError(path, payload)
         return payload
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), MiB."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 _GUARDS: dict[int, _Guard] = {}  # by process id: a forked child must not share its parent's pipes

@@ -5,8 +5,10 @@
     ds = store.with_frames(ray.data.from_items(rows))      # any later stage: the columns `frames_row` adds
 
 Layout. `<root>/<key>/` holds one store; `key` hashes every setting that changes the frames (num_frames, frame_size,
-max_frame_pixels, max_video_pixels, decode_backend, codec, quality; not decode_timeout_s), so changed settings open
-another store and stale frames are never served; `meta.json` there records those settings and the number of shards.
+max_frame_pixels, max_video_pixels, decode_backend, the resampler `frames.RESIZE`, codec, quality; not the limits
+decode_timeout_s, max_decode_pixels and decode_memory_mib, which turn a clip into an error row but never change its
+frames: a clip refused under one limit stays an error in that store), so changed settings open another store and
+stale frames are never served; `meta.json` there records those settings and the number of shards.
 A clip (`clip_id`: video path and bounds) lives in shard `int(clip, 16) % num_shards`, a folder `shard-00042/` of
 append-only Parquet parts, each written under a name starting with "." and moved in place, one row group per clip
 (reading one clip reads one row group). A row: clip, video, start_s, end_s, frames (one encoded image per frame,
@@ -53,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vstar.data.frames import decode_options, frame_pixel_cap, frames_of, frames_row
+from vstar.data.frames import RESIZE, decode_options, frame_pixel_cap, frames_of, frames_row
 from vstar.schema import clip_id
 
 CLIPS_PER_SHARD = 256
@@ -89,6 +91,7 @@ def frame_settings(data) -> dict:
     settings = {key: getattr(data, key) for key in FRAME_KEYS}
     return {
         **settings,
+        "resize": RESIZE,
         "codec": data.frame_codec,
         "quality": data.frame_quality if data.frame_codec == "jpeg" else None,
     }

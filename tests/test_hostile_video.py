@@ -19,6 +19,8 @@ import vstar.data.frames as frames
 from vstar.config import DataConfig
 from vstar.data.frames import VideoDecodeError, decode_options, frame_indices, frames_row, sample_frames
 
+pytestmark = pytest.mark.hostile
+
 ROOT = Path(__file__).parents[1]
 TREE_LIMIT_MIB = 1024
 

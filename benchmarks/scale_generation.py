@@ -136,9 +136,9 @@ def timed_backend(calls: Path):
     from vstar.generate.backends import HFBackend
 
     class TimedHF(HFBackend):
-        def generate(self, prompts, videos, metas):
+        def generate(self, prompts, videos, metas, keys=None):
             start = time.time()
-            out = super().generate(prompts, videos, metas)
+            out = super().generate(prompts, videos, metas, keys)
             with open(calls, "a") as f:
                 f.write(f"{start} {time.time()} {len(prompts)}\n")
             return out

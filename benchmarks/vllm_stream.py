@@ -39,7 +39,7 @@ class BatchLengths:
     def __init__(self, backend, longs: set[str], short, long):
         self.backend, self.longs, self.short, self.long = backend, longs, short, long
 
-    def generate(self, prompts, videos, metas):
+    def generate(self, prompts, videos, metas, keys=None):
         from vstar.generate.backends import generation, vllm_request
 
         b = self.backend
@@ -54,7 +54,7 @@ class StreamingLengths:
     def __init__(self, backend, longs: set[str], short, long):
         self.backend, self.longs, self.short, self.long = backend, longs, short, long
 
-    async def generate(self, prompt, video, meta):
+    async def generate(self, prompt, video, meta, key=None):
         from vstar.generate.backends import vllm_request
 
         request = vllm_request(self.backend.processor, prompt, video, meta)

@@ -74,7 +74,7 @@ class EngineThatDies:
     def __init__(self, marker, failures: int):
         self.marker, self.failures = marker, failures
 
-    def generate(self, prompts, videos, metas):
+    def generate(self, prompts, videos, metas, keys=None):
         from vstar.generate.backends import Generation
 
         done = len(list(self.marker.parent.glob(self.marker.name + "*")))
@@ -94,7 +94,7 @@ class StreamingEngineThatDies:
         if self.dies:
             (marker.parent / f"{marker.name}{started}").touch()
 
-    async def generate(self, prompt, video, meta):
+    async def generate(self, prompt, video, meta, key=None):
         from vstar.generate.backends import Generation
 
         await asyncio.sleep(0.01)
@@ -151,7 +151,7 @@ class Stalling:
     def __init__(self, log, stall_s: float):
         self.log, self.stall_s, self.requests = log, stall_s, 0
 
-    async def generate(self, prompt, video, meta):
+    async def generate(self, prompt, video, meta, key=None):
         from vstar.generate.backends import Generation
 
         self.requests += 1
@@ -189,7 +189,7 @@ def test_a_row_is_rationalized_while_the_others_still_generate(synth_samples):
         def __init__(self, stalled: str):
             self.stalled, self.requests = stalled, []
 
-        async def generate(self, prompt, video, meta):
+        async def generate(self, prompt, video, meta, key=None):
             self.requests.append(("start", prompt))
             if "refuse" in prompt:
                 raise ValueError("the processor refuses this video")

@@ -100,19 +100,21 @@ def together(loop, coroutines) -> list:
 
 
 @contextmanager
-def sampling_as(backend, params, lora=True):
-    saved = backend.params, backend.lora
-    backend.params, backend.lora = params, backend.lora if lora else None
+def sampling_as(backend, sampling, lora=True):
+    """The backend sampling as `sampling` says (its params and its per-row seeds), without its LoRA unless `lora`."""
+    saved = backend.sampling, backend.params, backend.lora
+    backend.sampling, backend.params = sampling, sampling.vllm_params()
+    backend.lora = backend.lora if lora else None
     try:
         yield backend
     finally:
-        backend.params, backend.lora = saved
+        backend.sampling, backend.params, backend.lora = saved
 
 
 def greedy(backend, clip, lora):
     from vstar.generate.sampling import Sampling
 
-    with sampling_as(backend, Sampling.greedy(12).vllm_params(), lora):
+    with sampling_as(backend, Sampling.greedy(12), lora):
         return backend.generate(["What moves?"], [clip.array], [clip.meta])[0]
 
 
@@ -143,10 +145,10 @@ def test_the_async_engine_gives_the_batch_engines_greedy_tokens(backend, streami
     from vstar.generate.sampling import Sampling
 
     questions = ["What moves?", "Which way does it go?", "How many shapes are there?"]
-    params = Sampling.greedy(12).vllm_params()
-    with sampling_as(backend, params, lora=False):
+    greedy = Sampling.greedy(12)
+    with sampling_as(backend, greedy, lora=False):
         batch = backend.generate(questions, [clip.array] * 3, [clip.meta] * 3)
-    with sampling_as(streaming, params, lora=False):
+    with sampling_as(streaming, greedy, lora=False):
         rows = together(loop, [streaming.generate(q, clip.array, clip.meta) for q in questions])
     assert streaming.in_flight == 0 and streaming.most_in_flight >= 3  # the three were in the engine together
     assert [g.token_ids for g in rows] == [g.token_ids for g in batch]
@@ -240,7 +242,7 @@ def test_the_stage_streams_the_rows_the_batch_path_writes(ray_local, backend, ti
     )  # fmt: skip
     written = pd.concat([pd.read_parquet(answers), pd.read_parquet(rationales)])
     batch = frame_batch(samples, **decode_options(cfg.data))
-    with sampling_as(backend, sampling.vllm_params(), lora=False):
+    with sampling_as(backend, sampling, lora=False):
         expected = pd.DataFrame(GenerateActor(lambda: backend, str(tiny_vlm_dir), (cfg.verify, None))(batch))
 
     def table(df):
@@ -264,7 +266,7 @@ class Recording:
         self.backend = AsyncVLLMBackend(**kwargs)
         self.long = Sampling(long_tokens, ignore_eos=True).vllm_params()
 
-    async def generate(self, prompt, video, meta):
+    async def generate(self, prompt, video, meta, key=None):  # greedy: the row's key seeds nothing
         from vstar.generate.backends import vllm_request
 
         self.requests += 1
@@ -313,7 +315,7 @@ def test_a_rows_seed_gives_it_the_same_candidates_alone_or_together(backend, str
     """Seeded by row key: the same candidates from vllm.LLM in a batch, from the async engine alone or with other
     rows in flight; another key, others (what a resumed stage needs to write one run's rows)."""
     questions, keys = ["What moves?", "Which way does it go?"], ["answer/a", "answer/b"]
-    with sampling_as(backend, backend.params, lora=False), sampling_as(streaming, streaming.params, lora=False):
+    with sampling_as(backend, backend.sampling, lora=False), sampling_as(streaming, streaming.sampling, lora=False):
         batch = backend.generate(questions, [clip.array] * 2, [clip.meta] * 2, keys)
         together_ = together(
             loop, [streaming.generate(q, clip.array, clip.meta, k) for q, k in zip(questions, keys, strict=True)]

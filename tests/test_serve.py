@@ -760,3 +760,22 @@ def test_vllm_engine_honours_each_jobs_settings_and_matches_transformers(tiny_vl
     hf_last = next(s[0] for s in hf_steps if s[0].finish_reason)
     assert (step[0].finish_reason, step[0].completion_tokens) == (hf_last.finish_reason, hf_last.completion_tokens)
     assert (step[1].finish_reason, step[1].completion_tokens) == ("length", 300)
+
+    # a text-only job and an image job answer as transformers does; a stop string cuts; a seed repeats its draw
+    image = Image.open(media / "picture.png").convert("RGB")
+    text_prompt = hf.prompt([{"role": "user", "content": QUESTION}])
+    image_prompt = hf.prompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
+    whole = step[0].text
+    stop = whole.split()[2]  # a word of the greedy answer: it certainly occurs
+    sampled = [Sampling(12, temperature=1.0, seed=seed) for seed in (7, 7, 8)]
+    jobs = [
+        Job(text_prompt, greedy),
+        Job(image_prompt, greedy, image=image),
+        Job(prompt, Sampling(8, seed=None, stop=(stop,)), frames.array, frames.meta),
+        *[Job(text_prompt, s) for s in sampled],
+    ]
+    (step,) = list(vllm_engine.stream(jobs))
+    for i in (0, 1):
+        assert step[i].text == "".join(s[0].text for s in hf.stream([jobs[i]])), i
+    assert (step[2].text, step[2].finish_reason) == (whole[: whole.find(stop)], "stop")
+    assert step[3].text == step[4].text != step[5].text

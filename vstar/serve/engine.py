@@ -240,7 +240,8 @@ class _Row:
     def close(self, reason: str = "length") -> Delta:
         if self.done:
             return Delta("")
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # a character cut by the token limit is left out, as vLLM's detokenizer leaves it out
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")
         if (cut := stop_at(text, self.job.sampling.stop, len(self.sent))) is not None:
             text, reason = text[:cut], "stop"
         return self._finish(text, reason)

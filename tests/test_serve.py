@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 try:
     import openai
@@ -39,7 +40,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def media(synth_samples, tmp_path_factory):
     """The allowed root: a good clip, a long one, a damaged one, an empty one, one over the byte limit and one whose
-    frames are over the server's `data.max_decode_pixels`."""
+    frames are over the server's `data.max_decode_pixels`; a small PNG, one over that limit and a damaged one."""
     from vstar.data.synth import write_video
 
     root = tmp_path_factory.mktemp("served")
@@ -51,6 +52,9 @@ def media(synth_samples, tmp_path_factory):
     (root / "empty.mp4").write_bytes(b"")
     (root / "big.mp4").write_bytes(rng.bytes(MAX_BYTES + 1))
     write_video(root / "wide.mp4", np.zeros((2, 240, 320, 3), np.uint8), fps=2.0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "picture.png")
+    Image.fromarray(np.zeros((240, 320, 3), np.uint8)).save(root / "wide.png")
+    (root / "damaged.png").write_bytes((root / "picture.png").read_bytes()[:100])
     return root
 
 
@@ -97,8 +101,8 @@ def video_message(url: str, question: str = QUESTION) -> list[dict]:
     ]
 
 
-def data_url(path: Path) -> str:
-    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+def data_url(path: Path, kind: str = "video/mp4") -> str:
+    return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def post(url: str, body, timeout: float = 60) -> tuple[int, dict]:
@@ -114,6 +118,19 @@ def post(url: str, body, timeout: float = 60) -> tuple[int, dict]:
 
 def chat_body(model: str, url: str, **extra) -> dict:
     return {"model": model, "messages": video_message(url), "max_tokens": 8, "temperature": 0, **extra}
+
+
+def image_message(url: str, question: str = "What is in the picture?") -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}],
+        }
+    ]
+
+
+def image_body(model: str, url: str, **extra) -> dict:
+    return {"model": model, "messages": image_message(url), "max_tokens": 8, "temperature": 0, **extra}
 
 
 def test_health_and_models(server, client, tiny_vlm_dir):
@@ -178,12 +195,107 @@ def test_stream_is_server_sent_events_ending_with_done(server, tiny_vlm_dir, med
     assert payloads[-1]["choices"][0]["finish_reason"] == "length"
 
 
+def greedy_reference(model_dir: Path, messages: list[dict], max_tokens: int, image=None) -> tuple[str, int, int]:
+    """transformers alone (no engine): the greedy text, completion tokens (end of sequence counted) and prompt tokens
+    of one chat-templated prompt, with its image if any."""
+    import torch
+
+    from vstar.generate.backends import load_hf
+
+    model, processor, _, eos = load_hf(str(model_dir), max_frame_pixels=300 * 28 * 28)  # data.max_frame_pixels
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[image] if image is not None else None, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    length = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
+    return processor.decode(new, skip_special_tokens=True), length, inputs["input_ids"].shape[1]
+
+
+def test_a_text_only_chat_is_answered_without_media(client, tiny_vlm_dir):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What moves, and where?"}]
+    reply = client.chat.completions.create(model=str(tiny_vlm_dir), messages=messages, max_tokens=12, temperature=0)
+    text, tokens, prompt_tokens = greedy_reference(tiny_vlm_dir, messages, 12)
+    assert reply.choices[0].message.content == text
+    assert (reply.usage.completion_tokens, reply.usage.prompt_tokens) == (tokens, prompt_tokens)
+
+
+def test_an_image_chat_answers_about_the_image(client, server, tiny_vlm_dir, media):
+    """A PNG as a data URL and as an allowed path: the same answer as transformers given that image."""
+    image = Image.open(media / "picture.png").convert("RGB")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    text, tokens, prompt_tokens = greedy_reference(tiny_vlm_dir, messages, 12, image)
+    for url in (data_url(media / "picture.png", "image/png"), str(media / "picture.png")):
+        reply = client.chat.completions.create(
+            model=str(tiny_vlm_dir), messages=image_message(url), max_tokens=12, temperature=0
+        )
+        assert reply.choices[0].message.content == text, url[:30]
+        assert (reply.usage.completion_tokens, reply.usage.prompt_tokens) == (tokens, prompt_tokens)
+    text_only = client.chat.completions.create(
+        model=str(tiny_vlm_dir), messages=[{"role": "user", "content": "What is in the picture?"}], max_tokens=12
+    )
+    assert text_only.usage.prompt_tokens < prompt_tokens  # the image's tokens were in the prompt
+
+
+def test_n_choices_and_seeds_as_vllm_draws_them(client, tiny_vlm_dir, media):
+    """n=3 gives choices 0, 1, 2; with a seed, choice j is what seed + j gives alone, streamed or not; the same seed
+    gives the same text again and another seed another text."""
+    kwargs = dict(model=str(tiny_vlm_dir), messages=video_message(str(media / "clip.mp4")), max_tokens=12)
+    greedy = client.chat.completions.create(**kwargs, n=3, temperature=0)
+    assert [c.index for c in greedy.choices] == [0, 1, 2]
+    assert len({c.message.content for c in greedy.choices}) == 1  # greedy: three times the same answer
+    assert greedy.usage.completion_tokens == 3 * 12
+
+    sampled = client.chat.completions.create(**kwargs, n=3, temperature=1.0, seed=11)
+    texts = [c.message.content for c in sampled.choices]
+    assert len(set(texts)) == 3
+    alone = [client.chat.completions.create(**kwargs, temperature=1.0, seed=11 + j) for j in range(3)]
+    assert [a.choices[0].message.content for a in alone] == texts
+    assert sampled.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    again = client.chat.completions.create(**kwargs, temperature=1.0, seed=11)
+    assert again.choices[0].message.content == texts[0]
+    other = client.chat.completions.create(**kwargs, temperature=1.0, seed=12345)
+    assert other.choices[0].message.content not in texts
+
+    chunks = list(
+        client.chat.completions.create(
+            **kwargs, n=3, temperature=1.0, seed=11, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == j)
+                for j in range(3)]  # fmt: skip
+    assert streamed == texts
+    roles = [c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.role == "assistant"]
+    finals = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert roles == finals == [0, 1, 2]
+    assert chunks[-1].usage.completion_tokens == sampled.usage.completion_tokens
+
+
+def test_stop_ends_the_text_before_the_first_stop_string(client, server, tiny_vlm_dir, media):
+    kwargs = dict(model=str(tiny_vlm_dir), messages=video_message(str(media / "clip.mp4")), temperature=0)
+    whole = client.chat.completions.create(**kwargs, max_tokens=24).choices[0].message.content
+    words = whole.split()
+    assert len(words) >= 6, whole
+    stop = " ".join(words[3:5])  # two words from the middle: a stop string that certainly occurs
+    expected = whole[: whole.find(stop)]
+    reply = client.chat.completions.create(**kwargs, max_tokens=24, stop=[stop, "never said"])
+    assert reply.choices[0].message.content == expected and reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens < 24
+    chunks = list(client.chat.completions.create(**kwargs, max_tokens=24, stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
+    unmet = client.chat.completions.create(**kwargs, max_tokens=24, stop="never said")
+    assert unmet.choices[0].message.content == whole and unmet.choices[0].finish_reason == "length"
+
+
 def bad_requests(model: str, media: Path) -> list[tuple[str, object, int, str | None, str]]:
     """(case, body, status, error.param, a piece of error.message)."""
     clip = str(media / "clip.mp4")
     two_videos = video_message(clip)
     two_videos[0]["content"].append({"type": "video_url", "video_url": {"url": clip}})
-    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]
+    video_and_image = video_message(clip)
+    video_and_image[0]["content"].append({"type": "image_url", "image_url": {"url": str(media / "picture.png")}})
+    audio = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}]}]
     return [
         ("malformed JSON", b'{"model": "m", "messages": [', 400, None, "not valid JSON"),
         ("not an object", b"[1, 2]", 400, None, "must be a JSON object"),
@@ -192,11 +304,19 @@ def bad_requests(model: str, media: Path) -> list[tuple[str, object, int, str | 
         ("empty messages", {"model": model, "messages": []}, 400, "messages", "non-empty list"),
         ("bad role", {"model": model, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0]", "role"),
         ("unknown model", chat_body("gpt-9", clip), 404, "model", "not served here"),
-        ("no video", {"model": model, "messages": [{"role": "user", "content": "hi"}]}, 400, "messages", "no video"),
-        ("two videos", {"model": model, "messages": two_videos}, 400, "messages", "2 videos"),
-        ("image part", {"model": model, "messages": image}, 400, "messages[0].content[0]", "video_url part"),
-        ("n=2", chat_body(model, clip, n=2), 400, "n", "n=1"),
-        ("stop and seed", chat_body(model, clip, stop=["END"], seed=3), 400, "seed", "would be ignored): seed, stop"),
+        ("two videos", {"model": model, "messages": two_videos}, 400, "messages[0].content[2]", "2 media parts"),
+        (
+            "video and image",
+            {"model": model, "messages": video_and_image},
+            400,
+            "messages[0].content[2]",
+            "image_url at messages[0]",
+        ),
+        ("audio part", {"model": model, "messages": audio}, 400, "messages[0].content[0]", "image_url part"),
+        ("n over a batch", chat_body(model, clip, n=9), 400, "n", "must be in [1, 8]"),
+        ("seed not an integer", chat_body(model, clip, seed=1.5), 400, "seed", "must be an integer"),
+        ("five stop strings", chat_body(model, clip, stop=list("abcde")), 400, "stop", "up to 4"),
+        ("logprobs", chat_body(model, clip, logprobs=True, top_logprobs=2), 400, "logprobs", "ignored): logprobs, top"),
         ("an unknown field", chat_body(model, clip, best_of=4), 400, "best_of", "would be ignored"),
         (
             "vLLM's frame count",
@@ -235,6 +355,9 @@ def bad_requests(model: str, media: Path) -> list[tuple[str, object, int, str | 
         ("too large body", chat_body(model, "data:video/mp4;base64," + "A" * 1_600_000), 413, None, "the request has"),
         ("too long video", chat_body(model, str(media / "long.mp4")), 400, "messages", "lasts 15.0 s"),
         ("damaged video", chat_body(model, str(media / "damaged.mp4")), 422, "messages", "could not be decoded"),
+        ("damaged image", image_body(model, str(media / "damaged.png")), 422, "messages", "image could not be decoded"),
+        ("image too large", image_body(model, str(media / "wide.png")), 422, "messages", "320x240 pixels (76,800)"),
+        ("image outside roots", image_body(model, "/etc/hostname"), 403, "messages", "allowed root"),
         ("empty video", chat_body(model, str(media / "empty.mp4")), 422, "messages", "empty file"),
         ("frames too large", chat_body(model, str(media / "wide.mp4")), 422, "messages", "320x240 frames (76,800"),
         (
@@ -257,9 +380,9 @@ def test_bad_requests_get_a_4xx_with_an_openai_error_and_the_server_serves_on(se
         assert error["type"] == {403: "permission_error", 404: "not_found_error"}.get(status, "invalid_request_error")
     got, reply = post(f"{server}/v1/nothing-here", {})
     assert got == 404 and "Not Found" in reply["error"]["message"]
-    with pytest.raises(openai.BadRequestError, match="no video"):
+    with pytest.raises(openai.BadRequestError, match="would be ignored[)]: logprobs"):
         openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0).chat.completions.create(
-            model=str(tiny_vlm_dir), messages=[{"role": "user", "content": "hi"}]
+            model=str(tiny_vlm_dir), messages=[{"role": "user", "content": "hi"}], logprobs=True
         )
     # fields at the value that changes nothing pass, and vLLM's frame count is honoured
     neutral = dict(stop=None, seed=None, user="u", presence_penalty=0, media_io_kwargs={"video": {"num_frames": 4}})
@@ -526,16 +649,88 @@ def test_serve_yaml_is_a_valid_serve_deploy_config(tiny_vlm_dir):
         call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), {"modle": "x"})
 
 
-def test_jobs_that_differ_only_in_token_limit_or_ignore_eos_share_one_generate_call():
-    """The HF engine's groups: the token limit and ignore_eos hold per row; any other setting needs its own call."""
+def test_jobs_that_differ_only_in_per_row_settings_share_one_generate_call():
+    """The HF engine's groups: the token limit, ignore_eos, the stop strings and the seed hold per row; temperature
+    and top_p need a call of their own."""
     from vstar.generate.sampling import Sampling
     from vstar.serve.engine import _shared
 
     greedy = Sampling(10, seed=None)
-    assert _shared(greedy) == _shared(Sampling(5, seed=None, ignore_eos=True))
+    assert _shared(greedy) == _shared(Sampling(5, seed=None, ignore_eos=True, stop=("END",)))
+    assert _shared(Sampling(10, temperature=0.8, seed=1)) == _shared(Sampling(3, temperature=0.8, seed=None))
     assert _shared(greedy) == _shared(Sampling(10, temperature=0, top_p=0.5, seed=None))  # top_p: greedy anyway
     assert _shared(greedy) != _shared(Sampling(10, temperature=0.8, seed=None))
     assert _shared(Sampling(10, temperature=0.8, top_p=0.5)) != _shared(Sampling(10, temperature=0.8, top_p=0.9))
+
+
+def parse(**fields):
+    from vstar.config import DataConfig, GenerateConfig
+    from vstar.serve.protocol import parse_chat_request
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], **fields}
+    return parse_chat_request(json.dumps(body).encode(), "m", GenerateConfig(), DataConfig(), 16, 8)
+
+
+def test_the_protocol_reads_media_choices_seeds_and_stop_strings():
+    from vstar.serve.protocol import APIError
+
+    text = parse()
+    assert (text.video_url, text.image_url, text.n, text.messages) == (
+        None,
+        None,
+        1,
+        [{"role": "user", "content": "Hi"}],
+    )
+    assert text.sampling.seed is None and text.choice(2) == text.sampling  # unseeded: every choice draws anew
+    image = parse(messages=image_message("data:image/png;base64,AA==", "Which?"))
+    assert image.image_url == "data:image/png;base64,AA==" and image.video_url is None
+    assert image.messages[0]["content"] == [{"type": "image"}, {"type": "text", "text": "Which?"}]
+    auto = image_message("/x.png")
+    auto[0]["content"][0]["image_url"]["detail"] = "auto"
+    assert parse(messages=auto).image_url == "/x.png"
+    seeded = parse(n=8, seed=-3, temperature=1, stop=["a", "b", "c", "d"])
+    assert [seeded.choice(j).seed for j in (0, 7)] == [-3, 4] and seeded.sampling.stop == ("a", "b", "c", "d")
+    assert parse(stop=None).sampling.stop == parse(stop="").sampling.stop == ()
+    high = image_message("/x.png")
+    high[0]["content"][0]["image_url"]["detail"] = "high"
+    for fields, param, message in [
+        ({"messages": high}, "messages[0].content[0]", "detail 'high'"),
+        ({"n": 0}, "n", "must be in [1, 8]"),
+        ({"n": 2.0}, "n", "must be an integer"),
+        ({"seed": True}, "seed", "must be an integer"),
+        ({"seed": 2**63}, "seed", "must be in"),
+        ({"stop": 3}, "stop", "a string or a list"),
+        ({"stop": [None]}, "stop", "a string or a list"),
+        ({"best_of": 2, "n": 2}, "best_of", "would be ignored): best_of"),
+    ]:
+        with pytest.raises(APIError) as e:
+            parse(**fields)
+        assert (e.value.status, e.value.param) == (400, param) and message in e.value.message, (fields, e.value)
+
+
+class Pieces:
+    """A tokenizer whose token i decodes to PIECES[i]."""
+
+    PIECES = ["The ", "cat E", "N", "D", " more", "E", "X"]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.PIECES[i] for i in ids)
+
+
+def test_a_streamed_row_holds_back_what_may_start_a_stop_string():
+    """The HF engine's row: "E", then "EN" wait (they may begin "END"); "END" ends the text before it, and text that
+    turned out not to be a stop string is sent on."""
+    from vstar.generate.sampling import Sampling
+    from vstar.serve.engine import Job, _Row
+
+    def run(tokens, max_tokens=10):
+        row = _Row(Pieces(), 5, Job("p", Sampling(max_tokens, seed=None, stop=("END", "cat X"))), eos={99})
+        return [(d.text, d.finish_reason) for d in map(row.add, tokens)]
+
+    assert run([0, 1, 2, 3, 4]) == [("The ", None), ("cat ", None), ("", None), ("", "stop"), ("", None)]
+    assert run([0, 5, 6, 99]) == [("The ", None), ("", None), ("EX", None), ("", "stop")]
+    assert run([0, 1], max_tokens=2) == [("The ", None), ("cat E", "length")]  # the held "E" comes at the end
+    assert run([0, 1, 6]) == [("The ", None), ("cat ", None), ("EX", None)]
 
 
 @pytest.mark.vllm
@@ -556,12 +751,31 @@ def test_vllm_engine_honours_each_jobs_settings_and_matches_transformers(tiny_vl
     # 8 tokens: further on, the random model's near-ties can go either way between the two (fp32 on both)
     greedy = Sampling(8, seed=None)  # as a request's: no seed of its own
     jobs = [
-        Job(prompt, frames.array, frames.meta, greedy),
-        Job(prompt, frames.array, frames.meta, Sampling(300, seed=None, ignore_eos=True)),
+        Job(prompt, greedy, frames.array, frames.meta),
+        Job(prompt, Sampling(300, seed=None, ignore_eos=True), frames.array, frames.meta),
     ]
     (step,) = list(vllm_engine.stream(jobs))  # one step: vLLM's whole answers
-    hf_steps = list(hf.stream([Job(prompt, frames.array, frames.meta, greedy)]))
+    hf_steps = list(hf.stream([Job(prompt, greedy, frames.array, frames.meta)]))
     assert step[0].text == "".join(s[0].text for s in hf_steps)
     hf_last = next(s[0] for s in hf_steps if s[0].finish_reason)
     assert (step[0].finish_reason, step[0].completion_tokens) == (hf_last.finish_reason, hf_last.completion_tokens)
     assert (step[1].finish_reason, step[1].completion_tokens) == ("length", 300)
+
+    # a text-only job and an image job answer as transformers does; a stop string cuts; a seed repeats its draw
+    image = Image.open(media / "picture.png").convert("RGB")
+    text_prompt = hf.prompt([{"role": "user", "content": QUESTION}])
+    image_prompt = hf.prompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
+    whole = step[0].text
+    stop = whole.split()[2]  # a word of the greedy answer: it certainly occurs
+    sampled = [Sampling(12, temperature=1.0, seed=seed) for seed in (7, 7, 8)]
+    jobs = [
+        Job(text_prompt, greedy),
+        Job(image_prompt, greedy, image=image),
+        Job(prompt, Sampling(8, seed=None, stop=(stop,)), frames.array, frames.meta),
+        *[Job(text_prompt, s) for s in sampled],
+    ]
+    (step,) = list(vllm_engine.stream(jobs))
+    for i in (0, 1):
+        assert step[i].text == "".join(s[0].text for s in hf.stream([jobs[i]])), i
+    assert (step[2].text, step[2].finish_reason) == (whole[: whole.find(stop)], "stop")
+    assert step[3].text == step[4].text != step[5].text

@@ -171,10 +171,11 @@ def vllm_engine_args(
     **llm_kwargs,
 ) -> dict:
     """The engine settings of `vllm.LLM` and of the async engine alike: one video a prompt, LoRA sized to the
-    adapter, `seed` seeding the engine once (requests carry none); `llm_kwargs` as given
-    (`GenerateConfig.vllm_kwargs`: max_model_len, gpu_memory_utilization, max_num_seqs)."""
+    adapter, `seed` seeding the engine once (the generate stage's requests carry their rows' seeds); `llm_kwargs` as
+    given, over these (`GenerateConfig.vllm_kwargs`: max_model_len, gpu_memory_utilization, max_num_seqs; the serve
+    engine's limit_mm_per_prompt, which takes an image too)."""
     lora = {"enable_lora": True, "max_lora_rank": lora_rank(lora_path), "max_loras": 1} if lora_path else {}
-    return dict(
+    args = dict(
         model=model,
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
@@ -182,8 +183,8 @@ def vllm_engine_args(
         generation_config="vllm",  # vLLM's neutral defaults, not the checkpoint's (Sampling sets what applies)
         limit_mm_per_prompt={"image": 0, "video": 1},
         **lora,
-        **llm_kwargs,
     )
+    return args | llm_kwargs
 
 
 def load_vllm(

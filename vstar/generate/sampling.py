@@ -56,8 +56,12 @@ class Sampling:
     n: int = 1  # candidates per prompt
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
-    seed: int | None = 0  # the run's seed: engines are seeded with it, rows with `row_seed`; None: unseeded (serving)
+    # the run's seed: engines are seeded with it, rows with `row_seed`. Serving: the request's own seed (None: unseeded)
+    seed: int | None = 0
     ignore_eos: bool = False  # generate exactly max_new_tokens (serve benchmarks)
+    # a request's stop strings (serving: the serve engines and `vllm_params`; the generate stage sets none): the text
+    # ends before the first one generated, with finish reason "stop"
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.temperature == 0:  # greedy: every candidate would be the same one, and top_p would not apply
@@ -98,8 +102,8 @@ class Sampling:
         """A `vllm.SamplingParams`, with the request's `seed` (a row's `row_seed`) when given: vLLM then draws the
         request's candidates from seed, seed + 1, ... whatever else is in the batch. The cost: a batch holding seeded
         requests samples on vLLM's native path (a per-request generator, the top-p sort in torch) instead of
-        FlashInfer's kernel. Serving sends none. A request's output comes once, finished: the async engine would
-        otherwise build one for every request at every step."""
+        FlashInfer's kernel. Serving sends the request's own seed (`self.seed`, None when it sent none). A request's
+        output comes once, finished: the async engine would otherwise build one for every request at every step."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -112,6 +116,7 @@ class Sampling:
             repetition_penalty=1.0,
             max_tokens=self.max_new_tokens,
             ignore_eos=self.ignore_eos,
+            stop=list(self.stop),
             seed=seed,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )

@@ -28,13 +28,15 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 def load_processor(path: str, max_frame_pixels: int | None = None):
     """The model's processor; with `max_frame_pixels`, its video processor resizes every frame to at most that
-    many pixels (the model's own limit, 12.8M pixels for Qwen2.5-VL, shrinks nothing under ~3584x3584)."""
+    many pixels (the model's own limit, 12.8M pixels for Qwen2.5-VL, shrinks nothing under ~3584x3584), and its
+    image processor every image (a served image is one frame; vLLM's `mm_processor_kwargs` size bounds both)."""
     from transformers import AutoProcessor
 
     install_fallback()
     processor = AutoProcessor.from_pretrained(path)
     if max_frame_pixels is not None:
         processor.video_processor.size = video_size(max_frame_pixels)
+        processor.image_processor.size = video_size(max_frame_pixels)
     return processor
 
 

@@ -1,4 +1,4 @@
-"""The Ray Serve app: an OpenAI-compatible chat endpoint that answers about a video.
+"""The Ray Serve app: an OpenAI-compatible chat endpoint that answers about a video (or an image, or text).
 
     vstar serve runs/demo                          # the run's best cycle, at http://127.0.0.1:8000/v1
     vstar serve runs/demo/cycle_1/model serve.port=8080 'serve.allowed_roots=[/data/videos]'
@@ -9,11 +9,14 @@
         {"type": "video_url", "video_url": {"url": "file:///data/videos/a.mp4"}},
         {"type": "text", "text": "What happens in the video?"}]}])
 
+A request holds one video, one image (`{"type": "image_url", "image_url": {"url": ...}}`, the same kinds of URL)
+or neither (a text chat); `n`, `seed` and `stop` work as in `vllm serve`.
+
 Routes: `POST /v1/chat/completions` (`stream: true` → server-sent chunks ending with `data: [DONE]`),
 `GET /v1/models`, `GET /health`. One deployment, `ChatServer`: its FastAPI routes validate the request
-(`protocol`), fetch and decode the video with the project's frame sampler (`video`), then hand a `Job` to
-`_generate`, which `@serve.batch` runs together with the replica's other pending jobs on one engine
-(`engine`: transformers on CPU, vLLM on GPU). A refused request gets a 4xx OpenAI error body, a request
+(`protocol`), fetch and decode the video with the project's frame sampler, or the image (`video`), then hand one
+`Job` a choice (`n`) to `_generate`, which `@serve.batch` runs together with the replica's other pending jobs on one
+engine (`engine`: transformers on CPU, vLLM on GPU). A refused request gets a 4xx OpenAI error body, a request
 running past `serve.request_timeout_s` a 504; neither touches the other requests in its batch.
 
 Under load: the body is counted while it is read (413 past the limit, chunked or not); each request fetches and
@@ -41,8 +44,17 @@ from starlette.responses import JSONResponse, StreamingResponse
 from vstar.config import Config, DataConfig, GenerateConfig, ServeConfig, accelerator_resources, load_config
 from vstar.data.frames import mm_processor_kwargs
 from vstar.serve.engine import ENGINES, Delta, Job
-from vstar.serve.protocol import APIError, chunk, completion, new_id, parse_chat_request, sse, usage_chunk
-from vstar.serve.video import load_video
+from vstar.serve.protocol import (
+    APIError,
+    ChatRequest,
+    chunk,
+    completion,
+    new_id,
+    parse_chat_request,
+    sse,
+    usage_chunk,
+)
+from vstar.serve.video import load_image, load_video
 
 log = logging.getLogger("vstar")
 replica_log = logging.getLogger("ray.serve")  # what a replica logs to Serve's log files
@@ -52,21 +64,61 @@ APP_NAME = "vstar"
 # globals that exist when the decorators run.
 
 
-async def _collect(pieces) -> tuple[str, Delta]:
-    text = []
-    async for delta in pieces:
-        text.append(delta.text)
-        if delta.finish_reason:
-            return "".join(text), delta
-    raise RuntimeError("the engine ended without a finish reason")
+def _media(req: ChatRequest, limits: ServeConfig, data: DataConfig, timeout_s: float) -> dict:
+    """The request's video (sampled frames and their metadata) or image as `Job` fields; none for a text chat."""
+    if req.video_url is not None:
+        frames = load_video(req.video_url, req.num_frames, limits, data, timeout_s)
+        return {"video": frames.array, "meta": frames.meta}
+    if req.image_url is not None:
+        return {"image": load_image(req.image_url, limits, data, timeout_s)}
+    return {}
+
+
+async def _merged(streams: list):
+    """The choices' streams of deltas as one, in the order the pieces come: (choice index, delta). Ends when every
+    choice has finished; a failed choice raises here."""
+    pieces: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream) -> None:
+        try:
+            async for delta in stream:
+                await pieces.put((i, delta))
+                if delta.finish_reason:
+                    return
+            raise RuntimeError("the engine ended without a finish reason")
+        except Exception as e:
+            await pieces.put((i, e))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(streams)
+        while running:
+            i, item = await pieces.get()
+            if isinstance(item, Exception):
+                raise item
+            yield i, item
+            running -= item.finish_reason is not None
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _collect(pieces, n: int) -> list[tuple[str, Delta]]:
+    """Each choice's whole text and last delta (with its finish reason and token counts)."""
+    texts: list[list[str]] = [[] for _ in range(n)]
+    last: list[Delta] = [Delta("")] * n
+    async for i, delta in pieces:
+        texts[i].append(delta.text)
+        last[i] = delta
+    return [("".join(t), d) for t, d in zip(texts, last, strict=True)]
 
 
 def _left(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.001)
 
 
-def _cancel(job: Job | None) -> None:
-    if job is not None:
+def _cancel(jobs: list[Job]) -> None:
+    for job in jobs:
         job.cancelled = True
 
 
@@ -118,6 +170,7 @@ class ChatServer:
         self.engine = ENGINES[backend](model, **engine_kwargs)
         self.model_id, self.gen, self.data, self.limits = model_id, gen, data, limits
         self.created = int(time.time())
+        self.max_n = max_batch_size  # a request's choices fit in one batch
         self._generate.set_max_batch_size(max_batch_size)
         self._generate.set_batch_wait_timeout_s(batch_wait_s)
         # one thread per request the replica takes (max_ongoing_requests): a fetch never waits for another's
@@ -153,57 +206,68 @@ class ChatServer:
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
         deadline = time.monotonic() + self.limits.request_timeout_s
-        job = None
+        jobs: list[Job] = []
         try:
             body = await asyncio.wait_for(_body(request, self.limits.max_video_bytes * 4 // 3 + 2**20), _left(deadline))
-            req = parse_chat_request(body, self.model_id, self.gen, self.data, self.limits.max_frames)
+            req = parse_chat_request(body, self.model_id, self.gen, self.data, self.limits.max_frames, self.max_n)
             left = _left(deadline)
-            fetch = asyncio.get_running_loop().run_in_executor(
-                self.fetches, load_video, req.video_url, req.num_frames, self.limits, self.data, left
-            )
-            frames = await asyncio.wait_for(fetch, left)
+            fetch = asyncio.get_running_loop().run_in_executor(self.fetches, _media, req, self.limits, self.data, left)
+            media = await asyncio.wait_for(fetch, left)
             prompt = self.engine.prompt(req.messages)
-            job = Job(prompt, frames.array, frames.meta, req.sampling)
-            pieces = self._generate(job)
+            jobs = [Job(prompt, req.choice(j), **media) for j in range(req.n)]  # one job a choice, batched together
+            pieces = _merged([self._generate(job) for job in jobs])
             if req.stream:  # wait for the first piece here, so a request stuck in the queue still gets a 504
                 first = await asyncio.wait_for(pieces.__anext__(), _left(deadline))
-                events = self._events(req.model, req.include_usage, job, first, pieces, deadline)
+                events = self._events(req, jobs, first, pieces, deadline)
                 return StreamingResponse(events, media_type="text/event-stream")
-            text, last = await asyncio.wait_for(_collect(pieces), _left(deadline))
-            return completion(new_id(), req.model, text, last.finish_reason, last.prompt_tokens, last.completion_tokens)
+            choices = await asyncio.wait_for(_collect(pieces, req.n), _left(deadline))
+            return completion(
+                new_id(),
+                req.model,
+                [(text, last.finish_reason) for text, last in choices],
+                choices[0][1].prompt_tokens,
+                sum(last.completion_tokens for _, last in choices),
+            )
         except APIError as e:
             replica_log.info("refused: %s", e)
             return _error(e)
         except TimeoutError:
-            _cancel(job)
+            _cancel(jobs)
             return _error(self._timeout())
         except Exception as e:  # this request's batch failed: a 500 for it, the replica serves on
-            _cancel(job)
+            _cancel(jobs)
             replica_log.exception("generation failed")
             return _error(APIError(500, f"generation failed: {type(e).__name__}: {e}"))
 
-    async def _events(self, model: str, include_usage: bool, job: Job, delta: Delta, pieces, deadline: float):
-        """Server-sent chunks: the role, the text pieces, the finish reason, optionally the usage, [DONE].
-        A timeout or failure mid-stream becomes an `{"error": ...}` event (the status line has been sent)."""
-        ident = new_id()
+    async def _events(self, req: ChatRequest, jobs: list[Job], first: tuple[int, Delta], pieces, deadline: float):
+        """Server-sent chunks: each choice's role, its text pieces (as they come, choices interleaved) and its finish
+        reason, optionally the usage of all, [DONE]. A timeout or failure mid-stream becomes an `{"error": ...}`
+        event (the status line has been sent)."""
+        ident, model = new_id(), req.model
         try:
-            yield sse(chunk(ident, model, {"role": "assistant", "content": ""}))
+            for i in range(req.n):
+                yield sse(chunk(ident, model, i, {"role": "assistant", "content": ""}))
+            (i, delta), finished = first, []
             while True:
                 if delta.text:
-                    yield sse(chunk(ident, model, {"content": delta.text}))
+                    yield sse(chunk(ident, model, i, {"content": delta.text}))
                 if delta.finish_reason:
-                    yield sse(chunk(ident, model, {}, delta.finish_reason))
-                    if include_usage:
-                        yield sse(usage_chunk(ident, model, delta.prompt_tokens, delta.completion_tokens))
-                    break
-                delta = await asyncio.wait_for(pieces.__anext__(), _left(deadline))
+                    yield sse(chunk(ident, model, i, {}, delta.finish_reason))
+                    finished.append(delta)
+                    if len(finished) == req.n:
+                        break
+                i, delta = await asyncio.wait_for(pieces.__anext__(), _left(deadline))
+            if req.include_usage:
+                completion_tokens = sum(d.completion_tokens for d in finished)
+                yield sse(usage_chunk(ident, model, finished[0].prompt_tokens, completion_tokens))
         except TimeoutError:
             yield sse(self._timeout().body())
         except Exception as e:
             replica_log.exception("generation failed mid-stream")
             yield sse(APIError(500, f"generation failed: {type(e).__name__}: {e}").body())
         finally:  # also when the client went away: stop generating for it
-            job.cancelled = True
+            _cancel(jobs)
+            await pieces.aclose()
         yield sse("[DONE]")
 
     @rserve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # both set again from the config in __init__

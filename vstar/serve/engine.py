@@ -1,42 +1,50 @@
-"""Serving engines: a batch of chat jobs (prompt, frames, `Sampling`) → per-step text pieces, streamed.
+"""Serving engines: a batch of chat jobs (prompt, a video, an image or neither, `Sampling`) → per-step text pieces.
 
     engine = HFEngine("runs/demo/cycle_1/model")
     prompt = engine.prompt([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}])
-    for step in engine.stream([Job(prompt, frames.array, frames.meta, Sampling.greedy(16))]):
+    for step in engine.stream([Job(prompt, Sampling.greedy(16), frames.array, frames.meta)]):
         print(step[0].text, step[0].finish_reason)
 
+A job is one choice of a request (the app makes `n` jobs for `n` choices, choice j seeded seed + j).
 `stream(jobs)` yields one list per decoding step with a `Delta` per job, in order; a job's last delta has
-its `finish_reason` ("stop": end of sequence, "length": its `max_new_tokens` reached). The models load as
-the generation backends' do (`load_hf`, `load_vllm`); only the sampling differs, per request instead of per run.
+its `finish_reason` ("stop": end of sequence or one of its stop strings, which the text leaves out; "length": its
+`max_new_tokens` reached). The models load as the generation backends' do (`load_hf`, `load_vllm`); only the
+sampling differs, per request instead of per run.
 
 `HFEngine` (transformers, CPU or GPU) streams token by token: `generate` runs in a thread and hands each
-step's tokens over a queue. A job whose `cancelled` flag is set (its client left, or it timed out) stops
-at the next step. Jobs whose sampling differs in more than the token limit and `ignore_eos` (which apply
-per row) are generated one group after another.
-`VLLMEngine` (GPU) runs `vllm.LLM.generate` on the batch with each job's `sampling.vllm_params()` and yields
-each job's whole text in one step (token streaming would need vLLM's async engine).
+step's tokens over a queue. Jobs with a video, with an image and with neither go into one processor call. A job
+whose `cancelled` flag is set (its client left, or it timed out) stops at the next step. Per row: the token limit,
+`ignore_eos`, the stop strings (text that may be the start of one is held back until decided, as vLLM does) and
+the seed (`RowSampler`: each row draws from its own generator, so a seeded request's text does not depend on its
+batch; an unseeded one gets a seed from the engine's). Jobs whose temperature or top_p differ are generated one
+group after another.
+`VLLMEngine` (GPU) runs `vllm.LLM.generate` on the batch with each job's `sampling.vllm_params(seed)` (stop strings
+are vLLM's own) and yields each job's whole text in one step (token streaming would need vLLM's async engine).
 """
 
 from __future__ import annotations
 
 import queue
+import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from vstar.data.frames import FrameMeta
-from vstar.generate.backends import load_hf, load_vllm, vllm_video
+from vstar.generate.backends import RowSampler, load_hf, load_vllm, vllm_video
 from vstar.generate.sampling import Sampling
 
 
 @dataclass
 class Job:
     prompt: str  # the chat-templated text (`engine.prompt(messages)`)
-    video: np.ndarray  # uint8 [T, H, W, 3]
-    meta: FrameMeta
-    sampling: Sampling  # this request's: its max_new_tokens and ignore_eos hold for this job alone
+    sampling: Sampling  # this choice's (n is 1): its token limit, ignore_eos, stop strings and seed hold for it alone
+    video: np.ndarray | None = None  # uint8 [T, H, W, 3]
+    meta: FrameMeta | None = None  # the video's
+    image: Any = None  # an RGB PIL image; at most one of video and image
     cancelled: bool = False  # set from another thread: stop generating for this job
 
 
@@ -52,10 +60,8 @@ class HFEngine:
     """transformers `generate` on a batch, streamed step by step, with per-job token limits and cancelling."""
 
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0, max_frame_pixels: int | None = None):
-        import torch
-
         self.model, self.processor, self.device, self.eos = load_hf(model, dtype, max_frame_pixels=max_frame_pixels)
-        torch.manual_seed(seed)
+        self.seeds = random.Random(seed)  # the seeds of unseeded requests' rows
 
     def prompt(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -75,22 +81,23 @@ class HFEngine:
         inputs = chat_inputs(self.processor, jobs).to(self.device)
         prompt_len = inputs["input_ids"].shape[1]
         prompt_tokens = [int(n) for n in inputs["attention_mask"].sum(1).tolist()]
+        rows = [_Row(self.processor.tokenizer, p, job, self.eos) for p, job in zip(prompt_tokens, jobs, strict=True)]
         steps: queue.Queue = queue.Queue()
         kwargs = dict(
             **replace(shared, max_new_tokens=max(j.sampling.max_new_tokens for j in jobs)).hf_kwargs(),
             streamer=_QueueStreamer(steps),
-            stopping_criteria=[_RowLimits(jobs, prompt_len)],
+            stopping_criteria=[_RowLimits(rows, prompt_len)],
             logits_processor=[_NoEOS(jobs, self.eos)],
         )
+        if shared.sample:  # every row from its own generator: the request's seed, or one drawn here
+            seeds = [self.seeds.getrandbits(56) if j.sampling.seed is None else j.sampling.seed for j in jobs]
+            kwargs.update(temperature=1.0, top_p=1.0)  # the sampler does both
+            kwargs["logits_processor"].append(RowSampler(seeds, shared))
         thread = threading.Thread(target=self._generate, args=(inputs, kwargs, steps), daemon=True)
         thread.start()
-        rows = [_Row(self.processor.tokenizer, p) for p in prompt_tokens]
         try:
             for group in _piled_up(steps):
-                yield [
-                    _merge([row.add(int(tokens[i]), job, self.eos) for tokens in group])
-                    for i, (row, job) in enumerate(zip(rows, jobs, strict=True))
-                ]
+                yield [_merge([row.add(int(tokens[i])) for tokens in group]) for i, row in enumerate(rows)]
             yield [row.close() for row in rows]  # rows still open when generate returned (all were cancelled)
         finally:
             for job in jobs:  # the consumer left early: let generate stop at its next step
@@ -109,9 +116,10 @@ class HFEngine:
 
 
 def _shared(sampling: Sampling) -> Sampling:
-    """What the jobs of one `generate` call share: a job's sampling without its token limit and `ignore_eos`, which
-    hold per row (`_RowLimits`, `_NoEOS`), so jobs that differ only in those are generated together."""
-    return replace(sampling, max_new_tokens=1, ignore_eos=False)
+    """What the jobs of one `generate` call share: a job's sampling without what holds per row (the token limit:
+    `_RowLimits`; `ignore_eos`: `_NoEOS`; the stop strings: `_Row`; the seed: `RowSampler`), so jobs that differ only
+    in those are generated together."""
+    return replace(sampling, max_new_tokens=1, ignore_eos=False, stop=(), seed=None)
 
 
 def _piled_up(steps: queue.Queue) -> Iterator[list[list[int]]]:
@@ -142,17 +150,20 @@ def _merge(deltas: list[Delta]) -> Delta:
 
 
 def chat_inputs(processor, jobs: list[Job]):
-    """Batched model inputs for templated prompts with their videos and real frame times (see `video_chat_inputs`)."""
-    metadata = [
-        {"total_num_frames": j.meta.total_frames, "fps": j.meta.fps, "frames_indices": j.meta.indices} for j in jobs
-    ]
-    return processor(
-        text=[j.prompt for j in jobs],
-        videos=[j.video for j in jobs],
-        video_metadata=metadata,
-        return_tensors="pt",
-        padding=True,
-    )
+    """Batched model inputs for templated prompts with their videos (and real frame times, see `video_chat_inputs`)
+    and images; the processor takes each list in the order of the prompts' placeholders."""
+    videos = [j for j in jobs if j.video is not None]
+    images = [j.image for j in jobs if j.image is not None]
+    kwargs = {}
+    if videos:
+        kwargs["videos"] = [j.video for j in videos]
+        kwargs["video_metadata"] = [
+            {"total_num_frames": j.meta.total_frames, "fps": j.meta.fps, "frames_indices": j.meta.indices}
+            for j in videos
+        ]
+    if images:
+        kwargs["images"] = images
+    return processor(text=[j.prompt for j in jobs], return_tensors="pt", padding=True, **kwargs)
 
 
 class _QueueStreamer:
@@ -171,16 +182,17 @@ class _QueueStreamer:
 
 
 class _RowLimits:
-    """A stopping criterion per row: its own `max_new_tokens`, or cancelled."""
+    """A stopping criterion per row: its own `max_new_tokens`, cancelled, or finished by the consumer (a stop
+    string; read from the other thread, so a row may run a step or two past it, which `_Row` drops)."""
 
-    def __init__(self, jobs: list[Job], prompt_len: int):
-        self.jobs, self.prompt_len = jobs, prompt_len
+    def __init__(self, rows: list[_Row], prompt_len: int):
+        self.rows, self.prompt_len = rows, prompt_len
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
         generated = input_ids.shape[1] - self.prompt_len
-        done = [j.cancelled or generated >= j.sampling.max_new_tokens for j in self.jobs]
+        done = [r.done or r.job.cancelled or generated >= r.job.sampling.max_new_tokens for r in self.rows]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -198,35 +210,68 @@ class _NoEOS:
 
 
 class _Row:
-    """One job's generated tokens → text pieces. Text is decoded whole and only the new part is sent; a
-    trailing U+FFFD (a character cut between tokens) waits for the next token."""
+    """One job's generated tokens → text pieces. Text is decoded whole and only the new part is sent; a trailing
+    U+FFFD (a character cut between tokens) waits for the next token, and so does a tail that may be the start of
+    a stop string. The text ends before the first stop string."""
 
-    def __init__(self, tokenizer, prompt_tokens: int):
-        self.tokenizer, self.prompt_tokens = tokenizer, prompt_tokens
+    def __init__(self, tokenizer, prompt_tokens: int, job: Job, eos: set[int]):
+        self.tokenizer, self.prompt_tokens, self.job, self.eos = tokenizer, prompt_tokens, job, eos
         self.ids: list[int] = []
         self.count, self.sent, self.done = 0, "", False
 
-    def add(self, token: int, job: Job, eos: set[int]) -> Delta:
+    def add(self, token: int) -> Delta:
         if self.done:
             return Delta("")
         self.count += 1
-        if token in eos and not job.sampling.ignore_eos:
+        if token in self.eos and not self.job.sampling.ignore_eos:
             return self.close("stop")
         self.ids.append(token)
-        if self.count >= job.sampling.max_new_tokens or job.cancelled:
+        if self.count >= self.job.sampling.max_new_tokens or self.job.cancelled:
             return self.close("length")
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return Delta("")
+        if (cut := stop_at(text, self.job.sampling.stop, len(self.sent))) is not None:
+            return self._finish(text[:cut], "stop")
+        text = text[: len(text) - held_back(text, self.job.sampling.stop)]
         piece, self.sent = text[len(self.sent) :], text
         return Delta(piece)
 
     def close(self, reason: str = "length") -> Delta:
         if self.done:
             return Delta("")
+        # a character cut by the token limit is left out, as vLLM's detokenizer leaves it out
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")
+        if (cut := stop_at(text, self.job.sampling.stop, len(self.sent))) is not None:
+            text, reason = text[:cut], "stop"
+        return self._finish(text, reason)
+
+    def _finish(self, text: str, reason: str) -> Delta:
         self.done = True
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         return Delta(text[len(self.sent) :], reason, self.prompt_tokens, self.count)
+
+
+def stop_at(text: str, stops: tuple[str, ...], start: int = 0) -> int | None:
+    """Where the first stop string in `text` begins (searching from `start`), or None.
+
+    >>> stop_at("a cat. A dog.", (".", "dog")), stop_at("a cat", ("dog",))
+    (5, None)
+    """
+    found = [i for s in stops if (i := text.find(s, start)) >= 0]
+    return min(found) if found else None
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` may be the start of a stop string: they wait until decided. Text
+    before them is never part of one (a stop string beginning there would be a longer such tail, or found whole).
+
+    >>> held_back("the answer is EN", ("END",)), held_back("the answer is E", ("END", "EOF")), held_back("x", ("END",))
+    (2, 1, 0)
+    """
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+MEDIA_PER_PROMPT = {"image": 1, "video": 1}  # a request's one image or one video (the generate stage takes no image)
 
 
 class VLLMEngine:
@@ -242,15 +287,15 @@ class VLLMEngine:
         **llm_kwargs,
     ):
         self.llm, self.processor, self.lora = load_vllm(
-            model, dtype, tensor_parallel_size, lora_path, seed, **llm_kwargs
+            model, dtype, tensor_parallel_size, lora_path, seed, limit_mm_per_prompt=MEDIA_PER_PROMPT, **llm_kwargs
         )
 
     def prompt(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def stream(self, jobs: list[Job]) -> Iterator[list[Delta]]:
-        requests = [{"prompt": j.prompt, "multi_modal_data": {"video": vllm_video(j.video, j.meta)}} for j in jobs]
-        params = [j.sampling.vllm_params() for j in jobs]
+        requests = [_vllm_request(j) for j in jobs]
+        params = [j.sampling.vllm_params(j.sampling.seed) for j in jobs]
         outs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
         yield [
             Delta(
@@ -261,6 +306,15 @@ class VLLMEngine:
             )
             for o in outs
         ]
+
+
+def _vllm_request(job: Job) -> dict:
+    """A job as a vLLM prompt: its video or image as multi-modal data, or the text alone."""
+    if job.video is not None:
+        return {"prompt": job.prompt, "multi_modal_data": {"video": vllm_video(job.video, job.meta)}}
+    if job.image is not None:
+        return {"prompt": job.prompt, "multi_modal_data": {"image": job.image}}
+    return {"prompt": job.prompt}
 
 
 ENGINES = {"hf": HFEngine, "vllm": VLLMEngine}

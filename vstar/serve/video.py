@@ -1,7 +1,8 @@
-"""A request's `video_url` → sampled frames, with the server's limits, through the project's one frame sampler.
+"""A request's `video_url` → sampled frames, through the project's one frame sampler; its `image_url` → an RGB
+image. Both with the server's limits.
 
-Three kinds of URL, nothing else:
-  data:video/mp4;base64,...   the bytes inline (written to a temporary file, then decoded)
+Three kinds of URL, for videos and images alike, nothing else:
+  data:video/mp4;base64,...   the bytes inline (written to a temporary file, then decoded; data:image/png;... too)
   /abs/path.mp4, file://...   a file on the server, only under `serve.allowed_roots` (none by default)
   http(s)://host/...          fetched, as vLLM does: any public host by default; with `serve.allowed_domains`,
                               only those hosts (and their subdomains)
@@ -12,16 +13,16 @@ metadata service at 169.254.169.254, fe80::/10), carrier-grade NAT, multicast, r
 are refused with a 403 (an IPv4 address inside IPv6 is judged as IPv4) — and the connection goes to that checked
 address (a second DNS answer cannot swap in another). A host named in `serve.allowed_domains` is trusted as the
 operator's, private or not. Redirects are followed up to 5 times, each target checked the same way. At most
-`serve.max_video_bytes` (413 beyond), and the whole download, redirects included, within the request's time
+`serve.max_video_bytes` for a video or an image (413 beyond), and the whole download, redirects included, within the request's time
 left (504 past it), however slowly the server sends.
 
 Each refusal is an `APIError` with a 4xx status: 403 for a path or host that is not allowed, 413 for too
-many bytes, 422 for a video that cannot be decoded, 400 for the rest (a bad URL, too long a video). Error texts
-name the rule, never the server's own paths.
+many bytes, 422 for a video or image that cannot be decoded (or an image over `data.max_decode_pixels`), 400 for
+the rest (a bad URL, too long a video). Error texts name the rule, never the server's own paths.
 
     >>> check_path("/etc/passwd", ["/data/videos"])
     Traceback (most recent call last):
-    vstar.serve.protocol.APIError: 403 messages: the video path is not under an allowed root (serve.allowed_roots)
+    vstar.serve.protocol.APIError: 403 messages: the path is not under an allowed root (serve.allowed_roots)
     >>> check_host("https://example.com/a.mp4", ["videos.example.org"])
     Traceback (most recent call last):
     vstar.serve.protocol.APIError: 403 messages: host 'example.com' is not in serve.allowed_domains
@@ -48,7 +49,7 @@ from vstar.data.frames import Frames, VideoDecodeError, decode_options, sample_f
 from vstar.serve.protocol import APIError
 
 DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
-PARAM = "messages"  # the video lives in the messages: every error here names them
+PARAM = "messages"  # the video or image lives in the messages: every error here names them
 CHUNK = 1 << 20
 MAX_REDIRECTS = 5
 
@@ -75,8 +76,32 @@ def load_video(url: str, num_frames: int, limits: ServeConfig, data: DataConfig,
     return frames
 
 
+def load_image(url: str, limits: ServeConfig, data: DataConfig, timeout_s: float):
+    """Fetch or locate the image, check its size in bytes and in pixels (`data.max_decode_pixels`, read from the
+    header before decoding), decode it to RGB (an animation's first frame)."""
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="vstar-serve-") as tmp:
+        path = local_path(url, limits, tmp, timeout_s)
+        size = os.path.getsize(path)
+        if size > limits.max_video_bytes:
+            raise APIError(413, f"the image has {size} bytes; the limit is {limits.max_video_bytes}", PARAM)
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > data.max_decode_pixels:
+                    raise APIError(422, f"the image has {width}x{height} pixels ({width * height:,}); the limit "
+                                   f"is data.max_decode_pixels ({data.max_decode_pixels:,})", PARAM)  # fmt: skip
+                return image.convert("RGB")
+        except APIError:
+            raise
+        except Exception as e:  # whatever PIL raises on a damaged or hostile file is the request's fault, not ours
+            reason = str(e).replace(path, "the image").replace(tmp, "the server")
+            raise APIError(422, f"the image could not be decoded: {type(e).__name__}: {reason}", PARAM) from None
+
+
 def local_path(url: str, limits: ServeConfig, tmp: str, timeout_s: float) -> str:
-    """A local file holding the video: the allowed path itself, or a file written into `tmp`."""
+    """A local file holding the video or image: the allowed path itself, or a file written into `tmp`."""
     if url[:5].lower() == "data:":
         return _write(_data_url_bytes(url, limits.max_video_bytes), tmp)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
@@ -85,9 +110,9 @@ def local_path(url: str, limits: ServeConfig, tmp: str, timeout_s: float) -> str
     if scheme in ("", "file"):
         path = check_path(url.removeprefix("file://"), limits.allowed_roots)
         if not os.path.isfile(path):
-            raise APIError(400, "the video path is not a file on the server", PARAM)
+            raise APIError(400, "the path is not a file on the server", PARAM)
         return path
-    raise APIError(400, f"unsupported video URL scheme {scheme!r}: use data:, a path, or http(s)", PARAM)
+    raise APIError(400, f"unsupported URL scheme {scheme!r}: use data:, a path, or http(s)", PARAM)
 
 
 def check_path(path: str, roots: list[str]) -> str:
@@ -97,7 +122,7 @@ def check_path(path: str, roots: list[str]) -> str:
         top = os.path.realpath(root)
         if os.path.commonpath([real, top]) == top:
             return real
-    raise APIError(403, "the video path is not under an allowed root (serve.allowed_roots)", PARAM)
+    raise APIError(403, "the path is not under an allowed root (serve.allowed_roots)", PARAM)
 
 
 def check_host(url: str, domains: list[str]) -> None:
@@ -110,10 +135,10 @@ def check_host(url: str, domains: list[str]) -> None:
 def _data_url_bytes(url: str, max_bytes: int) -> bytes:
     head = DATA_URL.match(url)
     if not head:
-        raise APIError(400, "a data URL must look like data:video/mp4;base64,<bytes>", PARAM)
+        raise APIError(400, "a data URL must look like data:video/mp4;base64,<bytes> (or data:image/png;...)", PARAM)
     payload = url[head.end() :]
     if len(payload) * 3 // 4 > max_bytes + 2:  # refuse before decoding: base64 is 4 characters per 3 bytes
-        raise APIError(413, f"the video has about {len(payload) * 3 // 4} bytes; the limit is {max_bytes}", PARAM)
+        raise APIError(413, f"the data URL has about {len(payload) * 3 // 4} bytes; the limit is {max_bytes}", PARAM)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -136,7 +161,7 @@ def resolve(host: str, port: int, allowed_domains: list[str]) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        raise APIError(400, f"fetching the video failed: cannot resolve {host!r} ({e})", PARAM) from None
+        raise APIError(400, f"fetching the URL failed: cannot resolve {host!r} ({e})", PARAM) from None
     addresses = [info[4][0] for info in infos]
     if not allowed_domains and not all(public_address(a) for a in addresses):
         raise APIError(403, f"host {host!r} resolves to a non-public address; only public hosts are fetched", PARAM)
@@ -173,7 +198,7 @@ def fetch(url: str, max_bytes: int, timeout_s: float, allowed_domains: list[str]
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise APIError(400, f"unsupported video URL {parts.scheme or 'without a scheme'!r}: use http(s)", PARAM)
+            raise APIError(400, f"unsupported URL {parts.scheme or 'without a scheme'!r}: use http(s)", PARAM)
         https = parts.scheme.lower() == "https"
         port = parts.port or (443 if https else 80)
         address = resolve(parts.hostname, port, allowed_domains or [])
@@ -187,10 +212,10 @@ def fetch(url: str, max_bytes: int, timeout_s: float, allowed_domains: list[str]
                 url = urllib.parse.urljoin(url, response.getheader("Location"))
                 continue
             if response.status != 200:
-                raise APIError(400, f"fetching the video failed: HTTP {response.status}", PARAM)
+                raise APIError(400, f"fetching the URL failed: HTTP {response.status}", PARAM)
             length = response.getheader("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
-                raise APIError(413, f"the video has {length} bytes; the limit is {max_bytes}", PARAM)
+                raise APIError(413, f"the URL's body has {length} bytes; the limit is {max_bytes}", PARAM)
             body = bytearray()
             while not response.isclosed():  # closed: the whole body (Content-Length) was read
                 # a slow sender meets the request's deadline, not a read's (`held`: the response may own the socket)
@@ -200,28 +225,26 @@ def fetch(url: str, max_bytes: int, timeout_s: float, allowed_domains: list[str]
                     return bytes(body)
                 body += piece
                 if len(body) > max_bytes:
-                    raise APIError(413, f"the video has more than {max_bytes} bytes", PARAM)
+                    raise APIError(413, f"the URL's body has more than {max_bytes} bytes", PARAM)
             return bytes(body)
         except TimeoutError:
-            raise APIError(504, "fetching the video took longer than the request may", PARAM) from None
+            raise APIError(504, "fetching the URL took longer than the request may", PARAM) from None
         except (OSError, http.client.HTTPException):  # one text for all: which error would tell a port's state
-            raise APIError(
-                400, "fetching the video failed: the host could not be reached or broke off", PARAM
-            ) from None
+            raise APIError(400, "fetching the URL failed: the host could not be reached or broke off", PARAM) from None
         finally:
             conn.close()
-    raise APIError(400, f"fetching the video failed: more than {MAX_REDIRECTS} redirects", PARAM)
+    raise APIError(400, f"fetching the URL failed: more than {MAX_REDIRECTS} redirects", PARAM)
 
 
 def _left(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise APIError(504, "fetching the video took longer than the request may", PARAM)
+        raise APIError(504, "fetching the URL took longer than the request may", PARAM)
     return left
 
 
 def _write(data: bytes, tmp: str) -> str:
-    path = os.path.join(tmp, "video")
+    path = os.path.join(tmp, "media")
     with open(path, "wb") as f:
         f.write(data)
     return path

@@ -735,7 +735,11 @@ def test_a_streamed_row_holds_back_what_may_start_a_stop_string():
 
 @pytest.mark.vllm
 def test_vllm_engine_honours_each_jobs_settings_and_matches_transformers(tiny_vlm_dir, media):
+    """vLLM's async engine as serving runs it: each job its own request, streamed as the engine produces it; a short
+    job finishes while a long one is still generating (continuous batching, no batch waits for its slowest job)."""
     pytest.importorskip("vllm", reason="vLLM is not installed here (see .ci/vllm_env.sh)")
+    import asyncio
+
     from vstar.data.frames import sample_frames
     from vstar.generate.sampling import Sampling
     from vstar.serve.engine import HFEngine, Job, VLLMEngine
@@ -747,26 +751,48 @@ def test_vllm_engine_honours_each_jobs_settings_and_matches_transformers(tiny_vl
     vllm_engine = VLLMEngine(str(tiny_vlm_dir), dtype="float32", max_model_len=2048, enforce_eager=True)
     prompt = vllm_engine.prompt(messages)
     assert prompt == hf.prompt(messages)
+    loop = asyncio.new_event_loop()
+
+    def run(jobs):
+        """Each job's deltas, and when (in order of arrival over all jobs) its last one came."""
+        arrivals = []
+
+        async def one(i, job):
+            deltas = []
+            async for delta in vllm_engine.stream_one(job):
+                deltas.append(delta)
+                arrivals.append(i)
+            return deltas
+
+        async def every():
+            return await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
+
+        return loop.run_until_complete(every()), arrivals
+
+    def whole(deltas):
+        return "".join(d.text for d in deltas), deltas[-1]
 
     # 8 tokens: further on, the random model's near-ties can go either way between the two (fp32 on both)
     greedy = Sampling(8, seed=None)  # as a request's: no seed of its own
     jobs = [
-        Job(prompt, greedy, frames.array, frames.meta),
         Job(prompt, Sampling(300, seed=None, ignore_eos=True), frames.array, frames.meta),
+        Job(prompt, greedy, frames.array, frames.meta),
     ]
-    (step,) = list(vllm_engine.stream(jobs))  # one step: vLLM's whole answers
+    (long, short), arrivals = run(jobs)
+    assert len(long) > 1, "the long answer came in pieces, as the engine produced them"
+    assert (long[-1].finish_reason, long[-1].completion_tokens) == ("length", 300)
+    assert arrivals.index(1) < len(arrivals) - 1 and arrivals[-1] == 0  # the short job ended while the long one ran
     hf_steps = list(hf.stream([Job(prompt, greedy, frames.array, frames.meta)]))
-    assert step[0].text == "".join(s[0].text for s in hf_steps)
+    text, last = whole(short)
+    assert text == "".join(s[0].text for s in hf_steps)
     hf_last = next(s[0] for s in hf_steps if s[0].finish_reason)
-    assert (step[0].finish_reason, step[0].completion_tokens) == (hf_last.finish_reason, hf_last.completion_tokens)
-    assert (step[1].finish_reason, step[1].completion_tokens) == ("length", 300)
+    assert (last.finish_reason, last.completion_tokens) == (hf_last.finish_reason, hf_last.completion_tokens)
 
     # a text-only job and an image job answer as transformers does; a stop string cuts; a seed repeats its draw
     image = Image.open(media / "picture.png").convert("RGB")
     text_prompt = hf.prompt([{"role": "user", "content": QUESTION}])
     image_prompt = hf.prompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}])
-    whole = step[0].text
-    stop = whole.split()[2]  # a word of the greedy answer: it certainly occurs
+    stop = text.split()[2]  # a word of the greedy answer: it certainly occurs
     sampled = [Sampling(12, temperature=1.0, seed=seed) for seed in (7, 7, 8)]
     jobs = [
         Job(text_prompt, greedy),
@@ -774,8 +800,11 @@ def test_vllm_engine_honours_each_jobs_settings_and_matches_transformers(tiny_vl
         Job(prompt, Sampling(8, seed=None, stop=(stop,)), frames.array, frames.meta),
         *[Job(text_prompt, s) for s in sampled],
     ]
-    (step,) = list(vllm_engine.stream(jobs))
+    outs, _ = run(jobs)
+    got = [whole(d) for d in outs]
     for i in (0, 1):
-        assert step[i].text == "".join(s[0].text for s in hf.stream([jobs[i]])), i
-    assert (step[2].text, step[2].finish_reason) == (whole[: whole.find(stop)], "stop")
-    assert step[3].text == step[4].text != step[5].text
+        assert got[i][0] == "".join(s[0].text for s in hf.stream([jobs[i]])), i
+    assert (got[2][0], got[2][1].finish_reason) == (text[: text.find(stop)], "stop")
+    assert got[3][0] == got[4][0] != got[5][0]
+    vllm_engine.engine.shutdown()
+    loop.close()

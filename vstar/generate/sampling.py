@@ -98,12 +98,13 @@ class Sampling:
             kwargs.update(min_new_tokens=self.max_new_tokens)
         return kwargs
 
-    def vllm_params(self, seed: int | None = None):
+    def vllm_params(self, seed: int | None = None, stream: bool = False):
         """A `vllm.SamplingParams`, with the request's `seed` (a row's `row_seed`) when given: vLLM then draws the
         request's candidates from seed, seed + 1, ... whatever else is in the batch. The cost: a batch holding seeded
         requests samples on vLLM's native path (a per-request generator, the top-p sort in torch) instead of
         FlashInfer's kernel. Serving sends the request's own seed (`self.seed`, None when it sent none). A request's
-        output comes once, finished: the async engine would otherwise build one for every request at every step."""
+        output comes once, finished (the async engine would otherwise build one for every request at every step),
+        or with `stream` the new text of each step (serving)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -118,5 +119,5 @@ class Sampling:
             ignore_eos=self.ignore_eos,
             stop=list(self.stop),
             seed=seed,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )

@@ -14,9 +14,10 @@ or neither (a text chat); `n`, `seed` and `stop` work as in `vllm serve`.
 
 Routes: `POST /v1/chat/completions` (`stream: true` → server-sent chunks ending with `data: [DONE]`),
 `GET /v1/models`, `GET /health`. One deployment, `ChatServer`: its FastAPI routes validate the request
-(`protocol`), fetch and decode the video with the project's frame sampler, or the image (`video`), then hand one
-`Job` a choice (`n`) to `_generate`, which `@serve.batch` runs together with the replica's other pending jobs on one
-engine (`engine`: transformers on CPU, vLLM on GPU). A refused request gets a 4xx OpenAI error body, a request
+(`protocol`), fetch and decode the video with the project's frame sampler, or the image (`video`), then make one
+`Job` a choice (`n`). With transformers (CPU) the jobs go to `_generate`, which `@serve.batch` runs together with
+the replica's other pending jobs; with vLLM (GPU) each job goes straight to vLLM's async engine, which batches
+every request in flight continuously and streams each one's text as it comes (`engine`). A refused request gets a 4xx OpenAI error body, a request
 running past `serve.request_timeout_s` a 504; neither touches the other requests in its batch.
 
 Under load: the body is counted while it is read (413 past the limit, chunked or not); each request fetches and
@@ -166,6 +167,7 @@ class ChatServer:
         limits: ServeConfig,
         max_batch_size: int,
         batch_wait_s: float,
+        max_ongoing: int,
     ):
         self.engine = ENGINES[backend](model, **engine_kwargs)
         self.model_id, self.gen, self.data, self.limits = model_id, gen, data, limits
@@ -174,13 +176,15 @@ class ChatServer:
         self._generate.set_max_batch_size(max_batch_size)
         self._generate.set_batch_wait_timeout_s(batch_wait_s)
         # one thread per request the replica takes (max_ongoing_requests): a fetch never waits for another's
-        self.fetches = ThreadPoolExecutor(4 * max_batch_size, thread_name_prefix="vstar-fetch")
+        self.fetches = ThreadPoolExecutor(max_ongoing, thread_name_prefix="vstar-fetch")
         self.stepper = ThreadPoolExecutor(1, thread_name_prefix="vstar-engine")  # the engine's steps, in order
         self.failed_batches = 0
         self.stepping_since: float | None = None  # when the engine step in hand began
 
     def problem(self) -> str | None:
         """Why this replica cannot serve now, or None."""
+        if self.engine.problem:
+            return self.engine.problem
         if self.failed_batches >= FAILED_BATCHES:
             return f"the engine failed {self.failed_batches} batches in a row"
         if self.stepping_since is not None and time.monotonic() - self.stepping_since > self.limits.request_timeout_s:
@@ -215,7 +219,7 @@ class ChatServer:
             media = await asyncio.wait_for(fetch, left)
             prompt = self.engine.prompt(req.messages)
             jobs = [Job(prompt, req.choice(j), **media) for j in range(req.n)]  # one job a choice, batched together
-            pieces = _merged([self._generate(job) for job in jobs])
+            pieces = _merged([self._pieces(job) for job in jobs])
             if req.stream:  # wait for the first piece here, so a request stuck in the queue still gets a 504
                 first = await asyncio.wait_for(pieces.__anext__(), _left(deadline))
                 events = self._events(req, jobs, first, pieces, deadline)
@@ -270,6 +274,20 @@ class ChatServer:
             await pieces.aclose()
         yield sse("[DONE]")
 
+    def _pieces(self, job: Job):
+        """The job's deltas: from the engine's own continuous batching (vLLM), or from `_generate`'s batches."""
+        return self._streamed(job) if self.engine.continuous else self._generate(job)
+
+    async def _streamed(self, job: Job):
+        """`engine.stream_one`, its failures counted as a failed batch's are."""
+        try:
+            async for delta in self.engine.stream_one(job):
+                yield delta
+        except Exception:
+            self.failed_batches += 1
+            raise
+        self.failed_batches = 0
+
     @rserve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # both set again from the config in __init__
     async def _generate(self, jobs: list[Job]):
         """The replica's pending jobs in one engine call; each step yields one item per job, and StopIteration
@@ -303,29 +321,29 @@ class ChatServer:
 def build_app(model: str, model_id: str, cfg: Config) -> Application:
     """The bound app: `model` is the folder or hub id to load, `model_id` the name clients ask for."""
     limits = cfg.serve
-    # Until ServeConfig has these fields (max_batch_size, batch_wait_s, max_replicas): their defaults.
-    max_batch_size = limits.max_batch_size
-    batch_wait_s = limits.batch_wait_s
-    max_replicas = limits.max_replicas
-    if max_replicas:  # autoscale on queued requests: a replica is busy with a full batch
+    max_batch_size, batch_wait_s, max_replicas = limits.max_batch_size, limits.batch_wait_s, limits.max_replicas
+    # transformers: room for the next batch's requests to fetch and decode while one batch generates; vLLM's engine
+    # batches continuously up to generate.max_num_seqs sequences, so a replica takes that many requests
+    vllm = cfg.generate.backend == "vllm"
+    max_ongoing = cfg.generate.max_num_seqs if vllm else 4 * max_batch_size
+    if max_replicas:  # autoscale on requests in hand: a replica is busy with a full batch (vLLM: half its sequences)
         replicas = {
             "autoscaling_config": {
                 "min_replicas": limits.num_replicas,
                 "max_replicas": max_replicas,
-                "target_ongoing_requests": max_batch_size,
+                "target_ongoing_requests": max_ongoing // 2 if vllm else max_batch_size,
             }
         }
     else:
         replicas = {"num_replicas": limits.num_replicas}
     engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.run.seed}
-    if cfg.generate.backend == "vllm":
+    if vllm:
         engine_kwargs.update(cfg.generate.vllm_kwargs())
         engine_kwargs.update(mm_processor_kwargs=mm_processor_kwargs(cfg.data))  # vLLM bounds frames as decode did
     else:
         engine_kwargs.update(max_frame_pixels=cfg.data.max_frame_pixels)  # so does the transformers processor
     deployment = ChatServer.options(
-        # room for the next batch's requests to fetch and decode their videos while one batch generates
-        max_ongoing_requests=4 * max_batch_size,
+        max_ongoing_requests=max_ongoing,
         # beyond what the replicas take, a bounded wait in the proxy, then 429 + Retry-After (not 504 for everyone)
         max_queued_requests=limits.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=limits.retry_after_s),
@@ -346,6 +364,7 @@ def build_app(model: str, model_id: str, cfg: Config) -> Application:
         limits,
         max_batch_size,
         batch_wait_s,
+        max_ongoing,
     )
 
 

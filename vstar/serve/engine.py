@@ -8,7 +8,7 @@
 A job is one choice of a request (the app makes `n` jobs for `n` choices, choice j seeded seed + j).
 `stream(jobs)` yields one list per decoding step with a `Delta` per job, in order; a job's last delta has
 its `finish_reason` ("stop": end of sequence or one of its stop strings, which the text leaves out; "length": its
-`max_new_tokens` reached). The models load as the generation backends' do (`load_hf`, `load_vllm`); only the
+`max_new_tokens` reached). The models load as the generation backends' do (`load_hf`, `vllm_engine_args`); only the
 sampling differs, per request instead of per run.
 
 `HFEngine` (transformers, CPU or GPU) streams token by token: `generate` runs in a thread and hands each
@@ -24,17 +24,18 @@ are vLLM's own) and yields each job's whole text in one step (token streaming wo
 
 from __future__ import annotations
 
+import itertools
 import queue
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from vstar.data.frames import FrameMeta
-from vstar.generate.backends import RowSampler, load_hf, load_vllm, vllm_video
+from vstar.generate.backends import RowSampler, load_hf, vllm_engine_args, vllm_video
 from vstar.generate.sampling import Sampling
 
 
@@ -58,6 +59,9 @@ class Delta:
 
 class HFEngine:
     """transformers `generate` on a batch, streamed step by step, with per-job token limits and cancelling."""
+
+    continuous = False  # the app hands it jobs in @serve.batch calls (`stream`)
+    problem = None  # nothing of its own that can die: a failing batch is the app's to count
 
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0, max_frame_pixels: int | None = None):
         self.model, self.processor, self.device, self.eos = load_hf(model, dtype, max_frame_pixels=max_frame_pixels)
@@ -275,7 +279,10 @@ MEDIA_PER_PROMPT = {"image": 1, "video": 1}  # a request's one image or one vide
 
 
 class VLLMEngine:
-    """`vllm.LLM.generate` on the batch (GPU), per-job sampling settings; one step with each job's whole text."""
+    """vLLM's async engine (GPU): every job its own request, continuously batched by the engine with whatever else is
+    in flight (no batch waits for its slowest job), its text streamed as the engine produces it."""
+
+    continuous = True  # the app awaits `stream_one` per job; no @serve.batch in front of it
 
     def __init__(
         self,
@@ -286,26 +293,47 @@ class VLLMEngine:
         lora_path: str | None = None,
         **llm_kwargs,
     ):
-        self.llm, self.processor, self.lora = load_vllm(
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        from vstar.generate.backends import lora_request
+        from vstar.models.load import load_processor
+
+        args = vllm_engine_args(
             model, dtype, tensor_parallel_size, lora_path, seed, limit_mm_per_prompt=MEDIA_PER_PROMPT, **llm_kwargs
         )
+        # built outside an event loop: the engine starts its output handler in the loop of the first request
+        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args, disable_log_stats=True))
+        self.processor = load_processor(model)
+        self.lora = lora_request(lora_path)
+        self.ids = itertools.count()
 
     def prompt(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def stream(self, jobs: list[Job]) -> Iterator[list[Delta]]:
-        requests = [_vllm_request(j) for j in jobs]
-        params = [j.sampling.vllm_params(j.sampling.seed) for j in jobs]
-        outs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
-        yield [
-            Delta(
-                o.outputs[0].text,
-                o.outputs[0].finish_reason or "stop",
-                len(o.prompt_token_ids),
-                len(o.outputs[0].token_ids),
-            )
-            for o in outs
-        ]
+    @property
+    def problem(self) -> str | None:
+        """Why the engine cannot serve (its engine core died), or None."""
+        return f"vLLM's engine failed: {self.engine.dead_error}" if self.engine.errored else None
+
+    async def stream_one(self, job: Job) -> AsyncIterator[Delta]:
+        """The job's text as vLLM streams it (the new text of each engine step that produced some), the last delta
+        with its finish reason and token counts. A cancelled job (its client left, it timed out) or a consumer that
+        stops reading aborts the request in the engine."""
+        params = job.sampling.vllm_params(job.sampling.seed, stream=True)
+        request_id = f"serve-{next(self.ids)}"
+        tokens, finished = 0, False
+        try:
+            async for out in self.engine.generate(_vllm_request(job), params, request_id, lora_request=self.lora):
+                o = out.outputs[0]
+                tokens += len(o.token_ids)
+                finished = out.finished
+                reason = (o.finish_reason or "stop") if finished else None
+                yield Delta(o.text, reason, len(out.prompt_token_ids or ()), tokens)
+                if finished or job.cancelled:
+                    return
+        finally:
+            if not finished:
+                await self.engine.abort(request_id)
 
 
 def _vllm_request(job: Job) -> dict:

@@ -1,4 +1,4 @@
-"""Serving engines: a batch of chat jobs (prompt, a video, an image or neither, `Sampling`) → per-step text pieces.
+"""Serving engines: chat jobs (prompt, a video, an image or neither, `Sampling`) → their text pieces, streamed.
 
     engine = HFEngine("runs/demo/cycle_1/model")
     prompt = engine.prompt([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}])
@@ -18,8 +18,10 @@ whose `cancelled` flag is set (its client left, or it timed out) stops at the ne
 the seed (`RowSampler`: each row draws from its own generator, so a seeded request's text does not depend on its
 batch; an unseeded one gets a seed from the engine's). Jobs whose temperature or top_p differ are generated one
 group after another.
-`VLLMEngine` (GPU) runs `vllm.LLM.generate` on the batch with each job's `sampling.vllm_params(seed)` (stop strings
-are vLLM's own) and yields each job's whole text in one step (token streaming would need vLLM's async engine).
+`VLLMEngine` (GPU) is vLLM's async engine, one job at a time: `async for delta in engine.stream_one(job)` sends the
+job as its own request (`sampling.vllm_params(seed, stream=True)`; stop strings are vLLM's own) and yields its
+text as the engine produces it; the engine batches every request in flight continuously (`continuous`: the app
+sends it jobs as they come, not in @serve.batch calls).
 """
 
 from __future__ import annotations

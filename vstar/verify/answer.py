@@ -172,7 +172,7 @@ class Layout:
         floor = max(0, c - REACH)
         # No negation's first word in the sentence before c: none in the clause (a clause begins at a break, after
         # which no word is cut to a negation: "but" → "ut"), so the clause need not be found.
-        if NEGATING_FIRST.isdisjoint(w.lower() for w in self.words_before(c, floor, apostrophe=True)):
+        if NEGATING_FIRST.isdisjoint(map(str.lower, self.words_before(c, floor, apostrophe=True))):
             return False
         lo = self.clause_start(c)
         while lo > floor and (self.text[lo - 1] in "[(" or (self.text[lo - 1] == "," and self._in_brackets(lo))):

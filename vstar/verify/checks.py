@@ -234,7 +234,7 @@ def _start_end(answer: Answer):
     found = _bounded(found, [x.start for x in found], lay)[0]
     found = [x for x in found if x.explicit and not x.clip_length and not lay.negated(x.start)]
     for a, b in zip(found, found[1:], strict=False):
-        if _START_CUE.isdisjoint(w.lower() for w in lay.words_before(a.start, 0)):
+        if _START_CUE.isdisjoint(map(str.lower, lay.words_before(a.start, 0))):
             continue  # no cue in the sentence before it, so none in its clause (see Layout.negated)
         if any(w.lower() in _START_CUE for w in lay.words_before(a.start, lay.clause_start(a.start))):
             return a, b

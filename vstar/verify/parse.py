@@ -302,11 +302,11 @@ _TIME_RE = re.compile(
     r"(?P<pct>\s*+%)?+(?P<unit>\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+",
     re.I,
 )
-_TIME_TAIL = re.compile(r"(?:\s*+%)?+(?:\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+", re.I)
 _OF_CLIP = re.compile(r"\s*+(?:of\s++the\s++(?:video|clip|way)|into\s++the\s++(?:video|clip))", re.I)
 _TIME_WORDS = frozenset(["at", "from", "to", "until", "till", "by", "after", "before", "through", "between"])
 _HEDGE_WORDS = frozenset(["about", "around", "approximately", "roughly", "the", "only"])
 _CLIP_WORDS = frozenset(["lasts", "last", "length", "duration", "long", "whole", "entire", "total"])
+_CLIP_STEMS = ("last", "length", "duration", "long", "whole", "entire", "total")  # in every word of _CLIP_WORDS
 _CLIP_AFTER = re.compile(r"\s*+-?\s*+(?:long\b|clip\b|video\b|in\s++total)", re.I)
 _SPAN_JOIN = re.compile(
     r"\s*+(?:s|secs?|seconds?)?\s*+(?:to|until|till|through|-|–|—|(?P<and>and)|(?P<comma>,))\s*+", re.I
@@ -316,23 +316,18 @@ _SPAN_JOIN = re.compile(
 class Time:
     """A number that may be a time; what it is is read when a check asks (a check reads a few of thousands)."""
 
-    __slots__ = ("_clip", "_end_all", "_explicit", "end", "pct", "start", "text", "unit")
+    __slots__ = ("_clip", "_explicit", "clip_words", "end", "end_all", "pct", "start", "text", "unit")
 
-    def __init__(self, text: str, start: int, end: int, unit: bool, pct: bool):
+    def __init__(self, text: str, start: int, end: int, end_all: int, unit: bool, pct: bool, clip_words: bool):
         self.text, self.start, self.end, self.unit, self.pct = text, start, end, unit, pct  # text: the digitised answer
-        self._end_all = self._explicit = self._clip = None
+        self.end_all = end_all  # the end of the number with its % or unit
+        self.clip_words = clip_words  # whether the text has a word of the clip's length ("lasts", "whole") at all
+        self._explicit = self._clip = None
 
     @property
     def value(self) -> tuple[float, str]:
         """(value, "frac" | "s")."""
         return _time_value(self.text[self.start : self.end], self.pct, self.unit)
-
-    @property
-    def end_all(self) -> int:
-        """The end of the number with its % or unit."""
-        if self._end_all is None:
-            self._end_all = _TIME_TAIL.match(self.text, self.end).end()
-        return self._end_all
 
     @property
     def of_clip(self) -> bool:
@@ -351,10 +346,11 @@ class Time:
     def clip_length(self) -> bool:
         """ "A 10-second clip", "the video lasts 10 s": the clip's length, not an event's time."""
         if self._clip is None:
-            tail = self.text[max(0, self.start - 30) : self.start]
-            clause = tail[max(tail.rfind("."), tail.rfind(";")) + 1 :].lower().split()
-            after = _CLIP_AFTER.match(self.text, self.end_all) is not None
-            self._clip = after or (not self.of_clip and any(w in _CLIP_WORDS for w in clause))
+            self._clip = _CLIP_AFTER.match(self.text, self.end_all) is not None
+            if not self._clip and self.clip_words and not self.of_clip:
+                tail = self.text[max(0, self.start - 30) : self.start]
+                clause = tail[max(tail.rfind("."), tail.rfind(";")) + 1 :].lower().split()
+                self._clip = not _CLIP_WORDS.isdisjoint(clause)
         return self._clip
 
 
@@ -421,7 +417,12 @@ def times(text: str) -> list[Time]:
 @lru_cache(maxsize=2)  # spans and the checks of one answer read the same times
 def _times(text: str) -> tuple[Time, ...]:
     text = digitise(text)
-    return tuple(Time(text, m.start(1), m.end(1), m.start(3) >= 0, m.start(2) >= 0) for m in _TIME_RE.finditer(text))
+    low = text.lower()
+    clip_words = any(w in low for w in _CLIP_STEMS)
+    return tuple(
+        Time(text, m.start(1), m.end(1), m.end(), m.start(3) >= 0, m.start(2) >= 0, clip_words)
+        for m in _TIME_RE.finditer(text)
+    )
 
 
 def spans(text: str) -> list[Span]:

@@ -276,7 +276,7 @@ def _committed_sentences(t: Tokens) -> set[int]:
     lists = set()
     for s in {t.sentence[i] for i in at["or"]}:
         a, b = t.sentence_range(s)
-        if sum(1 for i in range(a, b) if t.clause_start[i] == i) >= 4:
+        if len(t.clause_firsts(a, b)) >= 4:
             lists.add(s)
     return set(t.sentence) - hedged - lists
 
@@ -332,7 +332,7 @@ def _coordinated(t: Tokens, first: int, last: int) -> bool:
     if after == ["or"] or (before and before[-1] == "or"):
         return True
     a, b = t.sentence_range(t.sentence[first])
-    starts = [i for i in range(a, b) if t.clause_start[i] == i] + [b]
+    starts = [*t.clause_firsts(a, b), b]
     return sum(1 for x, y in zip(starts, starts[1:], strict=False) if y - x <= 3) >= 3
 
 

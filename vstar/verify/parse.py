@@ -221,9 +221,12 @@ def digitise(text: str) -> str:
     if not found:
         return text
     if "half" in text.lower():
+        replaced = 0
         for pattern, repl in _TIME_PHRASES:
-            text = pattern.sub(lambda m, r=repl: r.ljust(len(m.group())), text)
-        found = number_words(text)
+            text, n = pattern.subn(lambda m, r=repl: r.ljust(len(m.group())), text)
+            replaced += n
+        if replaced:  # "the first half" is "0 to 0.5": its words read anew
+            found = number_words(text)
     out, last = [], 0
     for start, end, value in _numbers_in_words(text, found):
         digits = _digits(value)

@@ -21,7 +21,7 @@ import bisect
 import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from itertools import accumulate
+from itertools import accumulate, repeat
 
 from rapidfuzz import fuzz
 
@@ -236,7 +236,7 @@ def _negations(tokens: list[str], clauses: list[int]) -> list[bool]:
 
 def _bounds(n: int, starts: list[int], cuts: list[int]) -> list[int]:
     """The first token of every segment, for segments that begin at the character offsets `cuts`, and n."""
-    return sorted({0, n, *(bisect.bisect_left(starts, c) for c in cuts)})
+    return sorted({0, n, *map(bisect.bisect_left, repeat(starts, len(cuts)), cuts)})
 
 
 def _numbered(bounds: list[int]) -> list[int]:
@@ -263,7 +263,6 @@ class Tokens:
     starts: list[int]  # character offsets in the text
     sentence: list[int]  # sentence number of each token
     clauses: list[int]  # the first token of every clause, and the number of tokens
-    negations: list[bool]  # whether a negation stands before the token in its clause
     by_token: dict[str, list[int]]  # token → ascending positions (joined hyphenated words too)
 
     @classmethod
@@ -299,7 +298,12 @@ class Tokens:
         for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit"
             by_token.setdefault(tok, []).append(i)
             by_token[tok].sort()
-        return cls(tokens, starts, sentence, clauses, _negations(tokens, clauses), by_token)
+        return cls(tokens, starts, sentence, clauses, by_token)
+
+    @cached_property
+    def negations(self) -> list[bool]:
+        """Per token: whether a negation stands before it in its clause."""
+        return _negations(self.tokens, self.clauses)
 
     @cached_property
     def clause_start(self) -> list[int]:

@@ -454,6 +454,9 @@ def spans(text: str) -> list[Span]:
 
 _BOX_RE = re.compile(rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+[\])]")
 _PAIR_RE = re.compile(rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+[\])]")
+_BOX_OR_PAIR_RE = re.compile(
+    rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+(?:,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+)?[\])]"
+)  # a match of _BOX_RE (all four groups) or of _PAIR_RE (two)
 # "x1 = 0.1", "y_max: 20", "X2 is 3" (a name at a word start); its first letter a character class, scanned for in C
 _NAMED_RE = re.compile(rf"([xyXY](?<!\w\w)(?:[12]?|_?(?i:min|max)))\s*+(?:=|:|(?i:is))\s*+({_NUM})")
 
@@ -467,8 +470,12 @@ class Box:
 def boxes(text: str) -> list[Box]:
     """Every box: [x1, y1, x2, y2] or (…); two corners "(x1, y1) … (x2, y2)"; named "x1 = …, y1 = …, x2 = …, y2 = …"
     (or two x and two y values: the box spanning them)."""
-    found = [Box(tuple(_float(g) for g in m.groups()), m.start()) for m in _BOX_RE.finditer(text)]
-    pairs = [(m.start(), m.end(), _float(m.group(1)), _float(m.group(2))) for m in _PAIR_RE.finditer(text)]
+    found, pairs = [], []
+    for m in _BOX_OR_PAIR_RE.finditer(text):  # one scan for both: neither has a bracket inside
+        if m.group(3) is None:
+            pairs.append((m.start(), m.end(), _float(m.group(1)), _float(m.group(2))))
+        else:
+            found.append(Box(tuple(map(_float, m.groups())), m.start()))
     for (s1, e1, x1, y1), (s2, _, x2, y2) in zip(pairs, pairs[1:], strict=False):
         if s2 - e1 <= 80 and not re.search(r"[.;]\s", text[e1:s2]):
             found.append(Box((x1, y1, x2, y2), s1))

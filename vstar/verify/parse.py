@@ -59,10 +59,10 @@ _FRACTIONS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "qu
 _WORD_RE = re.compile(r"[A-Za-z]++")
 # phrases of time written in words, replaced before the numbers (same length or shorter, padded)
 _TIME_PHRASES = [
-    (re.compile(r"\b(?:the\s+)?first\s+half\b", re.I), "0 to 0.5"),
-    (re.compile(r"\b(?:the\s+)?second\s+half\b", re.I), "0.5 to 1"),
-    (re.compile(r"\bhalf\s*-?\s*way\b", re.I), "at 0.5"),
-]
+    (re.compile(r"\b(?:the\s+)?first\s+half\b", re.I), "0 to 0.5", "first"),
+    (re.compile(r"\b(?:the\s+)?second\s+half\b", re.I), "0.5 to 1", "second"),
+    (re.compile(r"\bhalf\s*-?\s*way\b", re.I), "at 0.5", "way"),
+]  # (pattern, replacement, a word it needs)
 _NOT_ONE_AFTER = {"no", "the", "any", "every", "some", "each", "this", "that", "which", "someone", "anyone"}
 _NOT_ONE_BEFORE = {"of", "another", "who", "that", "which", "hand", "side", "foot", "leg", "arm", "by"}
 
@@ -141,6 +141,12 @@ _RUN_START = re.compile(
 
 
 RUN_WORDS = 18  # words `_run_at` may read: a run of up to 14 and the 3 after it ("and a half")
+_FIRST_WORDS = 6  # words read first: a run `_run_at` ends before the 3rd of them reads no further (most runs)
+
+
+def _words(text: str, at: int, n: int) -> list[tuple[int, int, str]]:
+    """The first n words from offset `at` (within 160 characters): (start, end, lower-case word)."""
+    return [(x.start(), x.end(), x.group().lower()) for x in islice(_WORD_RE.finditer(text, at, at + 160), n)]
 
 
 def _numbers_in_words(text: str, found: list[tuple[int, int, str]]):
@@ -154,12 +160,14 @@ def _numbers_in_words(text: str, found: list[tuple[int, int, str]]):
         a_before = start >= 2 and _A_BEFORE.search(text, max(0, start - 4), start)
         run_at = a_before.start() if a_before and (w in _SCALES or w in _FRACTIONS) else start
         if _RUN_START.match(text, run_at):
-            window = islice(_WORD_RE.finditer(text, run_at, run_at + 160), RUN_WORDS)
-            run = _run_at(text, [(x.start(), x.end(), x.group().lower()) for x in window], 0)
+            ws = _words(text, run_at, _FIRST_WORDS)
+            run = _run_at(text, ws, 0)
+            if run is not None and len(ws) == _FIRST_WORDS and run[3] + 4 >= _FIRST_WORDS:
+                run = _run_at(text, _words(text, run_at, RUN_WORDS), 0)  # it may read past the first words
             if run is not None:
                 done = run[1]
                 if run[2] is not None:
-                    yield run
+                    yield run[:3]
                 continue
         if w in WORD_NUMBERS and not (w == "one" and _not_one(text, start, end)):
             done = end
@@ -177,7 +185,8 @@ def _not_one(text: str, start: int, end: int) -> bool:
 
 
 def _run_at(text: str, ws: list, i: int):
-    """The run of number words starting at ws[i]: (start, end, value or None), or None when there is none."""
+    """The run of number words starting at ws[i]: (start, end, value or None, index of its last word in ws; it read
+    no word after the 3 that follow that one), or None when there is none."""
     n = len(ws)
     start, _, w = ws[i]
     a_scale = w == "a" and i + 1 < n and (ws[i + 1][2] in _SCALES or ws[i + 1][2] in _FRACTIONS)
@@ -211,7 +220,7 @@ def _run_at(text: str, ws: list, i: int):
         before = text[max(0, start - 12) : start].split()[-1:]
         if (before and before[0].lower() in _NOT_ONE_AFTER) or (rest[:1] and rest[0] in _NOT_ONE_BEFORE):
             value = None  # "no one", "one of the", "the one who": not a number
-    return start, end, value
+    return start, end, value, j
 
 
 def _digits(value: float) -> str:
@@ -225,8 +234,10 @@ def digitise(text: str) -> str:
     if not found:
         return text
     if "half" in text.lower():
-        replaced = 0
-        for pattern, repl in _TIME_PHRASES:
+        replaced, low = 0, text.lower() if text.isascii() else None
+        for pattern, repl, needs in _TIME_PHRASES:
+            if low is not None and needs not in low:
+                continue  # an ASCII text without the phrase's word (re.I matches "ſ" as "s": not only ASCII)
             text, n = pattern.subn(lambda m, r=repl: r.ljust(len(m.group())), text)
             replaced += n
         if replaced:  # "the first half" is "0 to 0.5": its words read anew

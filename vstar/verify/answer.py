@@ -103,6 +103,10 @@ def expand(text: str, abbreviations: tuple[tuple[str, str], ...]) -> str:
     if not abbreviations:
         return text
     pattern, full = _abbreviation_pattern(abbreviations)
+    if text.isascii() and all(a.isascii() for a in full):  # re.I matches "ſ" as "s": this test is for ASCII only
+        low = text.lower()
+        if not any(a in low for a in full):
+            return text  # none written (most answers): no scan
     return pattern.sub(lambda m: full[m.group().lower()], text)
 
 
@@ -233,7 +237,7 @@ class Answer:
         if abbreviations not in self._readings:
             text = expand(self.text, abbreviations)
             tokens = Tokens.of(text)
-            end = self.marker if not abbreviations else marker_end(text)
+            end = self.marker if text == self.text else marker_end(text)
             conclusion = rest = None
             if end is not None:
                 first = tokens.token_at(end)

@@ -353,10 +353,10 @@ def check_text(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         )
     r = answer.reading(())
     t = r.tokens
-    not_ok = _uncommitted_sentences(t)
     ps = phrases(label.value)
     lo, hi = r.conclusion or (0, len(t.tokens))
     found = [find(t, p, lo, hi) for p in ps]
+    not_ok = _uncommitted_sentences(t) if any(found) else set()
     hits = [
         (f, last)
         for occurrences in found

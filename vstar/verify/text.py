@@ -262,8 +262,9 @@ class Tokens:
     tokens: list[str]
     starts: list[int]  # character offsets in the text
     sentence: list[int]  # sentence number of each token
-    clauses: list[int]  # the first token of every clause, and the number of tokens
     by_token: dict[str, list[int]]  # token → ascending positions (joined hyphenated words too)
+    text: str  # the text the tokens were read from (lower case, number words as digits)
+    ends: list[int]  # character offsets of its sentence ends
 
     @classmethod
     def of(cls, text: str) -> Tokens:
@@ -288,17 +289,19 @@ class Tokens:
     @classmethod
     def _build(cls, text: str, tokens: list[str], starts: list[int], joined: list) -> Tokens:
         ends = [m.end() for m in SENTENCE_END.finditer(text)]
-        breaks = clause_breaks(text)
-        n = len(tokens)
-        sentence = _numbered(_bounds(n, starts, ends))
-        clauses = _bounds(n, starts, ends + breaks)
+        sentence = _numbered(_bounds(len(tokens), starts, ends))
         by_token: dict[str, list[int]] = {}
         for i, tok in enumerate(tokens):
             by_token.setdefault(tok, []).append(i)
         for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit"
             by_token.setdefault(tok, []).append(i)
             by_token[tok].sort()
-        return cls(tokens, starts, sentence, clauses, by_token)
+        return cls(tokens, starts, sentence, by_token, text, ends)
+
+    @cached_property
+    def clauses(self) -> list[int]:
+        """The first token of every clause, and the number of tokens (read when a check first asks for a clause)."""
+        return _bounds(len(self.tokens), self.starts, self.ends + clause_breaks(self.text))
 
     @cached_property
     def negations(self) -> list[bool]:

@@ -245,6 +245,7 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = spans(answer.text)
     found = [s for s in _bounded(found, [s.pos for s in found], answer.layout)[0] if not s.clip_length]
     picked = how = None
+    pair = ()  # not sought yet
     if found:
         picked, how = _pick(found, [s.pos for s in found], answer, label, "span")
         if how.startswith("the last") or how.startswith("the only") or picked is None:
@@ -252,7 +253,7 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
             if pair and (picked is None or pair[0].start > picked.pos):
                 picked, how = None, None
     if picked is None:
-        pair = _start_end(answer)
+        pair = _start_end(answer) if pair == () else pair
         if pair is None:
             return fail(
                 label, how or "no span in the answer (expected e.g. 'from 0.2 to 0.5' or 'between 3 s and 7 s')"
@@ -260,7 +261,7 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         start, end = pair[0].value, pair[1].value
         how = "a start and an end said apart"
     else:
-        start, end = picked.start, picked.end
+        start, end = picked.values
     a, b = _fraction(start, ctx.duration_s), _fraction(end, ctx.duration_s)
     if a is None or b is None:
         return fail(label, f"span in seconds ({start[0]:g}–{end[0]:g} s) but the clip's duration is unknown")

@@ -270,14 +270,16 @@ def check_yes_no(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
 def _uncommitted_sentences(t: Tokens) -> set[int]:
     """Sentences that do not commit: hedged ("could be any of these") or a list of options (3+ commas and an "or").
     Read from the token index: the hedges, "not sure" and "or" where they are, clauses counted only where an "or" is."""
-    at = {w: [i for i in t.by_token.get(w, ()) if t.tokens[i] == w] for w in (*HEDGES, "sure", "or")}  # not "o-r"
-    hedged = {t.sentence[i] for w in HEDGES for i in at[w]}
-    hedged |= {t.sentence[i] for i in at["sure"] if i and t.tokens[i - 1] == "not"}
-    lists = set()
-    for s in {t.sentence[i] for i in at["or"]}:
-        a, b = t.sentence_range(s)
-        if len(t.clause_firsts(a, b)) >= 4:
-            lists.add(s)
+    hedged, ors = set(), set()
+    for w in (*HEDGES, "sure", "or"):
+        for i in t.by_token.get(w, ()):
+            if t.tokens[i] != w:
+                continue  # a hyphenated "o-r" joined
+            if w == "or":
+                ors.add(t.sentence[i])
+            elif w != "sure" or (i and t.tokens[i - 1] == "not"):
+                hedged.add(t.sentence[i])
+    lists = {s for s in ors if len(t.clause_firsts(*t.sentence_range(s))) >= 4}
     return hedged | lists
 
 

@@ -385,14 +385,18 @@ class Span:
         return self.a.start
 
     @property
-    def start(self) -> tuple[float, str]:  # (value, "frac" | "s"); a bare end takes the other's unit ("0.5 to 3 s")
+    def values(self) -> tuple[tuple[float, str], tuple[float, str]]:
+        """(start, end), each (value, "frac" | "s"); a bare end takes the other's unit ("0.5 to 3 s")."""
         a, b = self.a.value, self.b.value
-        return a if a[1] == b[1] else (a[0], "s")
+        return (a, b) if a[1] == b[1] else ((a[0], "s"), (b[0], "s"))
+
+    @property
+    def start(self) -> tuple[float, str]:
+        return self.values[0]
 
     @property
     def end(self) -> tuple[float, str]:
-        a, b = self.a.value, self.b.value
-        return b if a[1] == b[1] else (b[0], "s")
+        return self.values[1]
 
     @property
     def clip_length(self) -> bool:

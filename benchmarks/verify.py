@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import importlib
 import io
 import json
@@ -669,7 +670,10 @@ def verifier_at(rev: str):
 
 def judge_and_time(module, cases: list, repeats: int) -> tuple[int, list, list[float]]:
     """How many of `cases` `module.verify` agrees with the judge on, the verdicts, and the CPU seconds of each of
-    `repeats` passes (after the agreement pass, which warms any cache)."""
+    `repeats` passes (after the agreement pass, which warms any cache). The garbage of whatever ran before is
+    collected first: a young generation of tens of thousands of objects left by the other verifier's pass would be
+    traversed by the first collection this one's allocations trigger, a cost of the order of its whole timed pass."""
+    gc.collect()
     contexts = [module.Context(**c.ctx) for c in cases]
     verdicts = [module.verify(c.answer, c.labels, ctx) for c, ctx in zip(cases, contexts, strict=True)]
     agree = sum(v.passed == c.judge for v, c in zip(verdicts, cases, strict=True))

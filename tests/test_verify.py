@@ -437,3 +437,18 @@ def test_a_datasets_abbreviations_read_in_the_label_and_the_answer():
     plain = L("sequence", ["Forward", "2.5 Soms.Pike", "Entry"])  # without them, "Soms." is no word of the answer
     assert not one("She leaves forward, does two and a half somersaults in pike, then a clean entry.", plain).passed
     assert Label.model_validate(label.to_json()) == label and hash(label)  # a manifest round trip; still hashable
+
+
+def test_the_cheap_tests_before_a_scan_never_skip_a_match():
+    """A scan is skipped after a cheap test in C (a substring, the runs of letters) only when the scan could find
+    nothing: re.I reads "ſ" as "s", so a text that is not ASCII is always scanned."""
+    from vstar.verify.parse import digitise, number_words
+
+    assert digitise("in the firſt half") == "in 0 to 0.5      "
+    assert digitise("halfway, then the second half") == "at 0.5 , then 0.5 to 1       "
+    assert number_words("Nothing here, often tenfold") == []
+    assert [w for *_, w in number_words("one-and-a-half, Twenty")] == ["one", "half", "twenty"]
+    label = Label(name="t", type="timestamp", value=0.3)
+    assert verify("It cannot be at 0.3 of the video.", [label]).per_label[0].reason == "no time that is not negated"
+    span = Label(name="s", type="span", value=[0.2, 0.6])
+    assert verify("The clip lasts 10 s; the dog runs from 2 s to 6 s.", [span], Context(duration_s=10)).passed

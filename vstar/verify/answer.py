@@ -103,6 +103,10 @@ def expand(text: str, abbreviations: tuple[tuple[str, str], ...]) -> str:
     if not abbreviations:
         return text
     pattern, full = _abbreviation_pattern(abbreviations)
+    if text.isascii() and all(a.isascii() for a in full):  # re.I matches "ſ" as "s": this test is for ASCII only
+        low = text.lower()
+        if not any(a in low for a in full):
+            return text  # none written (most answers): no scan
     return pattern.sub(lambda m: full[m.group().lower()], text)
 
 
@@ -137,13 +141,20 @@ class Layout:
     def __init__(self, text: str, marker: int | None):
         self.text = text  # the answer (its digitised form has the same offsets: see parse.digitise)
         self.ends = [m.end() for m in SENTENCE_END.finditer(self.text)]
-        self.breaks = clause_breaks(self.text)
         self.conclusion = None  # character range of the conclusion's sentence
         if marker is not None:
             k = bisect.bisect_right(self.ends, marker)
             self.conclusion = (marker, self.ends[k] if k < len(self.ends) else len(self.text))
-        end = len(self.text.rstrip())
-        self.last = self.sentence(max(0, end - 1))
+
+    @cached_property
+    def last(self) -> int:
+        """The number of the last sentence."""
+        return self.sentence(max(0, len(self.text.rstrip()) - 1))
+
+    @cached_property
+    def breaks(self) -> list[int]:
+        """The clause breaks, found when a check first needs a clause: most values have no negation before them."""
+        return clause_breaks(self.text)
 
     def sentence(self, c: int) -> int:
         return bisect.bisect_right(self.ends, c)
@@ -162,7 +173,12 @@ class Layout:
     def negated(self, c: int) -> bool:
         """Whether a negation stands before the value at `c` in its clause; a bracket ("not at [0.1, ...]") and
         the value's own commas do not end the clause."""
-        lo, floor = self.clause_start(c), max(0, c - REACH)
+        floor = max(0, c - REACH)
+        # No negation's first word in the sentence before c: none in the clause (a clause begins at a break, after
+        # which no word is cut to a negation: "but" → "ut"), so the clause need not be found.
+        if NEGATING_FIRST.isdisjoint(map(str.lower, self.words_before(c, floor, apostrophe=True))):
+            return False
+        lo = self.clause_start(c)
         while lo > floor and (self.text[lo - 1] in "[(" or (self.text[lo - 1] == "," and self._in_brackets(lo))):
             lo = self.clause_start(lo - 1)
         found = [w.lower() for w in _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)]
@@ -180,9 +196,10 @@ class Layout:
         closed = max(self.text.rfind("]", lo, c), self.text.rfind(")", lo, c), self.sentence_bounds(c)[0] - 1)
         return opened > closed
 
-    def words_before(self, c: int, lo: int, n: int | None = None) -> list[str]:
-        """The words between offsets lo and c in c's sentence (the last n)."""
-        found = _WORDS.findall(self.text, max(lo, self.sentence_bounds(c)[0], c - REACH), c)
+    def words_before(self, c: int, lo: int, n: int | None = None, apostrophe: bool = False) -> list[str]:
+        """The words between offsets lo and c in c's sentence (the last n; with `apostrophe`, "isn't" is one)."""
+        pattern = _WORDS_APOSTROPHE if apostrophe else _WORDS
+        found = pattern.findall(self.text, max(lo, self.sentence_bounds(c)[0], c - REACH), c)
         return found[-n:] if n else found
 
     def words_after(self, c: int, n: int) -> list[str]:
@@ -220,7 +237,7 @@ class Answer:
         if abbreviations not in self._readings:
             text = expand(self.text, abbreviations)
             tokens = Tokens.of(text)
-            end = self.marker if not abbreviations else marker_end(text)
+            end = self.marker if text == self.text else marker_end(text)
             conclusion = rest = None
             if end is not None:
                 first = tokens.token_at(end)

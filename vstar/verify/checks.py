@@ -234,6 +234,8 @@ def _start_end(answer: Answer):
     found = _bounded(found, [x.start for x in found], lay)[0]
     found = [x for x in found if x.explicit and not x.clip_length and not lay.negated(x.start)]
     for a, b in zip(found, found[1:], strict=False):
+        if _START_CUE.isdisjoint(map(str.lower, lay.words_before(a.start, 0))):
+            continue  # no cue in the sentence before it, so none in its clause (see Layout.negated)
         if any(w.lower() in _START_CUE for w in lay.words_before(a.start, lay.clause_start(a.start))):
             return a, b
     return None
@@ -243,6 +245,7 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = spans(answer.text)
     found = [s for s in _bounded(found, [s.pos for s in found], answer.layout)[0] if not s.clip_length]
     picked = how = None
+    pair = ()  # not sought yet
     if found:
         picked, how = _pick(found, [s.pos for s in found], answer, label, "span")
         if how.startswith("the last") or how.startswith("the only") or picked is None:
@@ -250,7 +253,7 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
             if pair and (picked is None or pair[0].start > picked.pos):
                 picked, how = None, None
     if picked is None:
-        pair = _start_end(answer)
+        pair = _start_end(answer) if pair == () else pair
         if pair is None:
             return fail(
                 label, how or "no span in the answer (expected e.g. 'from 0.2 to 0.5' or 'between 3 s and 7 s')"
@@ -258,7 +261,7 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         start, end = pair[0].value, pair[1].value
         how = "a start and an end said apart"
     else:
-        start, end = picked.start, picked.end
+        start, end = picked.values
     a, b = _fraction(start, ctx.duration_s), _fraction(end, ctx.duration_s)
     if a is None or b is None:
         return fail(label, f"span in seconds ({start[0]:g}–{end[0]:g} s) but the clip's duration is unknown")

@@ -267,30 +267,38 @@ def check_yes_no(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
 # ---- sequence ------------------------------------------------------------------------------------------
 
 
-def _committed_sentences(t: Tokens) -> set[int]:
-    """Sentences that commit: not hedged ("could be any of these"), not a list of options (3+ commas and an "or").
+def _uncommitted_sentences(t: Tokens) -> set[int]:
+    """Sentences that do not commit: hedged ("could be any of these") or a list of options (3+ commas and an "or").
     Read from the token index: the hedges, "not sure" and "or" where they are, clauses counted only where an "or" is."""
-    at = {w: [i for i in t.by_token.get(w, ()) if t.tokens[i] == w] for w in (*HEDGES, "sure", "or")}  # not "o-r"
-    hedged = {t.sentence[i] for w in HEDGES for i in at[w]}
-    hedged |= {t.sentence[i] for i in at["sure"] if i and t.tokens[i - 1] == "not"}
-    lists = set()
-    for s in {t.sentence[i] for i in at["or"]}:
-        a, b = t.sentence_range(s)
-        if sum(1 for i in range(a, b) if t.clause_start[i] == i) >= 4:
-            lists.add(s)
-    return set(t.sentence) - hedged - lists
+    hedged, ors = set(), set()
+    for w in (*HEDGES, "sure", "or"):
+        for i in t.by_token.get(w, ()):
+            if t.tokens[i] != w:
+                continue  # a hyphenated "o-r" joined
+            if w == "or":
+                ors.add(t.sentence[i])
+            elif w != "sure" or (i and t.tokens[i - 1] == "not"):
+                hedged.add(t.sentence[i])
+    lists = {s for s in ors if len(t.clause_firsts(*t.sentence_range(s))) >= 4}
+    return hedged | lists
 
 
-def _item_hits(t: Tokens, item: str, abbrev: tuple, lo: int, hi: int, ok: set[int]) -> list[tuple[int, int]]:
+@lru_cache(maxsize=64)
+def _modifiers(abbrev: tuple) -> frozenset[str]:
+    """The words of a domain's abbreviations written out ("armstand", "handstand", "somersaults")."""
+    return frozenset(w for _, full in abbrev for w in full.lower().replace("/", " ").split())
+
+
+def _item_hits(t: Tokens, item: str, abbrev: tuple, lo: int, hi: int, not_ok: set[int]) -> list[tuple[int, int]]:
     """Occurrences of a sequence item that say it happened: not negated, in a committed sentence, not part of a longer
     item (a word of the domain's abbreviations right before it: "armstand back" is not "back")."""
-    modifiers = {w for _, full in abbrev for w in full.lower().replace("/", " ").split()}
-    item_words = {w for p in phrases(expand(item, abbrev)) for s in p.slots for w in s}
+    modifiers, ps = _modifiers(abbrev), phrases(expand(item, abbrev))
+    item_words = {w for p in ps for s in p.slots for w in s}
     out = []
-    for p in phrases(expand(item, abbrev)):
+    for p in ps:
         for first, last in find(t, p, lo, hi):
             before = t.tokens[first - 1] if first else ""
-            if t.negated(first) or t.sentence[first] not in ok or (before in modifiers and before not in item_words):
+            if t.negated(first) or t.sentence[first] in not_ok or (before in modifiers and before not in item_words):
                 continue
             out.append((first, last))
     return sorted(set(out))
@@ -300,8 +308,8 @@ def check_sequence(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     abbrev = abbreviations(label)
     r = answer.reading(abbrev)
     t = r.tokens
-    ok = _committed_sentences(t)
-    hits = {item: _item_hits(t, item, abbrev, 0, len(t.tokens), ok) for item in dict.fromkeys(label.value)}
+    not_ok = _uncommitted_sentences(t)
+    hits = {item: _item_hits(t, item, abbrev, 0, len(t.tokens), not_ok) for item in dict.fromkeys(label.value)}
     lo = 0
     if r.rest is not None and any(h[0] >= r.rest[0] for hs in hits.values() for h in hs):
         lo = r.rest[0]  # the answer's conclusion lists steps: it is the answer
@@ -332,7 +340,7 @@ def _coordinated(t: Tokens, first: int, last: int) -> bool:
     if after == ["or"] or (before and before[-1] == "or"):
         return True
     a, b = t.sentence_range(t.sentence[first])
-    starts = [i for i in range(a, b) if t.clause_start[i] == i] + [b]
+    starts = [*t.clause_firsts(a, b), b]
     return sum(1 for x, y in zip(starts, starts[1:], strict=False) if y - x <= 3) >= 3
 
 
@@ -347,18 +355,19 @@ def check_text(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         )
     r = answer.reading(())
     t = r.tokens
-    ok_sentences = _committed_sentences(t)
     ps = phrases(label.value)
     lo, hi = r.conclusion or (0, len(t.tokens))
+    found = [find(t, p, lo, hi) for p in ps]
+    not_ok = _uncommitted_sentences(t) if any(found) else set()
     hits = [
         (f, last)
-        for p in ps
-        for f, last in find(t, p, lo, hi)
-        if not t.negated(f) and t.sentence[f] in ok_sentences and not _coordinated(t, f, last)
+        for occurrences in found
+        for f, last in occurrences
+        if not t.negated(f) and t.sentence[f] not in not_ok and not _coordinated(t, f, last)
     ]
-    slots = ps[0].slots
-    share = sum(any(t.positions(w) for w in s) for s in slots) / len(slots)
     if hits:
         return verdict(label, label.value, 1.0, 1.0, True, f"'{label.value}' said as a phrase, not negated")
-    how = "negated or offered with other options" if any(find(t, p, lo, hi) for p in ps) else "not said as a phrase"
+    slots = ps[0].slots
+    share = sum(any(t.positions(w) for w in s) for s in slots) / len(slots)
+    how = "negated or offered with other options" if any(found) else "not said as a phrase"
     return verdict(label, None, share, 1.0, False, f"'{label.value}' {how}; {share:.2f} of its words found")

@@ -83,7 +83,10 @@ def phrases(name: str) -> tuple[Phrase, ...]:
 
 
 def _slot_positions(tokens: Tokens, slot: tuple[str, ...], strict: bool) -> list[int]:
-    """Positions of the tokens that say a slot: any inflection (strict: the word or its plural only)."""
+    """Positions of the tokens that say a slot: any inflection (strict: the word or its plural only). Read only: the
+    list may be the token index's own."""
+    if not strict and len(slot) == 1:
+        return tokens.positions(slot[0])
     found = []
     for w in slot:
         if strict:
@@ -93,7 +96,7 @@ def _slot_positions(tokens: Tokens, slot: tuple[str, ...], strict: bool) -> list
             found.append(tokens.positions(w))
     found = [f for f in found if f]
     if len(found) == 1:
-        return list(found[0])
+        return found[0]
     return sorted(set().union(*found))
 
 
@@ -104,26 +107,27 @@ def find(
     all within len(slots) + WINDOW tokens, in any order. Linear in the occurrences of its rarest slot (× log)."""
     hi = len(tokens.tokens) if hi is None else hi
     positions = [_slot_positions(tokens, s, strict) for s in phrase.slots]
-    if any(not p for p in positions):
+    if not all(positions):
         return []
     reach = len(phrase.slots) + WINDOW
     anchor = min(range(len(positions)), key=lambda k: len(positions[k]))
-    out = []
+    others = positions[:anchor] + positions[anchor + 1 :]
+    sentence, out = tokens.sentence, []
     for p in positions[anchor][bisect.bisect_left(positions[anchor], lo) :]:
         if p >= hi:
             break
         first = last = p
-        for k, pos in enumerate(positions):
-            if k == anchor:
-                continue
+        for pos in others:  # the nearest token of each other slot in p's sentence (the earlier one on a tie)
             j = bisect.bisect_left(pos, p)
-            near = [q for q in (pos[j - 1] if j else None, pos[j] if j < len(pos) else None) if q is not None]
-            near = [
-                q for q in near if lo <= q < hi and abs(q - p) <= reach and tokens.sentence[q] == tokens.sentence[p]
-            ]
-            if not near:
+            q = pos[j - 1] if j else None
+            if q is not None and not (lo <= q and p - q <= reach and sentence[q] == sentence[p]):
+                q = None
+            if j < len(pos):
+                r = pos[j]
+                if r < hi and r - p <= reach and sentence[r] == sentence[p] and (q is None or r - p < p - q):
+                    q = r
+            if q is None:
                 break
-            q = min(near, key=lambda q: abs(q - p))
             first, last = min(first, q), max(last, q)
         else:
             if last - first <= reach:

@@ -59,10 +59,10 @@ _FRACTIONS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "qu
 _WORD_RE = re.compile(r"[A-Za-z]++")
 # phrases of time written in words, replaced before the numbers (same length or shorter, padded)
 _TIME_PHRASES = [
-    (re.compile(r"\b(?:the\s+)?first\s+half\b", re.I), "0 to 0.5"),
-    (re.compile(r"\b(?:the\s+)?second\s+half\b", re.I), "0.5 to 1"),
-    (re.compile(r"\bhalf\s*-?\s*way\b", re.I), "at 0.5"),
-]
+    (re.compile(r"\b(?:the\s+)?first\s+half\b", re.I), "0 to 0.5", "first"),
+    (re.compile(r"\b(?:the\s+)?second\s+half\b", re.I), "0.5 to 1", "second"),
+    (re.compile(r"\bhalf\s*-?\s*way\b", re.I), "at 0.5", "way"),
+]  # (pattern, replacement, a word it needs)
 _NOT_ONE_AFTER = {"no", "the", "any", "every", "some", "each", "this", "that", "which", "someone", "anyone"}
 _NOT_ONE_BEFORE = {"of", "another", "who", "that", "which", "hand", "side", "foot", "leg", "arm", "by"}
 
@@ -85,6 +85,8 @@ _ANY_NUMBER_WORD = re.compile(r"\b(?:" + _trie([*WORD_NUMBERS, *_SCALES, *_FRACT
 # The same words with no word boundary, for lower-case ASCII text: re scans for a pattern's first letters in C only when
 # it begins with them (and is not IGNORECASE), so this finds candidates ~4x faster; `number_words` checks the bounds.
 _NUMBER_WORD_CANDIDATE = re.compile(_trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]))
+_NUMBER_WORD_BYTES = frozenset(w.encode() for w in [*WORD_NUMBERS, *_SCALES, *_FRACTIONS])
+_LETTER_RUNS = bytes(c if 97 <= c <= 122 else 32 for c in range(256))  # bytes.translate: all but a-z to spaces
 
 
 def number_words(text: str) -> list[tuple[int, int, str]]:
@@ -97,6 +99,8 @@ def number_words(text: str) -> list[tuple[int, int, str]]:
     if not text.isascii():  # IGNORECASE matches a few non-ASCII letters (the Kelvin sign as "k"): the full pattern
         return [(m.start(), m.end(), m.group().lower()) for m in _ANY_NUMBER_WORD.finditer(text)]
     low, out = text.lower(), []
+    if "half" not in low and _NUMBER_WORD_BYTES.isdisjoint(low.encode().translate(_LETTER_RUNS).split()):
+        return out  # no run of letters is a number word: a test in C twice as fast as the scan (most answers)
     for m in _NUMBER_WORD_CANDIDATE.finditer(low):
         start, end, w = m.start(), m.end(), m.group()
         # the longest word at `start` is the one the anchored pattern takes (a shorter one is followed by a letter)
@@ -137,6 +141,12 @@ _RUN_START = re.compile(
 
 
 RUN_WORDS = 18  # words `_run_at` may read: a run of up to 14 and the 3 after it ("and a half")
+_FIRST_WORDS = 6  # words read first: a run `_run_at` ends before the 3rd of them reads no further (most runs)
+
+
+def _words(text: str, at: int, n: int) -> list[tuple[int, int, str]]:
+    """The first n words from offset `at` (within 160 characters): (start, end, lower-case word)."""
+    return [(x.start(), x.end(), x.group().lower()) for x in islice(_WORD_RE.finditer(text, at, at + 160), n)]
 
 
 def _numbers_in_words(text: str, found: list[tuple[int, int, str]]):
@@ -150,12 +160,14 @@ def _numbers_in_words(text: str, found: list[tuple[int, int, str]]):
         a_before = start >= 2 and _A_BEFORE.search(text, max(0, start - 4), start)
         run_at = a_before.start() if a_before and (w in _SCALES or w in _FRACTIONS) else start
         if _RUN_START.match(text, run_at):
-            window = islice(_WORD_RE.finditer(text, run_at, run_at + 160), RUN_WORDS)
-            run = _run_at(text, [(x.start(), x.end(), x.group().lower()) for x in window], 0)
+            ws = _words(text, run_at, _FIRST_WORDS)
+            run = _run_at(text, ws, 0)
+            if run is not None and len(ws) == _FIRST_WORDS and run[3] + 4 >= _FIRST_WORDS:
+                run = _run_at(text, _words(text, run_at, RUN_WORDS), 0)  # it may read past the first words
             if run is not None:
                 done = run[1]
                 if run[2] is not None:
-                    yield run
+                    yield run[:3]
                 continue
         if w in WORD_NUMBERS and not (w == "one" and _not_one(text, start, end)):
             done = end
@@ -173,7 +185,8 @@ def _not_one(text: str, start: int, end: int) -> bool:
 
 
 def _run_at(text: str, ws: list, i: int):
-    """The run of number words starting at ws[i]: (start, end, value or None), or None when there is none."""
+    """The run of number words starting at ws[i]: (start, end, value or None, index of its last word in ws; it read
+    no word after the 3 that follow that one), or None when there is none."""
     n = len(ws)
     start, _, w = ws[i]
     a_scale = w == "a" and i + 1 < n and (ws[i + 1][2] in _SCALES or ws[i + 1][2] in _FRACTIONS)
@@ -207,7 +220,7 @@ def _run_at(text: str, ws: list, i: int):
         before = text[max(0, start - 12) : start].split()[-1:]
         if (before and before[0].lower() in _NOT_ONE_AFTER) or (rest[:1] and rest[0] in _NOT_ONE_BEFORE):
             value = None  # "no one", "one of the", "the one who": not a number
-    return start, end, value
+    return start, end, value, j
 
 
 def _digits(value: float) -> str:
@@ -221,9 +234,14 @@ def digitise(text: str) -> str:
     if not found:
         return text
     if "half" in text.lower():
-        for pattern, repl in _TIME_PHRASES:
-            text = pattern.sub(lambda m, r=repl: r.ljust(len(m.group())), text)
-        found = number_words(text)
+        replaced, low = 0, text.lower() if text.isascii() else None
+        for pattern, repl, needs in _TIME_PHRASES:
+            if low is not None and needs not in low:
+                continue  # an ASCII text without the phrase's word (re.I matches "ſ" as "s": not only ASCII)
+            text, n = pattern.subn(lambda m, r=repl: r.ljust(len(m.group())), text)
+            replaced += n
+        if replaced:  # "the first half" is "0 to 0.5": its words read anew
+            found = number_words(text)
     out, last = [], 0
     for start, end, value in _numbers_in_words(text, found):
         digits = _digits(value)
@@ -302,11 +320,11 @@ _TIME_RE = re.compile(
     r"(?P<pct>\s*+%)?+(?P<unit>\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+",
     re.I,
 )
-_TIME_TAIL = re.compile(r"(?:\s*+%)?+(?:\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+", re.I)
 _OF_CLIP = re.compile(r"\s*+(?:of\s++the\s++(?:video|clip|way)|into\s++the\s++(?:video|clip))", re.I)
 _TIME_WORDS = frozenset(["at", "from", "to", "until", "till", "by", "after", "before", "through", "between"])
 _HEDGE_WORDS = frozenset(["about", "around", "approximately", "roughly", "the", "only"])
 _CLIP_WORDS = frozenset(["lasts", "last", "length", "duration", "long", "whole", "entire", "total"])
+_CLIP_STEMS = ("last", "length", "duration", "long", "whole", "entire", "total")  # in every word of _CLIP_WORDS
 _CLIP_AFTER = re.compile(r"\s*+-?\s*+(?:long\b|clip\b|video\b|in\s++total)", re.I)
 _SPAN_JOIN = re.compile(
     r"\s*+(?:s|secs?|seconds?)?\s*+(?:to|until|till|through|-|–|—|(?P<and>and)|(?P<comma>,))\s*+", re.I
@@ -316,23 +334,18 @@ _SPAN_JOIN = re.compile(
 class Time:
     """A number that may be a time; what it is is read when a check asks (a check reads a few of thousands)."""
 
-    __slots__ = ("_clip", "_end_all", "_explicit", "end", "pct", "start", "text", "unit")
+    __slots__ = ("_clip", "_explicit", "clip_words", "end", "end_all", "pct", "start", "text", "unit")
 
-    def __init__(self, text: str, start: int, end: int, unit: bool, pct: bool):
+    def __init__(self, text: str, start: int, end: int, end_all: int, unit: bool, pct: bool, clip_words: bool):
         self.text, self.start, self.end, self.unit, self.pct = text, start, end, unit, pct  # text: the digitised answer
-        self._end_all = self._explicit = self._clip = None
+        self.end_all = end_all  # the end of the number with its % or unit
+        self.clip_words = clip_words  # whether the text has a word of the clip's length ("lasts", "whole") at all
+        self._explicit = self._clip = None
 
     @property
     def value(self) -> tuple[float, str]:
         """(value, "frac" | "s")."""
         return _time_value(self.text[self.start : self.end], self.pct, self.unit)
-
-    @property
-    def end_all(self) -> int:
-        """The end of the number with its % or unit."""
-        if self._end_all is None:
-            self._end_all = _TIME_TAIL.match(self.text, self.end).end()
-        return self._end_all
 
     @property
     def of_clip(self) -> bool:
@@ -351,10 +364,11 @@ class Time:
     def clip_length(self) -> bool:
         """ "A 10-second clip", "the video lasts 10 s": the clip's length, not an event's time."""
         if self._clip is None:
-            tail = self.text[max(0, self.start - 30) : self.start]
-            clause = tail[max(tail.rfind("."), tail.rfind(";")) + 1 :].lower().split()
-            after = _CLIP_AFTER.match(self.text, self.end_all) is not None
-            self._clip = after or (not self.of_clip and any(w in _CLIP_WORDS for w in clause))
+            self._clip = _CLIP_AFTER.match(self.text, self.end_all) is not None
+            if not self._clip and self.clip_words and not self.of_clip:
+                tail = self.text[max(0, self.start - 30) : self.start]
+                clause = tail[max(tail.rfind("."), tail.rfind(";")) + 1 :].lower().split()
+                self._clip = not _CLIP_WORDS.isdisjoint(clause)
         return self._clip
 
 
@@ -371,14 +385,18 @@ class Span:
         return self.a.start
 
     @property
-    def start(self) -> tuple[float, str]:  # (value, "frac" | "s"); a bare end takes the other's unit ("0.5 to 3 s")
+    def values(self) -> tuple[tuple[float, str], tuple[float, str]]:
+        """(start, end), each (value, "frac" | "s"); a bare end takes the other's unit ("0.5 to 3 s")."""
         a, b = self.a.value, self.b.value
-        return a if a[1] == b[1] else (a[0], "s")
+        return (a, b) if a[1] == b[1] else ((a[0], "s"), (b[0], "s"))
+
+    @property
+    def start(self) -> tuple[float, str]:
+        return self.values[0]
 
     @property
     def end(self) -> tuple[float, str]:
-        a, b = self.a.value, self.b.value
-        return b if a[1] == b[1] else (b[0], "s")
+        return self.values[1]
 
     @property
     def clip_length(self) -> bool:
@@ -421,7 +439,12 @@ def times(text: str) -> list[Time]:
 @lru_cache(maxsize=2)  # spans and the checks of one answer read the same times
 def _times(text: str) -> tuple[Time, ...]:
     text = digitise(text)
-    return tuple(Time(text, m.start(1), m.end(1), m.start(3) >= 0, m.start(2) >= 0) for m in _TIME_RE.finditer(text))
+    low = text.lower()
+    clip_words = any(w in low for w in _CLIP_STEMS)
+    return tuple(
+        Time(text, m.start(1), m.end(1), m.end(), m.start(3) >= 0, m.start(2) >= 0, clip_words)
+        for m in _TIME_RE.finditer(text)
+    )
 
 
 def spans(text: str) -> list[Span]:
@@ -446,6 +469,9 @@ def spans(text: str) -> list[Span]:
 
 _BOX_RE = re.compile(rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+[\])]")
 _PAIR_RE = re.compile(rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+[\])]")
+_BOX_OR_PAIR_RE = re.compile(
+    rf"[\[(]\s*+({_NUM})\s*+,\s*+({_NUM})\s*+(?:,\s*+({_NUM})\s*+,\s*+({_NUM})\s*+)?[\])]"
+)  # a match of _BOX_RE (all four groups) or of _PAIR_RE (two)
 # "x1 = 0.1", "y_max: 20", "X2 is 3" (a name at a word start); its first letter a character class, scanned for in C
 _NAMED_RE = re.compile(rf"([xyXY](?<!\w\w)(?:[12]?|_?(?i:min|max)))\s*+(?:=|:|(?i:is))\s*+({_NUM})")
 
@@ -459,8 +485,12 @@ class Box:
 def boxes(text: str) -> list[Box]:
     """Every box: [x1, y1, x2, y2] or (…); two corners "(x1, y1) … (x2, y2)"; named "x1 = …, y1 = …, x2 = …, y2 = …"
     (or two x and two y values: the box spanning them)."""
-    found = [Box(tuple(_float(g) for g in m.groups()), m.start()) for m in _BOX_RE.finditer(text)]
-    pairs = [(m.start(), m.end(), _float(m.group(1)), _float(m.group(2))) for m in _PAIR_RE.finditer(text)]
+    found, pairs = [], []
+    for m in _BOX_OR_PAIR_RE.finditer(text):  # one scan for both: neither has a bracket inside
+        if m.group(3) is None:
+            pairs.append((m.start(), m.end(), _float(m.group(1)), _float(m.group(2))))
+        else:
+            found.append(Box(tuple(map(_float, m.groups())), m.start()))
     for (s1, e1, x1, y1), (s2, _, x2, y2) in zip(pairs, pairs[1:], strict=False):
         if s2 - e1 <= 80 and not re.search(r"[.;]\s", text[e1:s2]):
             found.append(Box((x1, y1, x2, y2), s1))

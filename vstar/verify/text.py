@@ -21,6 +21,7 @@ import bisect
 import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from itertools import accumulate, repeat
 
 from rapidfuzz import fuzz
 
@@ -130,6 +131,7 @@ _SUFFIXES = ("ing", "ed", "es", "s")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # a token: a number (digits, "2.5", "1,200") or a word; hyphens join words ("sit-ups" is also indexed as "situps")
 _TOKEN = re.compile(r"\d++(?:[.,]\d++)*+|[a-z]++(?:'[a-z]++)?+(?:-[a-z]++)*+")
+_TOKEN_SPLIT = re.compile(f"({_TOKEN.pattern})")  # split on tokens: [gap, token, gap, token, …, gap], all in C
 # Sentence ends: . ! ? before a space (not inside a number or "Soms.Pike"); ; and line breaks too. Written to begin
 # with a character class, which re scans for in C (`[.!?]++(?=\s|$)|[;\n]` tries every position in Python's loop).
 SENTENCE_END = re.compile(r"[.!?;\n](?:(?<=[.!?])[.!?]*+(?=\s|$)|(?<=[;\n]))")
@@ -234,7 +236,7 @@ def _negations(tokens: list[str], clauses: list[int]) -> list[bool]:
 
 def _bounds(n: int, starts: list[int], cuts: list[int]) -> list[int]:
     """The first token of every segment, for segments that begin at the character offsets `cuts`, and n."""
-    return sorted({0, n, *(bisect.bisect_left(starts, c) for c in cuts)})
+    return sorted({0, n, *map(bisect.bisect_left, repeat(starts, len(cuts)), cuts)})
 
 
 def _numbered(bounds: list[int]) -> list[int]:
@@ -260,45 +262,60 @@ class Tokens:
     tokens: list[str]
     starts: list[int]  # character offsets in the text
     sentence: list[int]  # sentence number of each token
-    clause_start: list[int]  # index of the first token of each token's clause
-    negations: list[bool]  # whether a negation stands before the token in its clause
     by_token: dict[str, list[int]]  # token → ascending positions (joined hyphenated words too)
+    text: str  # the text the tokens were read from (lower case, number words as digits)
+    ends: list[int]  # character offsets of its sentence ends
 
     @classmethod
     def of(cls, text: str) -> Tokens:
         text = digitise(text).lower()
-        if "-" not in text:  # no hyphenated word: one pass in C
-            found = list(_TOKEN.finditer(text))
-            return cls._build(text, [m.group() for m in found], [m.start() for m in found], [])
-        tokens, starts, joined = [], [], []
-        for m in _TOKEN.finditer(text):
-            tok = m.group()
-            if "-" not in tok:
-                tokens.append(tok)
-                starts.append(m.start())
-                continue
-            joined.append((len(tokens), tok.replace("-", "")))
-            pos = m.start()
-            for part in tok.split("-"):
-                tokens.append(part)
-                starts.append(pos)
-                pos += len(part) + 1
+        parts = _TOKEN_SPLIT.split(text)  # [gap, token, gap, …]: the tokens and their offsets in C
+        tokens, starts, joined = parts[1::2], list(accumulate(map(len, parts)))[::2][:-1], []
+        if "-" in text:  # a hyphenated word is its parts, and also the parts joined ("sit-ups", "situps")
+            out_t, out_s, done = [], [], 0
+            for k in [k for k, tok in enumerate(tokens) if "-" in tok]:
+                out_t += tokens[done:k]
+                out_s += starts[done:k]
+                joined.append((len(out_t), tokens[k].replace("-", "")))
+                pos = starts[k]
+                for part in tokens[k].split("-"):
+                    out_t.append(part)
+                    out_s.append(pos)
+                    pos += len(part) + 1
+                done = k + 1
+            tokens, starts = out_t + tokens[done:], out_s + starts[done:]
         return cls._build(text, tokens, starts, joined)
 
     @classmethod
     def _build(cls, text: str, tokens: list[str], starts: list[int], joined: list) -> Tokens:
         ends = [m.end() for m in SENTENCE_END.finditer(text)]
-        breaks = clause_breaks(text)
-        n = len(tokens)
-        sentence = _numbered(_bounds(n, starts, ends))
-        clauses = _bounds(n, starts, ends + breaks)
+        sentence = _numbered(_bounds(len(tokens), starts, ends))
         by_token: dict[str, list[int]] = {}
         for i, tok in enumerate(tokens):
             by_token.setdefault(tok, []).append(i)
         for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit"
             by_token.setdefault(tok, []).append(i)
             by_token[tok].sort()
-        return cls(tokens, starts, sentence, _firsts(clauses), _negations(tokens, clauses), by_token)
+        return cls(tokens, starts, sentence, by_token, text, ends)
+
+    @cached_property
+    def clauses(self) -> list[int]:
+        """The first token of every clause, and the number of tokens (read when a check first asks for a clause)."""
+        return _bounds(len(self.tokens), self.starts, self.ends + clause_breaks(self.text))
+
+    @cached_property
+    def negations(self) -> list[bool]:
+        """Per token: whether a negation stands before it in its clause."""
+        return _negations(self.tokens, self.clauses)
+
+    @cached_property
+    def clause_start(self) -> list[int]:
+        """Per token: the index of the first token of its clause."""
+        return _firsts(self.clauses)
+
+    def clause_firsts(self, a: int, b: int) -> list[int]:
+        """The first tokens of the clauses that begin in [a, b)."""
+        return self.clauses[bisect.bisect_left(self.clauses, a) : bisect.bisect_left(self.clauses, b)]
 
     @cached_property
     def by_stem(self) -> dict[str, list[int]]:
@@ -306,18 +323,23 @@ class Tokens:
         out: dict[str, list[int]] = {}
         for tok, where in self.by_token.items():
             for stem in stems(tok):
-                out.setdefault(stem, []).extend(where)
-        for where in out.values():
-            where.sort()
+                if stem in out:  # a stem of two tokens ("plays", "playing"): a new list, not the token's
+                    out[stem] = sorted(out[stem] + where)
+                else:
+                    out[stem] = where  # shared with by_token: the lists are never changed
         return out
 
     def positions(self, word: str) -> list[int]:
-        """Ascending positions of the tokens that share a stem with `word`."""
-        found = [self.by_stem.get(s, ()) for s in stems(word)]
-        found = [f for f in found if f]
-        if len(found) == 1:
-            return found[0]
-        return sorted(set().union(*found))
+        """Ascending positions of the tokens that share a stem with `word` (kept: a check asks for a word again)."""
+        if word not in self._positions:
+            found = [self.by_stem.get(s, ()) for s in stems(word)]
+            found = [f for f in found if f]
+            self._positions[word] = found[0] if len(found) == 1 else sorted(set().union(*found))
+        return self._positions[word]
+
+    @cached_property
+    def _positions(self) -> dict[str, list[int]]:
+        return {}
 
     def negated(self, i: int) -> bool:
         """Whether a negation stands before token i in its clause ("I don't think he is really playing guitar")."""

@@ -437,6 +437,9 @@ def test_a_datasets_abbreviations_read_in_the_label_and_the_answer():
     plain = L("sequence", ["Forward", "2.5 Soms.Pike", "Entry"])  # without them, "Soms." is no word of the answer
     assert not one("She leaves forward, does two and a half somersaults in pike, then a clean entry.", plain).passed
     assert Label.model_validate(label.to_json()) == label and hash(label)  # a manifest round trip; still hashable
+    # re.I matches the long s "ſ" as "s": an abbreviation written with one is expanded, not a "verifier error"
+    v = verify("Answer: Forward, 2.5 ſoms.Pike, Entry.", [label])
+    assert v.passed and not any("error" in p.reason for p in v.per_label), v.per_label
 
 
 def test_the_cheap_tests_before_a_scan_never_skip_a_match():

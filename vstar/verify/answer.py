@@ -102,18 +102,24 @@ def expand(text: str, abbreviations: tuple[tuple[str, str], ...]) -> str:
     """The text with a domain's abbreviations written out ("2.5 Soms.Pike" → "2.5  somersaults Pike")."""
     if not abbreviations:
         return text
-    pattern, full = _abbreviation_pattern(abbreviations)
-    if text.isascii() and all(a.isascii() for a in full):  # re.I matches "ſ" as "s": this test is for ASCII only
+    pattern, keys, written = _abbreviation_pattern(abbreviations)
+    if text.isascii() and all(a.isascii() for a in keys):  # re.I matches "ſ" as "s": this test is for ASCII only
         low = text.lower()
-        if not any(a in low for a in full):
+        if not any(a in low for a in keys):
             return text  # none written (most answers): no scan
-    return pattern.sub(lambda m: full[m.group().lower()], text)
+    # Each abbreviation is its own group: re.I also matches non-ASCII case partners ("ſ" for "s", "K" for "k"),
+    # so the matched text, lower-cased, need not be the abbreviation's key.
+    return pattern.sub(lambda m: written[int(m.lastgroup[1:])], text)
 
 
 @lru_cache(maxsize=64)
-def _abbreviation_pattern(abbreviations: tuple[tuple[str, str], ...]) -> tuple[re.Pattern, dict[str, str]]:
-    pattern = "|".join(re.escape(a) for a, _ in sorted(abbreviations, key=lambda x: -len(x[0])))
-    return re.compile(pattern, re.I), {a.lower(): f" {b} " for a, b in abbreviations}
+def _abbreviation_pattern(
+    abbreviations: tuple[tuple[str, str], ...],
+) -> tuple[re.Pattern, tuple[str, ...], tuple[str, ...]]:
+    """The pattern (the longest first), the abbreviations lower-cased, and what group `a<i>` is written out as."""
+    ordered = sorted(abbreviations, key=lambda x: -len(x[0]))
+    pattern = "|".join(f"(?P<a{i}>{re.escape(a)})" for i, (a, _) in enumerate(ordered))
+    return re.compile(pattern, re.I), tuple(a.lower() for a, _ in ordered), tuple(f" {b} " for _, b in ordered)
 
 
 @lru_cache(maxsize=8192)

@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from vstar.config import EMBEDDED_DEFAULT, ConfigError, load_config
+from vstar.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+ALL_TASKS = ROOT / "jobs" / "all_tasks.yaml"  # every label type through the loop (the embedded default has one task)
 ENV = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AUTH_MODE": "disabled"}
 LOCAL = {**ENV, "RAY_ADDRESS": "local"}  # a driver subprocess starts its own Ray, never joins the tests' one
 
@@ -54,7 +55,7 @@ def test_two_cycles_end_to_end(ray_local, tmp_path, capfd):
 
     capfd.readouterr()
     first = small(tmp_path, "full", "run.max_cycles=1", "run.loggers=[tensorboard]")
-    run_dir = run(load_config(EMBEDDED_DEFAULT, first), verbose=False)
+    run_dir = run(load_config(ALL_TASKS, first), verbose=False)
     assert (run_dir / "cycle_1" / "STOP").read_text() == "run.max_cycles 1 reached\n"
     # the console: vstar's lines (a summary a stage) on the terminal; Ray Data's and the libraries' in the log file
     terminal = capfd.readouterr().err.splitlines()
@@ -72,7 +73,7 @@ def test_two_cycles_end_to_end(ray_local, tmp_path, capfd):
         len(scalars["train/loss"])
         == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])["train"]["steps"]
     )
-    assert run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full"))) == run_dir  # resumed with 2 cycles
+    assert run(load_config(ALL_TASKS, small(tmp_path, "full"))) == run_dir  # resumed with 2 cycles
 
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["cycle"] for x in lines] == [0, 1, 2]
@@ -99,7 +100,7 @@ def test_two_cycles_end_to_end(ray_local, tmp_path, capfd):
     # rationales, training and evaluation only read it
     from vstar.data.store import FrameStore
 
-    store = FrameStore.open(run_dir / "frames", load_config(EMBEDDED_DEFAULT, small(tmp_path, "full")).data).stats()
+    store = FrameStore.open(run_dir / "frames", load_config(ALL_TASKS, small(tmp_path, "full")).data).stats()
     clips = {(r["video"], str(r["start_s"]), str(r["end_s"])) for r in manifest.values()}  # NaN: no bound
     assert store["clips"] == store["decodes"] == len(clips) and store["damaged"] == 0
     report = (run_dir / "report.md").read_text()
@@ -107,17 +108,17 @@ def test_two_cycles_end_to_end(ray_local, tmp_path, capfd):
 
     # the same config again: everything is marked done, nothing runs twice
     stamp = (run_dir / "cycle_2" / "answers" / "_SUCCESS.json").stat().st_mtime_ns
-    run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full")))
+    run(load_config(ALL_TASKS, small(tmp_path, "full")))
     assert (run_dir / "cycle_2" / "answers" / "_SUCCESS.json").stat().st_mtime_ns == stamp
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
 
     # a different config is refused with the keys that differ; runtime keys may change
     with pytest.raises(ConfigError, match=r"different config \(train.lr: 0.001 → 0.01\).*--fork"):
-        run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.lr=1e-2")))
+        run(load_config(ALL_TASKS, small(tmp_path, "full", "train.lr=1e-2")))
     from vstar.storage import open_run
 
-    open_run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.num_workers=2")))
-    forked = open_run(load_config(EMBEDDED_DEFAULT, small(tmp_path, "full", "train.lr=1e-2")), fork=True)
+    open_run(load_config(ALL_TASKS, small(tmp_path, "full", "train.num_workers=2")))
+    forked = open_run(load_config(ALL_TASKS, small(tmp_path, "full", "train.lr=1e-2")), fork=True)
     assert forked.name == "full-fork1" and yaml.safe_load((forked / "config.yaml").read_text())["train"]["lr"] == 0.01
 
     # the curated data as LLaVA JSON
@@ -167,7 +168,7 @@ def test_ablation_arms(ray_local, tmp_path):
     from vstar.verify.render import render_labels
 
     def arm(name, *more):
-        cfg = load_config(EMBEDDED_DEFAULT, small(tmp_path, name, "run.max_cycles=1", *more))
+        cfg = load_config(ALL_TASKS, small(tmp_path, name, "run.max_cycles=1", *more))
         run_dir = run(cfg, sft_step=ARMS[name])
         return run_dir, [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -200,7 +201,7 @@ def _text(path: Path) -> str:
 
 def driver(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "vstar.cli", "run", str(EMBEDDED_DEFAULT), *args],
+        [sys.executable, "-m", "vstar.cli", "run", str(ALL_TASKS), *args],
         cwd=ROOT,
         env=LOCAL,
         stdout=subprocess.DEVNULL,
@@ -338,7 +339,7 @@ def test_ray_job_submit_runs_the_demo_on_a_head_node(tmp_path):
             "--",
             "vstar",
             "run",
-            "jobs/demo.yaml",
+            "jobs/all_tasks.yaml",
             *args,
         ]
         deadline = time.monotonic() + 120
@@ -351,7 +352,7 @@ def test_ray_job_submit_runs_the_demo_on_a_head_node(tmp_path):
                 break
             time.sleep(2)
         assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
-        assert (tmp_path / "runs" / "demo" / "report.md").exists()
+        assert (tmp_path / "runs" / "all_tasks" / "report.md").exists()
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)

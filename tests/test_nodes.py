@@ -22,9 +22,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from vstar.config import EMBEDDED_DEFAULT
-
 ROOT = Path(__file__).resolve().parents[1]
+ALL_TASKS = ROOT / "jobs" / "all_tasks.yaml"  # every label type through the loop (the embedded default has one task)
 ENV = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AUTH_MODE": "disabled"}
 WORKER = dict(num_cpus=1, num_gpus=1, resources={"gen": 1})  # a GPU node type, its GPU fake
 
@@ -72,7 +71,7 @@ def start_run(cluster, tmp_path: Path, cache: Path, *more: str) -> tuple[subproc
     ]
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vstar.cli", "run", str(EMBEDDED_DEFAULT), *args],
+        [sys.executable, "-m", "vstar.cli", "run", str(ALL_TASKS), *args],
         cwd=ROOT,
         env=ENV,
         stdout=log,

@@ -123,3 +123,25 @@ def test_metrics_of_the_old_numbering_are_refused(tmp_path):
     run = write_metrics(tmp_path / "old", [{**BASE, "cycle": -1}, cycle(0, 0.3)])
     with pytest.raises(ValueError, match="older vstar"):
         write_report(run)
+
+
+def test_the_report_says_what_the_run_taught_in_plain_words(tmp_path):
+    from vstar.report import story
+
+    base = {
+        **BASE,
+        "eval": {**BASE["eval"], "by_task": {"direction": 0.02, "count": 0.5}, "n_by_task": {"direction": 100}},
+    }
+    lines = [base, cycle(1, 0.35), cycle(2, 0.354)]
+    lines[1]["eval"]["by_task"] = {"direction": 0.71, "count": 0.5}
+    lines[2]["eval"]["by_task"] = {"direction": 0.80, "count": 0.45}
+    said = story(lines)
+    assert said[0].startswith("- The base model answered the `direction` question right on 2.0% of 100 held-out videos")
+    assert "40 of 200 training questions had an answer the verifier passed" in said[1]
+    assert "90 were explained with their label as a hint" in said[1]
+    assert "130 records (40 from answers, 90 from rationalization)" in said[1]
+    assert said[1].endswith("took `direction` to 71.0% (+69.0 points; +69.0 over the base).")
+    assert said[2].endswith("took `direction` to 80.0% (+9.0 points; +78.0 over the base).")
+    assert story([base]) == ["Not enough cycles evaluated yet to tell what the run taught."]
+    report = write_report(write_metrics(tmp_path / "run", lines)).read_text()
+    assert "## What happened" in report and said[1] in report

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", nargs="?", help="YAML config; omit for the embedded default")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="write the trained base into the package (vstar/demo/base/) with its record: what a bare `vstar run` "
+        "then loads instead of training (the maintainers' rebuild; commit the folder)",
+    )
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -332,8 +338,10 @@ def resolved_config(args, default=None):
 def cmd_run(args) -> int:
     from vstar.config import EMBEDDED_DEFAULT
     from vstar.driver import run
+    from vstar.report import read_metrics, story
 
     run_dir = run(resolved_config(args, EMBEDDED_DEFAULT), fork=args.fork, verbose=args.verbose)
+    print("\n".join(story(read_metrics(run_dir))))
     print(f"report: {run_dir / 'report.md'}")
     return 0
 
@@ -348,7 +356,14 @@ def cmd_pretrain(args) -> int:
         print("vstar: nothing to pretrain: set demo.pretrain.steps > 0 and leave model.path empty", file=sys.stderr)
         return 2
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
-    print(base_model(cfg))
+    if not args.ship:
+        print(base_model(cfg))
+        return 0
+    from vstar.demo.pretrain import pretrained_base, ship
+
+    trained = pretrained_base(cfg)  # never the shipped one: this is how it is made
+    command = " ".join(["vstar pretrain --ship", *([args.config] if args.config else []), *args.overrides])
+    print(ship(cfg, trained, command))
     return 0
 
 

@@ -158,6 +158,14 @@ class PretrainConfig(_Section):
     hint_words: float = Field(
         0.0, ge=0, description="generic hint-copy records per video: a random label word hinted on a generic question"
     )
+    caption_motion: bool = Field(
+        False,
+        description="every caption also says which way the shape moves in compass words ('a red shape moving north'): "
+        "the base sees the motion, yet never says the direction labels' words (up/down/left/right)",
+    )
+    label_loss_weight: float = Field(
+        1.0, gt=0, description="as train.label_loss_weight, for the motion's word in the caption (caption_motion)"
+    )
     lr: float = Field(1e-3, gt=0)
     global_batch_size: int = Field(32, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)

@@ -1,6 +1,6 @@
 """Scores from a generation stage's verified rows: a stage's yield and failures, held-out accuracy, the stop rule.
 
-    scores = accuracy(Cycle(run_dir, 1).eval / "answers")   # {accuracy, n, errors, by_task, by_label_type}
+    scores = accuracy(Cycle(run_dir, 1).eval / "answers")   # {accuracy, n, errors, by_task, n_by_task, by_label_type}
     generation_stats(Cycle(run_dir, 1).answers)              # {rows, passed, yield, errors, candidates, ...}
     stop_reason(k=1, before=0.40, after=0.45, max_cycles=3, min_delta=0.01)  # None: go on
 
@@ -68,6 +68,7 @@ def accuracy(stage: Path) -> dict:
         "n": n,
         "errors": errors,
         "by_task": {t: c["passed"] / c["n"] for t, c in sorted(by_task.items())},
+        "n_by_task": {t: c["n"] for t, c in sorted(by_task.items())},
         "by_label_type": {t: c["passed"] / c["n"] for t, c in sorted(by_type.items())},
     }
 

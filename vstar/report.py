@@ -68,6 +68,7 @@ def write_report(run_dir: str | Path) -> Path:
     sections = [
         [f"# Video-STaR run `{run_dir.resolve().name}`", ""],
         summary(lines),
+        ["## What happened", "", *story(lines), ""],
         cycle_table(lines),
         accuracy_tables(lines),
         stage_time_table(lines),
@@ -102,6 +103,61 @@ def summary(lines: list[dict[str, Any]]) -> list[str]:
     stop = next((m["stop"] for m in reversed(lines) if m.get("stop")), None)
     out.append(f"- Stopped: {stop}" if stop else "- Stopped: no reason recorded (max_cycles reached, or still running)")
     return [*out, ""]
+
+
+ORIGINS = {"answer": "answers", "rationale": "rationalization", "mix": "the mixed-in set", "label": "the labels"}
+
+
+def story(lines: list[dict[str, Any]]) -> list[str]:
+    """The run in plain words, one line per cycle: which task the base could not answer, what each cycle scored,
+    where its training records came from. Printed at the end of `vstar run` too."""
+    base = lines[0] if lines and lines[0].get("cycle") == 0 else None
+    scored = [m for m in lines if isinstance(_get(m, "eval", "by_task"), dict) and m["eval"]["by_task"]]
+    if base is None or not _get(base, "eval", "by_task") or len(scored) < 2:
+        return ["Not enough cycles evaluated yet to tell what the run taught."]
+    before = base["eval"]["by_task"]
+    last = scored[-1]["eval"]["by_task"]
+    # the task the run taught most: the largest rise from the base to the last evaluated cycle
+    task = max(before, key=lambda t: (last.get(t, 0.0) - before[t], -before[t]))
+    n = _get(base, "eval", "n_by_task", task)
+    out = [
+        f"- The base model answered the `{task}` question right on {_pct(before[task])} of "
+        + (f"{n} held-out videos" if n else "the held-out videos")
+        + (
+            f" ({len(before)} tasks in all, {_pct(_get(base, 'eval', 'accuracy'))} overall)."
+            if len(before) > 1
+            else "."
+        )
+    ]
+    previous = before[task]
+    for m in lines:
+        if m.get("cycle") in (0, None):
+            continue
+        words = [f"- Cycle {m['cycle']}:"]
+        a = m.get("answers") or {}
+        if a.get("samples") is not None:
+            words.append(f"{a.get('passed')} of {a['samples']} training questions had an answer the verifier passed;")
+        r = m.get("rationales") or {}
+        if r.get("samples"):
+            words.append(
+                f"of the {r['samples']} that had none, {r.get('passed')} were explained with their label as a hint "
+                "and passed (rationalization);"
+            )
+        origin = _get(m, "sft", "by_origin") or {}
+        if origin:
+            parts = ", ".join(f"{k} from {ORIGINS.get(name, name)}" for name, k in origin.items())
+            words.append(f"training on {_get(m, 'sft', 'records')} records ({parts})")
+        accuracy = _get(m, "eval", "by_task", task)
+        if accuracy is not None:
+            words.append(
+                f"took `{task}` to {_pct(accuracy)} ({100 * (accuracy - previous):+.1f} points; "
+                f"{100 * (accuracy - before[task]):+.1f} over the base)."
+            )
+            previous = accuracy
+        else:
+            words.append("(not evaluated).")
+        out.append(" ".join(words))
+    return out
 
 
 def cycle_table(lines: list[dict[str, Any]]) -> list[str]:

@@ -9,7 +9,8 @@ label the base never says into an explanation, and the cycles teach it. This rec
 world drawn with another seed (10000 + run.seed), so the pool never coincides with the run's data:
 
   answer records   demo.pretrain.tasks: the answer prompt → "The video shows a red shape. Answer: <label>"; the
-                   caption (the first shape's colour) and the label are read off the pixels
+                   caption (the first shape's colour; with demo.pretrain.caption_motion also which way it moves
+                   in compass words, "a red shape moving north") and the label are read off the pixels
   hint records     demo.pretrain.hint_tasks: the rationale prompt (question + true label as a hint) → the same
                    answer; the model learns to copy the hint into a grounded explanation
   word records     demo.pretrain.hint_words per video: a generic question hinted with a random label word of the
@@ -21,6 +22,14 @@ frames cached; its lr, batch, warmup and shuffle buffer are demo.pretrain's, and
 micro-batch, CPUs, GPU). A task in none of the lists is never seen, so a task only in the hints (the miniature's direction) starts at 0%
 held-out: the experiment in README "Miniature Video-STaR" measures how far the cycles take it. The result is
 cached under <cache>/models by a digest of everything that shapes it.
+
+The embedded default's base ships with the package (vstar/demo/base/, ~3 MB): `vstar pretrain --ship` trains it
+by the embedded default's recipe and writes it there with its record (vstar_pretrain.json: the recipe, the world,
+the seed, the command, the digest, and each file's sha256). A run whose recipe has the shipped record's digest
+loads it instead of training (its files checked against their sha256 first); any other recipe trains its own.
+Training on Ray Data is not bit-for-bit repeatable (the order rows reach the worker varies), so a rebuilt base
+differs in its bytes; the record says which command made the shipped one and `tests/test_pretrain.py` checks the
+files against it.
 """
 
 from __future__ import annotations
@@ -39,7 +48,10 @@ from vstar.config import Config, TrainConfig
 
 log = logging.getLogger("vstar")
 
+SHIPPED = Path(__file__).with_name("base")  # the embedded default's base, trained by `vstar pretrain --ship`
+RECORD = "vstar_pretrain.json"
 POOL_SEED = 10_000  # the pool's videos never coincide with the run's (synth seed 0 by default)
+COMPASS = {"left": "west", "right": "east", "up": "north", "down": "south"}  # demo.pretrain.caption_motion's words
 GENERIC_QUESTIONS = (
     "What is the answer?",
     "Which word is the answer?",
@@ -75,12 +87,17 @@ def pool_records(cfg: Config) -> tuple[list[dict], dict[str, int]]:
 
     def add(kind: str, x, question: str, answer: str) -> None:
         records.append({"sample_id": f"{x.sample_id}-{kind}{counts[kind]}", "video": x.video, "start_s": None,
-                        "end_s": None, "question": question, "answer": answer})  # fmt: skip
+                        "end_s": None, "question": question, "answer": answer, "labels": weighted})  # fmt: skip
         counts[kind] += 1
 
     for group in by_video.values():
         obj = next(x for x in group if x.task == "object")  # every synthetic video has one: its first shape
         caption = f"a {obj.labels[0].value} shape"  # its colour: a tiny model at 56 px tells shapes apart poorly
+        weighted = []  # the words demo.pretrain.label_loss_weight weighs: the motion's, read off the pixels
+        if p.caption_motion:  # and which way it moves, in words that are never the direction labels'
+            motion = COMPASS[next(x for x in group if x.task == "direction").labels[0].value]
+            caption += f" moving {motion}"
+            weighted = [{"name": "motion", "type": "class", "value": motion}]
         for x in group:
             if x.task in p.tasks:
                 add("answer", x, answer_prompt(x.question), answer_text(caption, render_labels(x.labels)))
@@ -111,12 +128,75 @@ def base_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def base_identity(cfg: Config) -> dict:
+    """What names a base: the random model it starts from and the recipe's digest."""
+    d = cfg.demo
+    return {"family": d.tiny_family, "width": d.tiny_width, "seed": cfg.run.seed, "key": base_key(cfg)}
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.name != RECORD
+    }
+
+
+def shipped_base(cfg: Config, folder: Path | None = None) -> Path | None:
+    """The shipped base (`folder`, else SHIPPED) when it was made by this config's recipe and its files are
+    intact; else None."""
+    folder = folder or SHIPPED
+    record = folder / RECORD
+    if not record.is_file():
+        return None
+    rec = json.loads(record.read_text())
+    if rec.get("identity") != base_identity(cfg):
+        return None
+    if file_digests(folder) != rec.get("files"):
+        log.warning("the shipped base in %s does not match its record's sha256: training one instead", folder)
+        return None
+    return folder
+
+
+def ship(cfg: Config, trained: Path, command: str, folder: Path | None = None) -> Path:
+    """Copy a trained base into `folder` (else SHIPPED) with the record that says how it was made."""
+    folder = folder or SHIPPED
+    stats = json.loads((trained / RECORD).read_text())
+    work = folder.with_name(f".{folder.name}-new")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(trained, work)
+    for f in work.iterdir():
+        f.chmod(0o644)
+    losses = [json.loads(line) for line in (work / "vstar_pretrain_steps.jsonl").read_text().splitlines()]
+    (work / "vstar_pretrain_steps.jsonl").write_text(  # the loss curve, lean: step, loss, lr
+        "".join(json.dumps({k: s[k] for k in ("step", "loss", "lr")}) + "\n" for s in losses)
+    )
+    record = {
+        "identity": base_identity(cfg),
+        "command": command,
+        "recipe": cfg.demo.pretrain.model_dump(),
+        "synth": cfg.demo.synth.model_dump(exclude={"num_videos", "seed"}),
+        "pool_seed": POOL_SEED + cfg.run.seed,
+        "frames": {"num_frames": cfg.data.num_frames, "frame_size": cfg.data.frame_size},
+        "final_loss": stats.get("final_loss"),
+        "records": stats.get("records"),
+        "seconds": stats.get("seconds"),
+        "files": file_digests(work),
+    }
+    (work / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    work.replace(folder)
+    return folder
+
+
 def recipe_train_config(cfg: Config) -> TrainConfig:
-    """The recipe's training settings: demo.pretrain's lr, batch, warmup and shuffle buffer, every weight trained from random, no
+    """The recipe's training settings: demo.pretrain's lr, label weight, batch, warmup and shuffle buffer, every weight trained from random, no
     LoRA, decoded frames cached; from train.* only how the work is spread."""
     t, p = cfg.train, cfg.demo.pretrain
     return TrainConfig(
         lr=p.lr,
+        label_loss_weight=p.label_loss_weight,
         global_batch_size=p.global_batch_size,
         warmup_ratio=p.warmup_ratio,
         shuffle_buffer=p.shuffle_buffer,
@@ -133,12 +213,26 @@ def recipe_train_config(cfg: Config) -> TrainConfig:
     )
 
 
-def pretrained_base(cfg: Config, random_model: Path) -> Path:
-    """The base trained from `random_model` by the recipe (cached beside it; trained on first use)."""
-    out = random_model.with_name(f"{random_model.name}-base-{base_key(cfg)}")
+def pretrained_base(cfg: Config, use_shipped: bool = False) -> Path:
+    """The base trained from the tiny random VLM by the recipe, cached beside it. On first use it is trained, or with
+    `use_shipped` copied from the shipped base when that was made by this recipe (the cache, not the package, is
+    what every node of a cluster reads: run.cache_dir on shared storage)."""
+    from vstar.demo import random_model, random_model_path
+
+    start_from = random_model_path(cfg)
+    out = start_from.with_name(f"{start_from.name}-base-{base_key(cfg)}")
     if (out / "config.json").exists():
         return out
+    if use_shipped and (shipped := shipped_base(cfg)) is not None:
+        work = out.with_name(f".{out.name}-copy")
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(shipped, work)
+        work.replace(out)
+        log.info("the tiny VLM's base: the one shipped with vstar (%s), copied to %s", shipped, out)
+        return out
     from vstar.train.launch import read_steps, train  # Ray Train: the caller has started Ray
+
+    random_model(cfg)  # built (once) only when a base is trained
 
     p = cfg.demo.pretrain
     work = out.with_name(f".{out.name}-work")
@@ -148,7 +242,7 @@ def pretrained_base(cfg: Config, random_model: Path) -> Path:
     start = time.perf_counter()
     with console.train_progress(work / "base" / "steps.jsonl", "pretrain", p.steps):
         result = train(
-            records, str(random_model), work / "model", train_cfg, cfg.data, work, "base",
+            records, str(start_from), work / "model", train_cfg, cfg.data, work, "base",
             max_steps=p.steps, checkpoint_every=10**6, seed=cfg.run.seed,
         )  # fmt: skip
     if result.error:

@@ -3,11 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from vstar.cli import main
+
+ALL_TASKS = Path(__file__).resolve().parents[1] / "jobs" / "all_tasks.yaml"
 
 
 def vstar(*args):
@@ -95,6 +98,7 @@ def test_run_end_to_end_with_a_damaged_video(ray_local, tmp_path):
     code = main(
         [
             "run",
+            str(ALL_TASKS),  # every label type: the damaged video's samples are of every task
             "run.name=e2e",
             f"run.root={tmp_path}/runs",
             f"run.cache_dir={tmp_path}/cache",

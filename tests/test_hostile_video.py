@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +17,12 @@ import pytest
 import vstar.data.frames as frames
 from vstar.config import DataConfig
 from vstar.data.frames import VideoDecodeError, decode_options, frame_indices, frames_row, sample_frames
+from vstar.data.synth import write_flat_clip as write
 
 pytestmark = pytest.mark.hostile
 
 ROOT = Path(__file__).parents[1]
 TREE_LIMIT_MIB = 1024
-
-
-def write(path: Path, width: int, height: int, num_frames: int, codec="libx264", fmt=None, fps=8, **options) -> str:
-    """A clip of flat frames whose brightness steps each frame: a tiny file whatever the frame size, written from
-    YUV planes (no full-size RGB array)."""
-    import av
-
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps), options=options)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(num_frames):
-            frame = av.VideoFrame(width, height, "yuv420p")
-            for plane, value in zip(frame.planes, (16 + 7 * i % 200, 128, 128), strict=True):
-                np.frombuffer(plane, np.uint8)[:] = value
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return str(path)
 
 
 @pytest.fixture(scope="module")

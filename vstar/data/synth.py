@@ -283,3 +283,26 @@ def synthesize(
             for sample in scene_samples(scene, rel, splits[i]):
                 f.write(json.dumps(sample.to_json()) + "\n")
     return manifest
+
+
+def write_flat_clip(
+    path: Path, width: int, height: int, num_frames: int, codec="libx264", fmt=None, fps=8, **options
+) -> str:
+    """A clip of flat frames whose brightness steps each frame: a tiny file whatever the frame size, written from
+    YUV planes (no full-size RGB array). The hostile inputs of the tests and benchmarks: an 8000x8000 frame in
+    ~190 KB, a long WebM without a frame count in its header."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps), options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            for plane, value in zip(frame.planes, (16 + 7 * i % 200, 128, 128), strict=True):
+                np.frombuffer(plane, np.uint8)[:] = value
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return str(path)

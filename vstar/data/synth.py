@@ -290,7 +290,18 @@ def write_flat_clip(
 ) -> str:
     """A clip of flat frames whose brightness steps each frame: a tiny file whatever the frame size, written from
     YUV planes (no full-size RGB array). The hostile inputs of the tests and benchmarks: an 8000x8000 frame in
-    ~190 KB, a long WebM without a frame count in its header."""
+    ~190 KB, a long WebM without a frame count in its header.
+
+    Once decord is imported its bundled FFmpeg makes PyAV's libvpx refuse to open ("Invalid argument"), so in such
+    a process the clip is written by a fresh interpreter."""
+    import sys
+
+    if "decord" in sys.modules:
+        import subprocess
+
+        call = f"write_flat_clip({str(path)!r}, {width}, {height}, {num_frames}, {codec!r}, {fmt!r}, {fps!r}, **{options!r})"
+        subprocess.run([sys.executable, "-c", f"from vstar.data.synth import write_flat_clip; {call}"], check=True)
+        return str(path)
     from fractions import Fraction
 
     import av

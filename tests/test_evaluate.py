@@ -68,6 +68,7 @@ def frame_accuracy(rows) -> dict:
         "n": len(ok),
         "errors": int(rows["error"].notna().sum()),
         "by_task": {t: float(p.mean()) for t, p in passed.groupby(ok["task"])},
+        "n_by_task": {t: len(p) for t, p in passed.groupby(ok["task"])},
         "by_label_type": {t: sum(v) / len(v) for t, v in sorted(per_type.items())},
     }
 

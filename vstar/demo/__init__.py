@@ -13,39 +13,17 @@ imports the product (data, models, training); the product imports it only where 
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 from vstar.config import Config
 from vstar.demo.videos import synthetic_manifest
 
-log = logging.getLogger("vstar")
-
-__all__ = ["base_model", "random_model", "random_model_path", "synthetic_manifest"]
-
-
-def random_model_path(cfg: Config) -> Path:
-    d = cfg.demo
-    return cfg.run.cache / "models" / f"tiny-{d.tiny_family}-w{d.tiny_width}-seed{cfg.run.seed}-v2"
-
-
-def random_model(cfg: Config) -> Path:
-    """The tiny VLM with random weights (`demo.tiny_*`, run.seed), built once under <cache>/models/."""
-    from vstar.models.tiny import build_tiny_vlm, tiny_config_kwargs
-
-    d = cfg.demo
-    path = random_model_path(cfg)
-    if not (path / "config.json").exists():
-        log.info("building the tiny offline %s VLM in %s", d.tiny_family, path)
-        build_tiny_vlm(path, family=d.tiny_family, seed=cfg.run.seed, **tiny_config_kwargs(d.tiny_width))
-    return path
+__all__ = ["base_model", "synthetic_manifest"]
 
 
 def base_model(cfg: Config) -> str:
     """The tiny offline VLM (built on first use), trained by the pretrain recipe when demo.pretrain.steps > 0 (the
     shipped base when the recipe is the one that made it)."""
+    from vstar.demo.pretrain import pretrained_base, random_model
+
     if not cfg.demo.pretrain.steps:
         return str(random_model(cfg))
-    from vstar.demo.pretrain import pretrained_base
-
     return str(pretrained_base(cfg, use_shipped=True))

@@ -128,6 +128,23 @@ def base_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def random_model_path(cfg: Config) -> Path:
+    d = cfg.demo
+    return cfg.run.cache / "models" / f"tiny-{d.tiny_family}-w{d.tiny_width}-seed{cfg.run.seed}-v2"
+
+
+def random_model(cfg: Config) -> Path:
+    """The tiny VLM with random weights (`demo.tiny_*`, run.seed), built once under <cache>/models/."""
+    from vstar.models.tiny import build_tiny_vlm, tiny_config_kwargs
+
+    d = cfg.demo
+    path = random_model_path(cfg)
+    if not (path / "config.json").exists():
+        log.info("building the tiny offline %s VLM in %s", d.tiny_family, path)
+        build_tiny_vlm(path, family=d.tiny_family, seed=cfg.run.seed, **tiny_config_kwargs(d.tiny_width))
+    return path
+
+
 def base_identity(cfg: Config) -> dict:
     """What names a base: the random model it starts from and the recipe's digest."""
     d = cfg.demo
@@ -217,8 +234,6 @@ def pretrained_base(cfg: Config, use_shipped: bool = False) -> Path:
     """The base trained from the tiny random VLM by the recipe, cached beside it. On first use it is trained, or with
     `use_shipped` copied from the shipped base when that was made by this recipe (the cache, not the package, is
     what every node of a cluster reads: run.cache_dir on shared storage)."""
-    from vstar.demo import random_model, random_model_path
-
     start_from = random_model_path(cfg)
     out = start_from.with_name(f"{start_from.name}-base-{base_key(cfg)}")
     if (out / "config.json").exists():

@@ -807,4 +807,7 @@ def test_vllm_engine_honours_each_jobs_settings_and_matches_transformers(tiny_vl
     assert (got[2][0], got[2][1].finish_reason) == (text[: text.find(stop)], "stop")
     assert got[3][0] == got[4][0] != got[5][0]
     vllm_engine.engine.shutdown()
+    # shutdown() cancels the engine's output handler through the loop: let the loop run that, or its zmq sockets stay
+    # open and the process hangs at exit in zmq's Context.term (seen in CI: every test passed, pytest never ended)
+    loop.run_until_complete(asyncio.sleep(0.5))
     loop.close()

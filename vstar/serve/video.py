@@ -54,13 +54,19 @@ CHUNK = 1 << 20
 MAX_REDIRECTS = 5
 
 
+def sized_local_path(url: str, what: str, limits: ServeConfig, tmp: str, timeout_s: float) -> str:
+    """`local_path`, refused with a 413 when the file has more than serve.max_video_bytes."""
+    path = local_path(url, limits, tmp, timeout_s)
+    size = os.path.getsize(path)
+    if size > limits.max_video_bytes:
+        raise APIError(413, f"the {what} has {size} bytes; the limit is {limits.max_video_bytes}", PARAM)
+    return path
+
+
 def load_video(url: str, num_frames: int, limits: ServeConfig, data: DataConfig, timeout_s: float) -> Frames:
     """Fetch or locate the video, check its size, sample `num_frames` frames, check its duration."""
     with tempfile.TemporaryDirectory(prefix="vstar-serve-") as tmp:
-        path = local_path(url, limits, tmp, timeout_s)
-        size = os.path.getsize(path)
-        if size > limits.max_video_bytes:
-            raise APIError(413, f"the video has {size} bytes; the limit is {limits.max_video_bytes}", PARAM)
+        path = sized_local_path(url, "video", limits, tmp, timeout_s)
         try:
             options = decode_options(data) | {
                 "num_frames": num_frames,
@@ -82,10 +88,7 @@ def load_image(url: str, limits: ServeConfig, data: DataConfig, timeout_s: float
     from PIL import Image
 
     with tempfile.TemporaryDirectory(prefix="vstar-serve-") as tmp:
-        path = local_path(url, limits, tmp, timeout_s)
-        size = os.path.getsize(path)
-        if size > limits.max_video_bytes:
-            raise APIError(413, f"the image has {size} bytes; the limit is {limits.max_video_bytes}", PARAM)
+        path = sized_local_path(url, "image", limits, tmp, timeout_s)
         try:
             with Image.open(path) as image:
                 width, height = image.size

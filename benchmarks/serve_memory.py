@@ -12,7 +12,11 @@ request of a small clip). Memory the replica's Python heap grew to is kept by th
 
 Requests: an 8000x8000 one-frame mp4 (190 KB) at 32 frames, as a path; a 6000x4000 32-frame mp4 (allowed: under
 data.max_decode_pixels) at 32 frames; a 1500-frame 640x480 WebM without a frame count at 32 frames, as a path and
-as a data URL; 4 of the 6000x4000 at once; a 200 MiB chunked body; JSON nested 100,000 deep.
+as a data URL; 4 of the 6000x4000 at once; a 200 MiB and a 1 GiB chunked body; JSON nested 100,000 deep.
+
+The Serve proxy's process is sampled too ("proxy" columns): it reads the client's socket and queues the body for
+the replica. `vstar serve` installs the body limit there (vstar/serve/proxy.py); `--without-proxy-limit` starts Ray
+without it, to compare.
 
     . .venv/bin/activate && python benchmarks/serve_memory.py             # about 2 minutes on 2 cores
 """
@@ -25,6 +29,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import argparse  # noqa: E402
 import base64  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
@@ -115,6 +120,9 @@ def chat(model: str, url: str, frames: int) -> bytes:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--without-proxy-limit", action="store_true", help="Serve's proxy without vstar's body limit")
+    args = parser.parse_args()
     import ray
     from ray import serve as rserve
 
@@ -122,6 +130,7 @@ def main() -> None:
     from vstar.data.synth import synthesize, write_flat_clip
     from vstar.models import build_tiny_vlm
     from vstar.serve.app import serve
+    from vstar.serve.proxy import body_limit, proxy_env
 
     work = Path(tempfile.mkdtemp(prefix="vstar-bench-serve-memory-"))
     synthesize(work / "synth", num_videos=1, seed=0)
@@ -131,16 +140,21 @@ def main() -> None:
     webm = write_flat_clip(work / "long.webm", 640, 480, 1500, "libvpx", "webm", 30, deadline="realtime",
                            **{"cpu-used": "8"})  # fmt: skip
     model = str(build_tiny_vlm(work / "tiny"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = load_config(None, [f"serve.port={port}", f"serve.allowed_roots=[{work}]", "serve.request_timeout_s=120"])
+    if not args.without_proxy_limit:  # as `vstar serve` does before it starts Ray
+        os.environ.update(proxy_env(body_limit(cfg.serve.max_video_bytes)))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     url = serve(model, cfg, blocking=False) + "/v1/chat/completions"
-    replica = next(p for p in psutil.process_iter(["cmdline"]) if "ServeReplica" in " ".join(p.info["cmdline"] or []))
-    sampler = TreeSampler(replica.pid)
+    replica, proxy = (
+        next(p for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or []))
+        for name in ("ServeReplica", "ProxyActor")
+    )
+    sampler, proxy_sampler = TreeSampler(replica.pid), TreeSampler(proxy.pid)
     assert post(url, chat(model, small, 8))[0] == 200
-    idle = sampler.now()
+    idle, proxy_idle = sampler.now(), proxy_sampler.now()
     data_url = "data:video/webm;base64," + base64.b64encode(Path(webm).read_bytes()).decode()
     requests = {
         "8000x8000 mp4, 32 frames": lambda: post(url, chat(model, huge, 32)),
@@ -151,20 +165,33 @@ def main() -> None:
             ThreadPoolExecutor(4).map(lambda _: post(url, chat(model, large, 32)), range(4))
         )[0],
         "200 MiB chunked body": lambda: chunked_post(url, pieces=3200, piece_bytes=1 << 16),
+        "1 GiB chunked body": lambda: chunked_post(url, pieces=16384, piece_bytes=1 << 16),
         "JSON nested 100,000 deep": lambda: post(url, b"[" * 100_000 + b"]" * 100_000),
     }
     sizes = {"8000x8000": huge, "6000x4000": large, "WebM": webm}
     print("clip sizes: " + ", ".join(f"{k} {Path(v).stat().st_size / 1024:.0f} KB" for k, v in sizes.items()))
-    print(f"replica tree idle: {idle / MIB:.0f} MiB (replica pid {replica.pid})\n")
-    header = f"{'request':<30}{'status':>7}{'s':>7}{'before MiB':>11}{'peak MiB':>10}{'above idle':>12}  answer"
+    limit = (
+        "without vstar's body limit"
+        if args.without_proxy_limit
+        else f"body limit {body_limit(cfg.serve.max_video_bytes)}"
+    )
+    print(f"replica tree idle: {idle / MIB:.0f} MiB (pid {replica.pid}); proxy idle: {proxy_idle / MIB:.0f} MiB "
+          f"(pid {proxy.pid}, {limit})\n")  # fmt: skip
+    header = (
+        f"{'request':<30}{'status':>7}{'s':>7}{'before MiB':>11}{'peak MiB':>10}{'above idle':>12}"
+        f"{'proxy before':>14}{'peak':>7}{'rise':>7}  answer"
+    )
     print(header + "\n" + "-" * (len(header) + 40))
     for name, send in requests.items():
+        proxy_sampler.peak = proxy_before = proxy_sampler.now()
         (status, text), seconds, before, peak = sampler.measure(send)
+        proxy_peak = proxy_sampler.peak
         print(
             f"{name:<30}{status:>7}{seconds:>7.1f}{before / MIB:>11.0f}{peak / MIB:>10.0f}{(peak - idle) / MIB:>12.0f}"
-            f"  {text[:60]}"
+            f"{proxy_before / MIB:>14.0f}{proxy_peak / MIB:>7.0f}{(proxy_peak - proxy_before) / MIB:>7.0f}  {text[:60]}"
         )
     sampler.stop.set()
+    proxy_sampler.stop.set()
     rserve.shutdown()
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)

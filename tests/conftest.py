@@ -10,6 +10,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import pytest  # noqa: E402
 
+SERVE_MAX_VIDEO_BYTES = 200_000  # tests/test_serve.py's serve.max_video_bytes (its MAX_BYTES asserts they agree)
+
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
@@ -60,9 +62,13 @@ def tiny_vlm_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray with 2 CPUs, shared by every Ray test of the session."""
+    """A real local Ray with 2 CPUs, shared by every Ray test of the session. Its Serve proxy refuses bodies over
+    tests/test_serve.py's limit, as `vstar serve` sets it up (the proxy reads the limit from the environment)."""
     import ray
 
+    from vstar.serve.proxy import body_limit, proxy_env
+
+    os.environ.update(proxy_env(body_limit(SERVE_MAX_VIDEO_BYTES)))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -46,6 +46,18 @@ def cluster():
     c.shutdown()
 
 
+@pytest.fixture
+def small_cluster():
+    """Issue 27's shrinking cluster: a head with 1 CPU and one worker node."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(**WORKER)
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
 def start_run(cluster, tmp_path: Path, cache: Path, *more: str) -> tuple[subprocess.Popen, Path]:
     """`vstar run` of the embedded default made small, against the cluster; its log in <tmp>/run.log."""
     args = [
@@ -165,3 +177,30 @@ def test_a_node_lost_while_training(cluster, cache, tmp_path):
     assert_finished_once(run_dir)
     done = [json.loads(x)["step"] for x in steps.read_text().splitlines()]
     assert set(done) == set(range(1, 7)) and done.count(1) == 1  # resumed from a checkpoint, not from step 0
+
+
+@pytest.mark.slow
+@pytest.mark.hostile
+def test_the_last_worker_lost_while_training_on_a_one_cpu_head(small_cluster, cache, tmp_path):
+    """The worker node is killed during training and nothing replaces it for a while: the run goes on on the head,
+    or says within a bounded time what it waits for (never a silent hang); once a worker joins again it finishes,
+    every row once."""
+    proc, run_dir = start_run(small_cluster, tmp_path, cache, "run.wait_patience_s=5")
+    steps = run_dir / "cycle_1" / "train" / "fit" / "steps.jsonl"
+    checkpointed = lambda: steps.exists() and '"checkpoint": true' in steps.read_text()  # noqa: E731
+    wait_for(proc, checkpointed, "training checkpoint", tmp_path, timeout=600)
+    node = node_running(small_cluster, "RayTrainWorker")
+    assert node is not None, "no worker node runs RayTrainWorker"
+    small_cluster.remove_node(node, allow_graceful=False)
+    lost = time.monotonic()
+    trained = run_dir / "cycle_1" / "train" / "_SUCCESS.json"
+    said = lambda: "waiting" in log_tail(tmp_path, 20_000)  # noqa: E731
+    wait_for(proc, lambda: trained.exists() or said(), "training done or a word on what it waits for", tmp_path, 90)
+    print(f"{time.monotonic() - lost:.1f} s after the node was lost: " + ("it said" if said() else "trained"))
+    if said():
+        message = next(x for x in log_tail(tmp_path, 20_000).splitlines() if "waiting" in x)
+        assert "a node may have left" in message and "CPU" in message, message
+        print(message)
+        small_cluster.add_node(**WORKER)
+    assert proc.wait(timeout=600) == 0, log_tail(tmp_path)
+    assert_finished_once(run_dir)

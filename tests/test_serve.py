@@ -82,6 +82,9 @@ def server(ray_local, tiny_vlm_dir, media):
             "data.max_decode_pixels=50000",  # the good clip's 112x112 passes, wide.mp4's 320x240 does not
         ],
     )
+    from vstar.serve.proxy import LIMIT_ENV, body_limit
+
+    assert os.environ[LIMIT_ENV] == str(body_limit(MAX_BYTES)), "conftest's Ray gave Serve's proxy another limit"
     url = serve(str(tiny_vlm_dir), cfg, blocking=False)
     yield url
     rserve.shutdown()
@@ -512,6 +515,52 @@ def chunked_post(url: str, pieces, piece_bytes: int) -> tuple[int, bytes]:
             reply += data
     head, _, body = reply.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
+
+
+def test_the_proxy_limit_passes_no_more_than_the_limit_to_the_app():
+    """`BodyLimit` on a real uvicorn server in front of an app that reads the whole body: a chunked body past the
+    limit is a 413 from the limit and the app receives at most the limit (in Serve, what reaches the proxy's and the
+    replica's queues); a declared length past it never reaches the app; a body under it passes whole."""
+    import asyncio
+
+    import uvicorn
+
+    from vstar.serve.proxy import BodyLimit
+
+    got = []  # bytes each request brought to the app
+
+    async def app(scope, receive, send):
+        n, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            n, more = n + len(message.get("body", b"")), message.get("more_body", False)
+        got.append(n)
+        body = json.dumps({"bytes_read": n}).encode()  # 20 bytes or more: chunked_post reads that far
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    limit, port = 1 << 20, free_port()
+    server = uvicorn.Server(uvicorn.Config(BodyLimit(app, limit), port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        status, body = chunked_post(url, pieces=320, piece_bytes=1 << 16)  # 20 MiB offered
+        assert status == 413 and f"more than {limit} bytes".encode() in body, body[:300]
+        assert got and got[-1] <= limit, f"the app read {got[-1]} bytes past the limit"
+        before = len(got)
+        status, reply = post(url, b"x" * (limit + 1))
+        assert status == 413 and f"{limit + 1} bytes" in reply["error"]["message"]
+        assert len(got) == before, "a declared length past the limit reached the app"
+        status, body = chunked_post(url, pieces=4, piece_bytes=1 << 16)
+        assert status == 200 and json.loads(body) == {"bytes_read": 4 << 16}
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.mark.hostile

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 DESCRIPTION = """\
@@ -382,8 +383,12 @@ def serve_config(args):
 def cmd_serve(args) -> int:
     from vstar.driver import init_ray
     from vstar.serve.app import serve
+    from vstar.serve.proxy import body_limit, proxy_env
 
     cfg = serve_config(args)
+    # Serve's HTTP proxy refuses oversized bodies before they reach a replica; it reads these when it starts, so a
+    # local Ray must inherit them (a cluster's `ray start` sets them: cluster.yaml)
+    os.environ.update(proxy_env(body_limit(cfg.serve.max_video_bytes)))
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
     serve(args.model, cfg, blocking=True)
     return 0

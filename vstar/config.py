@@ -44,6 +44,12 @@ class RunConfig(_Section):
     min_delta: float = Field(
         0.01, ge=-1, le=1, description="stop when held-out accuracy rose less than this (-1: never stop early)"
     )
+    wait_patience_s: float = Field(
+        60.0,
+        gt=0,
+        description="a demand the cluster cannot meet (a node left) waits this long before the run logs what it "
+        "waits for, and again every 5 minutes",
+    )
     loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,
         description="experiment trackers, any of tensorboard, wandb, mlflow (offline by default; vstar/trackers.py)",

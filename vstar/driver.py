@@ -100,7 +100,8 @@ def _run(cfg: Config, run_dir: Path, sft_step: SFTStep, verbose: bool | None) ->
     init_ray(cfg.run.ray_address, cfg.run.num_cpus, log_to_driver=verbose is not False)
     trackers = Trackers(cfg, run_dir)
     try:  # the watchdog says what the run waits for when the cluster shrank under it, instead of a silent hang
-        with Watchdog(ray.get_runtime_context().gcs_address):
+        patience = cfg.run.wait_patience_s
+        with Watchdog(ray.get_runtime_context().gcs_address, patience_s=patience, every_s=min(10.0, patience / 2)):
             _cycles(cfg, run_dir, sft_step, trackers)
     finally:
         trackers.close()

@@ -20,8 +20,8 @@ the replica's other pending jobs; with vLLM (GPU) each job goes straight to vLLM
 every request in flight continuously and streams each one's text as it comes (`engine`). A refused request gets a 4xx OpenAI error body, a request
 running past `serve.request_timeout_s` a 504; neither touches the other requests in its batch.
 
-Under load: the body is counted while it is read (413 past the limit, chunked or not); each request fetches and
-decodes its video on a thread of its own (a pool as large as the requests a replica takes), apart from the one
+Under load: the body is counted while it is read (413 past the limit, chunked or not), first at Serve's proxy
+(`proxy`), which passes no more than the limit to a replica; each request fetches and decodes its video on a thread of its own (a pool as large as the requests a replica takes), apart from the one
 thread that runs the engine, so slow downloads hold back no other request; requests past what the replicas take
 wait in the proxy up to `serve.max_queued_requests`, then get a 429 with `Retry-After`. `/health` (and Serve's
 own health check, which restarts the replica) says 503 when the engine has failed three batches running or has
@@ -55,6 +55,7 @@ from vstar.serve.protocol import (
     sse,
     usage_chunk,
 )
+from vstar.serve.proxy import body_limit
 from vstar.serve.video import load_image, load_video
 
 log = logging.getLogger("vstar")
@@ -212,7 +213,7 @@ class ChatServer:
         deadline = time.monotonic() + self.limits.request_timeout_s
         jobs: list[Job] = []
         try:
-            body = await asyncio.wait_for(_body(request, self.limits.max_video_bytes * 4 // 3 + 2**20), _left(deadline))
+            body = await asyncio.wait_for(_body(request, body_limit(self.limits.max_video_bytes)), _left(deadline))
             req = parse_chat_request(body, self.model_id, self.gen, self.data, self.limits.max_frames, self.max_n)
             left = _left(deadline)
             fetch = asyncio.get_running_loop().run_in_executor(self.fetches, _media, req, self.limits, self.data, left)

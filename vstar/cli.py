@@ -390,6 +390,12 @@ def cmd_serve(args) -> int:
     # local Ray must inherit them (a cluster's `ray start` sets them: cluster.yaml)
     os.environ.update(proxy_env(body_limit(cfg.serve.max_video_bytes)))
     init_ray(cfg.run.ray_address, cfg.run.num_cpus)
+    if (cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "local")) != "local":
+        logging.getLogger("vstar").info(
+            "joined a running cluster: its Serve proxy limits request bodies only if `ray start` had %s=%s "
+            "(cluster.yaml exports it)",
+            *next(iter(proxy_env(0).items())),
+        )
     serve(args.model, cfg, blocking=True)
     return 0
 

@@ -186,7 +186,7 @@ def main() -> None:
     synthesize(work / "synth", num_videos=8, seed=0)
     videos = sorted((work / "synth" / "videos").glob("*.mp4"))
     model = str(build_tiny_vlm(work / "tiny"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     start = time.perf_counter()
     slow_url, httpd = trickling_server()
     overrides = [f"serve.port={free_port()}", f"serve.allowed_roots=[{work}]", "serve.allowed_domains=[127.0.0.1]"]

@@ -184,14 +184,13 @@ def test_a_node_lost_while_training(cluster, cache, tmp_path):
 def test_the_last_worker_lost_while_training_on_a_one_cpu_head(small_cluster, cache, tmp_path):
     """The worker node is killed during training and nothing replaces it for a while: the run goes on on the head,
     or says within a bounded time what it waits for (never a silent hang); once a worker joins again it finishes,
-    every row once."""
+    every row once. (It says: Ray Data's readers ask a whole CPU, ListFiles in Ray 2.60 whatever `num_cpus` the read
+    is given, and the head has 0.5 free beside the 0.5-CPU training worker.)"""
     proc, run_dir = start_run(small_cluster, tmp_path, cache, "run.wait_patience_s=5")
     steps = run_dir / "cycle_1" / "train" / "fit" / "steps.jsonl"
     checkpointed = lambda: steps.exists() and '"checkpoint": true' in steps.read_text()  # noqa: E731
     wait_for(proc, checkpointed, "training checkpoint", tmp_path, timeout=600)
-    node = node_running(small_cluster, "RayTrainWorker")
-    assert node is not None, "no worker node runs RayTrainWorker"
-    small_cluster.remove_node(node, allow_graceful=False)
+    small_cluster.remove_node(next(iter(small_cluster.worker_nodes)), allow_graceful=False)  # wherever training runs
     lost = time.monotonic()
     trained = run_dir / "cycle_1" / "train" / "_SUCCESS.json"
     said = lambda: "waiting" in log_tail(tmp_path, 20_000)  # noqa: E731

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the trained base into the package (vstar/demo/base/) with its record: what a bare `vstar run` "
         "then loads instead of training (the maintainers' rebuild; commit the folder)",
     )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show Ray's, Ray Data's and Ray Train's log lines here too (always in <cache>/pretrain/logs/vstar.log)",
+    )
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -356,16 +362,22 @@ def cmd_pretrain(args) -> int:
     if cfg.model.path or not cfg.demo.pretrain.steps:
         print("vstar: nothing to pretrain: set demo.pretrain.steps > 0 and leave model.path empty", file=sys.stderr)
         return 2
-    init_ray(cfg.run.ray_address, cfg.run.num_cpus)
-    if not args.ship:
-        print(base_model(cfg))
-        return 0
-    from vstar.demo.pretrain import pretrained_base, ship
+    from vstar import console
 
-    trained = pretrained_base(cfg)  # never the shipped one: this is how it is made
-    command = " ".join(["vstar pretrain --ship", *([args.config] if args.config else []), *args.overrides])
-    print(ship(cfg, trained, command))
-    return 0
+    console.attach(cfg.run.cache / "pretrain", verbose=args.verbose)  # the libraries' lines to its log, as a run's
+    try:
+        init_ray(cfg.run.ray_address, cfg.run.num_cpus, log_to_driver=args.verbose)
+        if not args.ship:
+            print(base_model(cfg))
+            return 0
+        from vstar.demo.pretrain import pretrained_base, ship
+
+        trained = pretrained_base(cfg)  # never the shipped one: this is how it is made
+        command = " ".join(["vstar pretrain --ship", *([args.config] if args.config else []), *args.overrides])
+        print(ship(cfg, trained, command))
+        return 0
+    finally:
+        console.detach()
 
 
 def serve_config(args):

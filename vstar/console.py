@@ -61,7 +61,7 @@ def attach(run_dir: Path, verbose: bool = False) -> Path:
             sys.modules["transformers"].utils.logging.disable_progress_bar()
     logging.captureWarnings(True)  # warnings → the "py.warnings" logger → the file (the terminal too with -v)
     _state.update(verbose=verbose, log_file=path, handlers=(to_file, to_term))
-    log.info("logs: %s%s", path, "" if verbose else " (vstar run -v shows them here)")
+    log.info("logs: %s%s", path, "" if verbose else " (-v shows them here)")
     return path
 
 

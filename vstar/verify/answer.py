@@ -137,25 +137,50 @@ class Reading:
 
 _WORDS_APOSTROPHE = re.compile(r"[a-z]++(?:'[a-z]++)?+", re.I)
 _WORDS = re.compile(r"[a-z]++", re.I)
+# On a lower-case ASCII text, a word of NEGATIONS (see Layout.negation_free) as a run's end or with "n't"; and the
+# words of NEGATING_PAIRS that only start or end a negation ("instead", "than", "opposed").
+_NEGATION_CANDIDATE = re.compile(
+    r"n(?:o|ot|one|obody|othing|or|ever|either)(?![a-z])|n't|without(?![a-z])|unlike(?![a-z])|instead|than|opposed"
+)
 REACH = 200  # characters around a value that its checks read (its clause, its tie to the label): bounded, so linear
 
 
 class Layout:
     """Sentences and clauses of an answer by character offset, for the checks of values (numbers, times, boxes),
-    which read only the words around the few values they weigh and so never tokenize the whole answer."""
+    which read only the words around the few values they weigh and so never tokenize the whole answer. Each part is
+    found when a check first needs it: most answers have one value, or no negation."""
 
     def __init__(self, text: str, marker: int | None):
         self.text = text  # the answer (its digitised form has the same offsets: see parse.digitise)
-        self.ends = [m.end() for m in SENTENCE_END.finditer(self.text)]
-        self.conclusion = None  # character range of the conclusion's sentence
-        if marker is not None:
-            k = bisect.bisect_right(self.ends, marker)
-            self.conclusion = (marker, self.ends[k] if k < len(self.ends) else len(self.text))
+        self.marker = marker
+
+    @cached_property
+    def ends(self) -> list[int]:
+        """Where sentences end (after their end mark)."""
+        return [m.end() for m in SENTENCE_END.finditer(self.text)]
+
+    @cached_property
+    def conclusion(self) -> tuple[int, int] | None:
+        """The character range of the conclusion's sentence: from the marker to the first sentence end after it. A
+        scan from the marker finds it: no sentence end spans the marker (a marker ends in a letter, ":", "=", "-",
+        "," or a space), and a scan from any offset finds every end after it (a run of "." ends where it ends)."""
+        if self.marker is None:
+            return None
+        m = SENTENCE_END.search(self.text, self.marker)
+        return self.marker, m.end() if m is not None else len(self.text)
 
     @cached_property
     def last(self) -> int:
         """The number of the last sentence."""
         return self.sentence(max(0, len(self.text.rstrip()) - 1))
+
+    @cached_property
+    def negation_free(self) -> bool:
+        """Whether no word of the answer can be read as a negation, so that `negated` is False everywhere: an ASCII
+        answer with no negation (or "n't") ending a run of letters (the words `negated` reads may be cut at the
+        start of their window: "knot" read as "not"; values start at a non-letter or a word's start, so none is cut
+        at its end), and no "instead", "than" or "opposed" (the negating pairs). A scan in C for their letters."""
+        return self.text.isascii() and _NEGATION_CANDIDATE.search(self.text.lower()) is None
 
     @cached_property
     def breaks(self) -> list[int]:
@@ -179,6 +204,8 @@ class Layout:
     def negated(self, c: int) -> bool:
         """Whether a negation stands before the value at `c` in its clause; a bracket ("not at [0.1, ...]") and
         the value's own commas do not end the clause."""
+        if self.negation_free:
+            return False
         floor = max(0, c - REACH)
         # No negation's first word in the sentence before c: none in the clause (a clause begins at a break, after
         # which no word is cut to a negation: "but" → "ut"), so the clause need not be found.

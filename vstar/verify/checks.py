@@ -98,10 +98,15 @@ def _bounded(items: list, starts: list[int], lay: Layout) -> tuple[list, list[in
     return [items[k] for k in keep], [starts[k] for k in keep]
 
 
-def _pick(items: list, starts: list[int], answer: Answer, label: Label, what: str):
+def _pick(items: list, starts: list[int], answer: Answer, label: Label, what: str, explain: bool = True):
     """The item the answer commits to (see the module docstring) and how it was chosen, or (None, reason). Negations
-    are read only for the items it weighs: the conclusion's first, else from the last backward."""
-    lay, anchors = answer.layout, _anchors(label, subject_first=True)
+    are read only for the items it weighs: the conclusion's first, else from the last backward. Without `explain`
+    (a verdict that does not say how), a lone item is its pick unless negated, whichever way it would be chosen: the
+    conclusion and the ties are not read."""
+    lay = answer.layout
+    if not explain and len(items) == 1:
+        return (None, f"no {what} that is not negated") if lay.negated(starts[0]) else (items[0], None)
+    anchors = _anchors(label, subject_first=True)
     items, starts = _bounded(items, starts, lay)
     negated: dict[int, bool] = {}
 
@@ -209,7 +214,7 @@ def check_timestamp(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = [x for x in found if not x.clip_length and (x.explicit or lay.in_conclusion(x.start))]
     if not found:
         return fail(label, "no time in the answer")
-    picked, how = _pick(found, [x.start for x in found], answer, label, "time")
+    picked, how = _pick(found, [x.start for x in found], answer, label, "time", explain=False)
     if picked is None:
         return fail(label, how)
     frac = _fraction(picked.value, ctx.duration_s)
@@ -289,7 +294,7 @@ def check_box(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = boxes(answer.text)
     if not found:
         return fail(label, "no box in the answer (expected [x1, y1, x2, y2])")
-    picked, how = _pick(found, [b.pos for b in found], answer, label, "box")
+    picked, how = _pick(found, [b.pos for b in found], answer, label, "box", explain=False)
     if picked is None:
         return fail(label, how)
     box = list(picked.values)

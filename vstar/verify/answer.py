@@ -18,7 +18,7 @@ import bisect
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any
 
 from vstar.config import VerifyConfig
@@ -32,6 +32,7 @@ from vstar.verify.text import (
     SENTENCE_END,
     Tokens,
     clause_breaks,
+    once,
     stems,
 )
 
@@ -150,16 +151,20 @@ class Layout:
     which read only the words around the few values they weigh and so never tokenize the whole answer. Each part is
     found when a check first needs it: most answers have one value, or no negation."""
 
-    def __init__(self, text: str, marker: int | None):
+    def __init__(self, text: str):
         self.text = text  # the answer (its digitised form has the same offsets: see parse.digitise)
-        self.marker = marker
 
-    @cached_property
+    @once
+    def marker(self) -> int | None:
+        """Where the conclusion begins (see `marker_end`)."""
+        return marker_end(self.text)
+
+    @once
     def ends(self) -> list[int]:
         """Where sentences end (after their end mark)."""
         return [m.end() for m in SENTENCE_END.finditer(self.text)]
 
-    @cached_property
+    @once
     def conclusion(self) -> tuple[int, int] | None:
         """The character range of the conclusion's sentence: from the marker to the first sentence end after it. A
         scan from the marker finds it: no sentence end spans the marker (a marker ends in a letter, ":", "=", "-",
@@ -169,12 +174,12 @@ class Layout:
         m = SENTENCE_END.search(self.text, self.marker)
         return self.marker, m.end() if m is not None else len(self.text)
 
-    @cached_property
+    @once
     def last(self) -> int:
         """The number of the last sentence."""
         return self.sentence(max(0, len(self.text.rstrip()) - 1))
 
-    @cached_property
+    @once
     def negation_free(self) -> bool:
         """Whether no word of the answer can be read as a negation, so that `negated` is False everywhere: an ASCII
         answer with no negation (or "n't") ending a run of letters (the words `negated` reads may be cut at the
@@ -182,7 +187,7 @@ class Layout:
         at its end), and no "instead", "than" or "opposed" (the negating pairs). A scan in C for their letters."""
         return self.text.isascii() and _NEGATION_CANDIDATE.search(self.text.lower()) is None
 
-    @cached_property
+    @once
     def breaks(self) -> list[int]:
         """The clause breaks, found when a check first needs a clause: most values have no negation before them."""
         return clause_breaks(self.text)
@@ -258,13 +263,13 @@ class Answer:
         self.text = text
         self._readings: dict[tuple, Reading] = {}
 
-    @cached_property
+    @property
     def marker(self) -> int | None:
-        return marker_end(self.text)
+        return self.layout.marker
 
-    @cached_property
+    @once
     def layout(self) -> Layout:
-        return Layout(self.text, self.marker)
+        return Layout(self.text)
 
     def reading(self, abbreviations: tuple[tuple[str, str], ...] = ()) -> Reading:
         if abbreviations not in self._readings:

@@ -485,29 +485,36 @@ class Box:
 def boxes(text: str) -> list[Box]:
     """Every box: [x1, y1, x2, y2] or (…); two corners "(x1, y1) … (x2, y2)"; named "x1 = …, y1 = …, x2 = …, y2 = …"
     (or two x and two y values: the box spanning them)."""
-    found, pairs = [], []
+    whole, pairs, corners, named = [], [], [], []
     for m in _BOX_OR_PAIR_RE.finditer(text):  # one scan for both: neither has a bracket inside
-        if m.group(3) is None:
-            pairs.append((m.start(), m.end(), _float(m.group(1)), _float(m.group(2))))
+        a, b, c, d = m.groups()
+        if c is None:
+            pairs.append((m.start(), m.end(), _float(a), _float(b)))
         else:
-            found.append(Box(tuple(map(_float, m.groups())), m.start()))
+            whole.append(Box((_float(a), _float(b), _float(c), _float(d)), m.start()))
     for (s1, e1, x1, y1), (s2, _, x2, y2) in zip(pairs, pairs[1:], strict=False):
-        if s2 - e1 <= 80 and not re.search(r"[.;]\s", text[e1:s2]):
-            found.append(Box((x1, y1, x2, y2), s1))
-    named = [(m.start(), m.group(1).lower(), _float(m.group(2))) for m in _NAMED_RE.finditer(text)]
-    for k in range(len(named) - 3):
-        group = named[k : k + 4]
+        if s2 - e1 <= 80 and _SENTENCE_GAP.search(text, e1, s2) is None:
+            corners.append(Box((x1, y1, x2, y2), s1))
+    values = [(m.start(), m.group(1).lower(), _float(m.group(2))) for m in _NAMED_RE.finditer(text)]
+    for k in range(len(values) - 3):
+        group = values[k : k + 4]
         if group[-1][0] - group[0][0] > 200:
             continue
         names = [g[1].replace("_", "") for g in group]
         if sorted(names) == ["x1", "x2", "y1", "y2"]:
             v = dict(zip(names, [g[2] for g in group], strict=True))
-            found.append(Box((v["x1"], v["y1"], v["x2"], v["y2"]), group[0][0]))
+            named.append(Box((v["x1"], v["y1"], v["x2"], v["y2"]), group[0][0]))
         elif sorted(n[0] for n in names) == ["x", "x", "y", "y"]:
             xs = [g[2] for g in group if g[1][0] == "x"]
             ys = [g[2] for g in group if g[1][0] == "y"]
-            found.append(Box((min(xs), min(ys), max(xs), max(ys)), group[0][0]))
-    return sorted(found, key=lambda b: b.pos)
+            named.append(Box((min(xs), min(ys), max(xs), max(ys)), group[0][0]))
+    kinds = [found for found in (whole, corners, named) if found]
+    if len(kinds) == 1:
+        return kinds[0]  # the boxes of one kind are found in their order
+    return sorted(whole + corners + named, key=lambda b: b.pos)
+
+
+_SENTENCE_GAP = re.compile(r"[.;]\s")  # two corners in different sentences are no box
 
 
 # ---- the conclusion ------------------------------------------------------------------------------------

@@ -20,12 +20,27 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from itertools import accumulate, repeat
 
 from rapidfuzz import fuzz
 
 from vstar.verify.parse import digitise
+
+
+class once:  # a decorator, as functools.cached_property
+    """`functools.cached_property` without its lock: Python 3.11's takes one on the first read of every instance's
+    value (a third of a microsecond, several per answer), and an answer is read by one thread."""
+
+    def __init__(self, func):
+        self.func, self.name, self.__doc__ = func, func.__name__, func.__doc__
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)  # read from the instance's dict from now on
+        return value
+
 
 STOPWORDS = frozenset(
     [
@@ -298,17 +313,17 @@ class Tokens:
             by_token[tok].sort()
         return cls(tokens, starts, sentence, by_token, text, ends)
 
-    @cached_property
+    @once
     def clauses(self) -> list[int]:
         """The first token of every clause, and the number of tokens (read when a check first asks for a clause)."""
         return _bounds(len(self.tokens), self.starts, self.ends + clause_breaks(self.text))
 
-    @cached_property
+    @once
     def negations(self) -> list[bool]:
         """Per token: whether a negation stands before it in its clause."""
         return _negations(self.tokens, self.clauses)
 
-    @cached_property
+    @once
     def clause_start(self) -> list[int]:
         """Per token: the index of the first token of its clause."""
         return _firsts(self.clauses)
@@ -317,7 +332,7 @@ class Tokens:
         """The first tokens of the clauses that begin in [a, b)."""
         return self.clauses[bisect.bisect_left(self.clauses, a) : bisect.bisect_left(self.clauses, b)]
 
-    @cached_property
+    @once
     def by_stem(self) -> dict[str, list[int]]:
         """Stem → ascending token positions (joined hyphenated words too), built when a check first asks."""
         out: dict[str, list[int]] = {}
@@ -337,7 +352,7 @@ class Tokens:
             self._positions[word] = found[0] if len(found) == 1 else sorted(set().union(*found))
         return self._positions[word]
 
-    @cached_property
+    @once
     def _positions(self) -> dict[str, list[int]]:
         return {}
 

@@ -33,6 +33,7 @@ from vstar.verify.text import (
     Tokens,
     clause_breaks,
     once,
+    stem_cores,
     stems,
 )
 
@@ -138,11 +139,21 @@ class Reading:
 
 _WORDS_APOSTROPHE = re.compile(r"[a-z]++(?:'[a-z]++)?+", re.I)
 _WORDS = re.compile(r"[a-z]++", re.I)
-# On a lower-case ASCII text, a word of NEGATIONS (see Layout.negation_free) as a run's end or with "n't"; and the
-# words of NEGATING_PAIRS that only start or end a negation ("instead", "than", "opposed").
-_NEGATION_CANDIDATE = re.compile(
-    r"n(?:o|ot|one|obody|othing|or|ever|either)(?![a-z])|n't|without(?![a-z])|unlike(?![a-z])|instead|than|opposed"
-)
+# On a lower-case ASCII text, a word of NEGATIONS that begins with "n" as a run's end, or "n't" (see
+# may_negate): a pattern that begins with one letter, which re finds with a fast search in C. The others
+# (and the words of NEGATING_PAIRS that only start or end a negation) are found as substrings.
+_NEGATION_N = re.compile(r"n(?:o(?:t|ne|body|thing|r)?|e(?:ver|ither))(?![a-z])|n't")
+_NEGATION_OTHERS = ("without", "unlike", "instead", "than", "opposed")
+
+
+def may_negate(low: str) -> bool:
+    """Whether `Layout.negated` may find a negation in this lower-case ASCII text (the window it reads before a value):
+    whether a word of NEGATIONS ends a run of letters of it (the words are read from the window, so they may be cut
+    at its start: "knot" read as "not"), or it has "n't", or the word of a negating pair that only starts or ends a
+    negation ("instead", "than", "opposed"). Else `negated` is False, and its clause need not be found."""
+    return any(map(low.__contains__, _NEGATION_OTHERS)) or _NEGATION_N.search(low) is not None
+
+
 REACH = 200  # characters around a value that its checks read (its clause, its tie to the label): bounded, so linear
 
 
@@ -180,12 +191,9 @@ class Layout:
         return self.sentence(max(0, len(self.text.rstrip()) - 1))
 
     @once
-    def negation_free(self) -> bool:
-        """Whether no word of the answer can be read as a negation, so that `negated` is False everywhere: an ASCII
-        answer with no negation (or "n't") ending a run of letters (the words `negated` reads may be cut at the
-        start of their window: "knot" read as "not"; values start at a non-letter or a word's start, so none is cut
-        at its end), and no "instead", "than" or "opposed" (the negating pairs). A scan in C for their letters."""
-        return self.text.isascii() and _NEGATION_CANDIDATE.search(self.text.lower()) is None
+    def low(self) -> str | None:
+        """The answer in lower case when it is ASCII (the same offsets), else None."""
+        return self.text.lower() if self.text.isascii() else None
 
     @once
     def breaks(self) -> list[int]:
@@ -209,9 +217,9 @@ class Layout:
     def negated(self, c: int) -> bool:
         """Whether a negation stands before the value at `c` in its clause; a bracket ("not at [0.1, ...]") and
         the value's own commas do not end the clause."""
-        if self.negation_free:
-            return False
         floor = max(0, c - REACH)
+        if self.low is not None and not may_negate(self.low[floor:c]):
+            return False
         # No negation's first word in the sentence before c: none in the clause (a clause begins at a break, after
         # which no word is cut to a negation: "but" → "ut"), so the clause need not be found.
         if NEGATING_FIRST.isdisjoint(map(str.lower, self.words_before(c, floor, apostrophe=True))):
@@ -246,13 +254,20 @@ class Layout:
 
     def tied(self, anchors: set[str], c: int, lo: int = 0, before: int = 0, after: int = 0) -> str | None:
         """The anchor word nearest to the value at `c` in its sentence: between `lo` and c (the last `before` words,
-        all when 0), or among the first `after` words after it."""
-        for w in reversed(self.words_before(c, lo, before or None)):
-            if stems(w.lower()) & anchors:
-                return w.lower()
-        for w in self.words_after(c, after) if after else ():
-            if stems(w.lower()) & anchors:
-                return w.lower()
+        all when 0), or among the first `after` words after it. A side whose text has no core of an anchor (see
+        `stem_cores`) has no word to read."""
+        cores = stem_cores(anchors)
+        window = self.text[max(lo, c - REACH) : c].lower()
+        if any(map(window.__contains__, cores)):
+            for w in reversed(self.words_before(c, lo, before or None)):
+                if stems(w.lower()) & anchors:
+                    return w.lower()
+        if after:
+            window = self.text[c : c + REACH].lower()
+            if any(map(window.__contains__, cores)):
+                for w in self.words_after(c, after):
+                    if stems(w.lower()) & anchors:
+                        return w.lower()
         return None
 
 

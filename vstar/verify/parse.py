@@ -495,7 +495,9 @@ def boxes(text: str) -> list[Box]:
     for (s1, e1, x1, y1), (s2, _, x2, y2) in zip(pairs, pairs[1:], strict=False):
         if s2 - e1 <= 80 and _SENTENCE_GAP.search(text, e1, s2) is None:
             corners.append(Box((x1, y1, x2, y2), s1))
-    values = [(m.start(), m.group(1).lower(), _float(m.group(2))) for m in _NAMED_RE.finditer(text)]
+    values = []  # named values; a box of them takes two x and two y: no scan when the text has fewer
+    if text.count("x") + text.count("X") >= 2 and text.count("y") + text.count("Y") >= 2:
+        values = [(m.start(), m.group(1).lower(), _float(m.group(2))) for m in _NAMED_RE.finditer(text)]
     for k in range(len(values) - 3):
         group = values[k : k + 4]
         if group[-1][0] - group[0][0] > 200:

@@ -226,6 +226,15 @@ def stems(word: str) -> frozenset[str]:
     return frozenset(s for s in out if len(s) >= 2 or s == word)
 
 
+@lru_cache(maxsize=4096)
+def stem_cores(anchors: frozenset[str]) -> tuple[str, ...]:
+    """What every word with a stem among `anchors` contains once lower-cased, so that a text with none of these has no
+    such word: each stem less the "e", "y" or "ie" that `stems` may have put back (the rest of a stem is a prefix of
+    its word), and the irregular forms of each stem."""
+    cores = {a[:-2] if a.endswith("ie") else a[:-1] if a.endswith(("e", "y")) else a for a in anchors}
+    return tuple(cores | {form for form, base in IRREGULAR.items() if base in anchors})
+
+
 def matches(token: str, word: str, min_ratio: float) -> bool:
     """A token matches a word when they share a stem, or (a typo or a spelling variant: colouring/coloring) both are
     8+ letters, start with the same 3 letters and reach `min_ratio`. Shorter words never match fuzzily: a different

@@ -217,17 +217,22 @@ class Layout:
     def negated(self, c: int) -> bool:
         """Whether a negation stands before the value at `c` in its clause; a bracket ("not at [0.1, ...]") and
         the value's own commas do not end the clause."""
-        floor = max(0, c - REACH)
-        if self.low is not None and not may_negate(self.low[floor:c]):
-            return False
-        # No negation's first word in the sentence before c: none in the clause (a clause begins at a break, after
-        # which no word is cut to a negation: "but" → "ut"), so the clause need not be found.
-        if NEGATING_FIRST.isdisjoint(map(str.lower, self.words_before(c, floor, apostrophe=True))):
+        floor, low = max(0, c - REACH), self.low
+        # No negation before c in its sentence: none in its clause, which need not be found. (First the window
+        # without the sentence's start, which needs the sentence ends: most values have no negation near.)
+        if low is not None:
+            if not may_negate(low[floor:c]) or not may_negate(low[max(floor, self.sentence_bounds(c)[0]) : c]):
+                return False
+        # (a clause begins at a break, after which no word is cut to a negation: "but" → "ut")
+        elif NEGATING_FIRST.isdisjoint(map(str.lower, self.words_before(c, floor, apostrophe=True))):
             return False
         lo = self.clause_start(c)
         while lo > floor and (self.text[lo - 1] in "[(" or (self.text[lo - 1] == "," and self._in_brackets(lo))):
             lo = self.clause_start(lo - 1)
-        found = [w.lower() for w in _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)]
+        if low is not None:
+            found = _WORDS_APOSTROPHE.findall(low, max(lo, floor), c)
+        else:
+            found = [w.lower() for w in _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)]
         if NEGATING_FIRST.isdisjoint(found):
             return False
         for k, w in enumerate(found):

@@ -334,13 +334,13 @@ _SPAN_JOIN = re.compile(
 class Time:
     """A number that may be a time; what it is is read when a check asks (a check reads a few of thousands)."""
 
-    __slots__ = ("_clip", "_explicit", "clip_words", "end", "end_all", "pct", "start", "text", "unit")
+    __slots__ = ("_clip", "_explicit", "_of_clip", "clip_words", "end", "end_all", "pct", "start", "text", "unit")
 
     def __init__(self, text: str, start: int, end: int, end_all: int, unit: bool, pct: bool, clip_words: bool):
         self.text, self.start, self.end, self.unit, self.pct = text, start, end, unit, pct  # text: the digitised answer
         self.end_all = end_all  # the end of the number with its % or unit
         self.clip_words = clip_words  # whether the text has a word of the clip's length ("lasts", "whole") at all
-        self._explicit = self._clip = None
+        self._explicit = self._clip = self._of_clip = None
 
     @property
     def value(self) -> tuple[float, str]:
@@ -349,15 +349,21 @@ class Time:
 
     @property
     def of_clip(self) -> bool:
-        return _OF_CLIP.match(self.text, self.end_all) is not None
+        if self._of_clip is None:
+            self._of_clip = _OF_CLIP.match(self.text, self.end_all) is not None
+        return self._of_clip
 
     @property
     def explicit(self) -> bool:
         """A unit, mm:ss, %, "of the video", or a temporal word before it ("at", "from", "until")."""
         if self._explicit is None:
-            before = self.text[max(0, self.start - 40) : self.start]
-            number = self.text[self.start : self.end]
-            self._explicit = self.unit or self.pct or ":" in number or self.of_clip or _temporal(before)
+            self._explicit = (
+                self.unit
+                or self.pct
+                or self.text.find(":", self.start, self.end) >= 0
+                or self.of_clip
+                or _temporal(self.text[max(0, self.start - 40) : self.start])
+            )
         return self._explicit
 
     @property
@@ -440,11 +446,12 @@ def times(text: str) -> list[Time]:
 def _times(text: str) -> tuple[Time, ...]:
     text = digitise(text)
     low = text.lower()
-    clip_words = any(w in low for w in _CLIP_STEMS)
-    return tuple(
-        Time(text, m.start(1), m.end(1), m.end(), m.start(3) >= 0, m.start(2) >= 0, clip_words)
-        for m in _TIME_RE.finditer(text)
-    )
+    clip_words = any(map(low.__contains__, _CLIP_STEMS))
+    out = []
+    for m in _TIME_RE.finditer(text):
+        (_, end_all), (start, end), (pct, _), (unit, _) = m.regs  # the spans of the match and its 3 groups
+        out.append(Time(text, start, end, end_all, unit >= 0, pct >= 0, clip_words))
+    return tuple(out)
 
 
 def spans(text: str) -> list[Span]:

@@ -39,9 +39,10 @@ from vstar.verify.text import (
 
 # "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:". After punctuation
 # (a pattern that begins with a character class, which re scans for in C), or at the very start of the answer.
-_SOFT_WORDS = r"(?i:so|therefore|thus|hence|in\s++conclusion|in\s++summary|overall|to\s++sum\s++up)\b,?"
-SOFT_MARKER = re.compile(r"[.,;:!?]\s*+" + _SOFT_WORDS)
-_SOFT_AT_START = re.compile(_SOFT_WORDS)
+_SOFT_WORDS = r"(?:so|therefore|thus|hence|in\s++conclusion|in\s++summary|overall|to\s++sum\s++up)\b,?"
+SOFT_MARKER = re.compile(r"[.,;:!?]\s*+(?i:" + _SOFT_WORDS + ")")
+_SOFT_AT_START = re.compile(_SOFT_WORDS, re.I)
+_SOFT_MARKER_LOW = re.compile(r"[.,;:!?]\s*+" + _SOFT_WORDS)  # for lower-case ASCII text: twice as fast as re.I
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def marker_end(text: str) -> int | None:
     if best is not None:
         return best
     first = last = _SOFT_AT_START.match(text)
-    for last in SOFT_MARKER.finditer(text, first.end() if first else 0):  # noqa: B007
+    soft, scanned = (_SOFT_MARKER_LOW, low) if text.isascii() else (SOFT_MARKER, text)  # the same offsets
+    for last in soft.finditer(scanned, first.end() if first else 0):  # noqa: B007
         pass
     return last.end() if last is not None else None
 

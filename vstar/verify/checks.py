@@ -244,7 +244,11 @@ def _iou_1d(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 
 def _start_end(answer: Answer):
-    """A span said in two clauses: a time with "starts"/"begins" in its clause, and the next time after it."""
+    """A span said in two clauses: a time with "starts"/"begins" in its clause, and the next time after it. None
+    without a cue anywhere (each cue word has "start", "begin" or "began" in it)."""
+    low = answer.text.lower()
+    if "start" not in low and "begin" not in low and "began" not in low:
+        return None
     lay = answer.layout
     found = times(answer.text)
     found = [x for x in _bounded(found, lay) if x.explicit and not x.clip_length and not lay.negated(x.start)]

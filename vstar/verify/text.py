@@ -329,7 +329,10 @@ class Tokens:
 
     @once
     def negations(self) -> list[bool]:
-        """Per token: whether a negation stands before it in its clause."""
+        """Per token: whether a negation stands before it in its clause (the clauses found only where a negation's
+        first word is)."""
+        if NEGATING_FIRST.isdisjoint(self.tokens):
+            return [False] * len(self.tokens)
         return _negations(self.tokens, self.clauses)
 
     @once

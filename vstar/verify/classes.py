@@ -293,12 +293,13 @@ def _item_hits(t: Tokens, item: str, abbrev: tuple, lo: int, hi: int, not_ok: se
     """Occurrences of a sequence item that say it happened: not negated, in a committed sentence, not part of a longer
     item (a word of the domain's abbreviations right before it: "armstand back" is not "back")."""
     modifiers, ps = _modifiers(abbrev), phrases(expand(item, abbrev))
-    item_words = {w for p in ps for s in p.slots for w in s}
     out = []
     for p in ps:
         for first, last in find(t, p, lo, hi):
             before = t.tokens[first - 1] if first else ""
-            if t.negated(first) or t.sentence[first] in not_ok or (before in modifiers and before not in item_words):
+            if t.negated(first) or t.sentence[first] in not_ok:
+                continue
+            if before in modifiers and not any(before in s for q in ps for s in q.slots):  # not a word of the item
                 continue
             out.append((first, last))
     return sorted(set(out))

@@ -267,13 +267,13 @@ class Layout:
         window = self.text[max(lo, c - REACH) : c].lower()
         if any(map(window.__contains__, cores)):
             for w in reversed(self.words_before(c, lo, before or None)):
-                if stems(w.lower()) & anchors:
+                if not anchors.isdisjoint(stems(w.lower())):
                     return w.lower()
         if after:
             window = self.text[c : c + REACH].lower()
             if any(map(window.__contains__, cores)):
                 for w in self.words_after(c, after):
-                    if stems(w.lower()) & anchors:
+                    if not anchors.isdisjoint(stems(w.lower())):
                         return w.lower()
         return None
 

@@ -112,7 +112,8 @@ def _pick(items: list, at: Callable[[Any], int], answer: Answer, label: Label, w
     item has the same value (one item, or a value restated), any item not negated stands for the pick, with no how;
     the conclusion and the ties are not read."""
     lay = answer.layout
-    if value is not None and all(value(x) == value(items[0]) for x in items[1:]):
+    first = value(items[0]) if value is not None else None
+    if value is not None and all(value(x) == first for x in items[1:]):
         for x in reversed(items):
             if not lay.negated(at(x)):
                 return x, None

@@ -93,7 +93,7 @@ def _anchor_stems(name: str, subject: str | None, subject_first: bool) -> frozen
 
 
 _START, _POS = attrgetter("start"), attrgetter("pos")  # where a number or a time starts; a span or a box
-_VALUE, _VALUES = attrgetter("value"), attrgetter("values")  # a time's value; a box's
+_VALUE, _VALUES = attrgetter("value"), attrgetter("values")  # a time's value; a span's or a box's
 
 
 def _bounded(items: list, lay: Layout, at: Callable[[Any], int] = _START) -> list:
@@ -244,11 +244,16 @@ def _iou_1d(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _start_cue(answer: Answer) -> bool:
+    """Whether the answer may have a start cue: each cue word has "start", "begin" or "began" in it."""
+    low = answer.text.lower()
+    return "start" in low or "begin" in low or "began" in low
+
+
 def _start_end(answer: Answer):
     """A span said in two clauses: a time with "starts"/"begins" in its clause, and the next time after it. None
     without a cue anywhere (each cue word has "start", "begin" or "began" in it)."""
-    low = answer.text.lower()
-    if "start" not in low and "begin" not in low and "began" not in low:
+    if not _start_cue(answer):
         return None
     lay = answer.layout
     found = times(answer.text)
@@ -266,7 +271,10 @@ def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = [s for s in _bounded(found, answer.layout, _POS) if not s.clip_length]
     picked = how = None
     pair = ()  # not sought yet
-    if found:
+    if found and not _start_cue(answer):  # no span said in two clauses: how the pick was chosen does not matter
+        picked, how = _pick(found, _POS, answer, label, "span", value=_VALUES)
+        pair = None
+    elif found:
         picked, how = _pick(found, _POS, answer, label, "span")
         if how.startswith("the last") or how.startswith("the only") or picked is None:
             pair = _start_end(answer)  # a start and an end said apart, tied to the event, beat a span elsewhere

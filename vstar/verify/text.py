@@ -21,7 +21,7 @@ import bisect
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import accumulate, repeat
+from itertools import accumulate, islice, repeat
 
 from rapidfuzz import fuzz
 
@@ -294,7 +294,7 @@ class Tokens:
     def of(cls, text: str) -> Tokens:
         text = digitise(text).lower()
         parts = _TOKEN_SPLIT.split(text)  # [gap, token, gap, …]: the tokens and their offsets in C
-        tokens, starts, joined = parts[1::2], list(accumulate(map(len, parts)))[::2][:-1], []
+        tokens, starts, joined = parts[1::2], list(islice(accumulate(map(len, parts)), 0, len(parts) - 1, 2)), []
         if "-" in text:  # a hyphenated word is its parts, and also the parts joined ("sit-ups", "situps")
             out_t, out_s, done = [], [], 0
             for k in [k for k, tok in enumerate(tokens) if "-" in tok]:

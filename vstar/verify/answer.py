@@ -220,12 +220,13 @@ class Layout:
         """Whether a negation stands before the value at `c` in its clause; a bracket ("not at [0.1, ...]") and
         the value's own commas do not end the clause."""
         floor, low = max(0, c - REACH), self.low
-        # No negation before c in its sentence: none in its clause, which need not be found. (First the window
-        # without the sentence's start, which needs the sentence ends: most values have no negation near.)
+        # No negation before c in its sentence: none in its clause, which need not be found. An ASCII answer is
+        # searched in C, first in the window up to c (the sentence's start needs the sentence ends; most values have
+        # no negation near); else its words are read (a clause begins at a break, after which no word is cut to a
+        # negation: "but" → "ut").
         if low is not None:
             if not may_negate(low[floor:c]) or not may_negate(low[max(floor, self.sentence_bounds(c)[0]) : c]):
                 return False
-        # (a clause begins at a break, after which no word is cut to a negation: "but" → "ut")
         elif NEGATING_FIRST.isdisjoint(map(str.lower, self.words_before(c, floor, apostrophe=True))):
             return False
         lo = self.clause_start(c)

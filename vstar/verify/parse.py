@@ -82,9 +82,6 @@ def _trie(words) -> str:
 
 
 _ANY_NUMBER_WORD = re.compile(r"\b(?:" + _trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]) + r")\b|half", re.I)
-# The same words with no word boundary, for lower-case ASCII text: re scans for a pattern's first letters in C only when
-# it begins with them (and is not IGNORECASE), so this finds candidates ~4x faster; `number_words` checks the bounds.
-_NUMBER_WORD_CANDIDATE = re.compile(_trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]))
 _NUMBER_WORD_BYTES = frozenset(w.encode() for w in [*WORD_NUMBERS, *_SCALES, *_FRACTIONS])
 _LETTER_RUNS = bytes(c if 97 <= c <= 122 else 32 for c in range(256))  # bytes.translate: all but a-z to spaces
 
@@ -99,13 +96,22 @@ def number_words(text: str) -> list[tuple[int, int, str]]:
     if not text.isascii():  # IGNORECASE matches a few non-ASCII letters (the Kelvin sign as "k"): the full pattern
         return [(m.start(), m.end(), m.group().lower()) for m in _ANY_NUMBER_WORD.finditer(text)]
     low, out = text.lower(), []
-    if "half" not in low and _NUMBER_WORD_BYTES.isdisjoint(low.encode().translate(_LETTER_RUNS).split()):
-        return out  # no run of letters is a number word: a test in C twice as fast as the scan (most answers)
-    for m in _NUMBER_WORD_CANDIDATE.finditer(low):
-        start, end, w = m.start(), m.end(), m.group()
-        # the longest word at `start` is the one the anchored pattern takes (a shorter one is followed by a letter)
-        if w == "half" or ((not start or not _is_word(low[start - 1])) and (end == len(low) or not _is_word(low[end]))):
-            out.append((start, end, w))
+    words = _NUMBER_WORD_BYTES.intersection(low.encode().translate(_LETTER_RUNS).split())  # runs of letters, in C
+    # A number word between word bounds is a whole run of letters, so one of `words` (none in most answers): its
+    # occurrences are found with str.find, and kept between bounds; "half" is kept anywhere. No word has "half" in it
+    # or starts or ends inside it, so the pattern's scan finds every "half" and only these words.
+    for w in map(bytes.decode, words):
+        at = low.find(w) if w != "half" else -1
+        while at >= 0:
+            end = at + len(w)
+            if (not at or not _is_word(low[at - 1])) and (end == len(low) or not _is_word(low[end])):
+                out.append((at, end, w))
+            at = low.find(w, at + 1)
+    at = low.find("half")
+    while at >= 0:
+        out.append((at, at + 4, "half"))
+        at = low.find("half", at + 4)
+    out.sort()
     return out
 
 

@@ -482,3 +482,16 @@ def test_the_cheap_tests_before_reading_a_values_words_never_skip_a_negation_or_
     t = L("timestamp", 0.3)
     assert one("The knot is tied at 0.3 of the video.", t).passed
     assert one("It happens at 0.3 of the video, not at 0.9.", t).passed
+
+
+_NUMBER_TEXT = ["two", "Twenty", "one", "someone", "half", "halves", "behalf", "nineteen", "sixty", "2", "_", "-", " "]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*_NUMBER_TEXT, ".", "x", "HALF", "thousand", "third", "ſ", "seven"]), max_size=12))
+def test_number_words_are_the_matches_of_their_pattern(parts):
+    """`number_words` finds a text's number words with str.find where the text is ASCII: the same as the pattern."""
+    from vstar.verify.parse import _ANY_NUMBER_WORD, number_words
+
+    text = "".join(parts)
+    assert number_words(text) == [(m.start(), m.end(), m.group().lower()) for m in _ANY_NUMBER_WORD.finditer(text)]

@@ -247,6 +247,8 @@ class Layout:
     def _in_brackets(self, c: int) -> bool:
         lo = max(0, c - REACH)
         opened = max(self.text.rfind("[", lo, c), self.text.rfind("(", lo, c))
+        if opened < 0:
+            return False  # no bracket opened (most clauses): its closing need not be sought
         closed = max(self.text.rfind("]", lo, c), self.text.rfind(")", lo, c), self.sentence_bounds(c)[0] - 1)
         return opened > closed
 

@@ -132,9 +132,9 @@ def _pick(items: list, at: Callable[[Any], int], answer: Answer, label: Label, w
         if lay.in_conclusion(s) and ok(k):
             return items[k], f"the first {what} of the final answer"
     if anchors:
-        for k in reversed(range(len(items))):
-            word = ok(k) and lay.tied(anchors, starts[k], lo=starts[k - 1] if k else 0)
-            if word:
+        for k in reversed(range(len(items))):  # the tie first: a value tied to nothing needs no negation read
+            word = lay.tied(anchors, starts[k], lo=starts[k - 1] if k else 0)
+            if word and ok(k):
                 return items[k], f"the {what} tied to '{word}'"
     last = next((k for k in reversed(range(len(items))) if ok(k)), None)
     if last is None:

@@ -110,7 +110,7 @@ def _pick(items: list, at: Callable[[Any], int], answer: Answer, label: Label, w
     gives an item's offset. Negations are read only for the items it weighs: the conclusion's first, else from the
     last backward. With `value` (for a verdict that reads only the pick's value, not how it was chosen): when every
     item has the same value (one item, or a value restated), any item not negated stands for the pick, with no how;
-    the conclusion and the ties are not read."""
+    the conclusion and the ties are not read. The last item not negated is also returned with no how."""
     lay = answer.layout
     first = value(items[0]) if value is not None else None
     if value is not None and all(value(x) == first for x in items[1:]):
@@ -139,6 +139,8 @@ def _pick(items: list, at: Callable[[Any], int], answer: Answer, label: Label, w
     last = next((k for k in reversed(range(len(items))) if ok(k)), None)
     if last is None:
         return None, f"no {what} that is not negated"
+    if value is not None:
+        return items[last], None  # no how: the values before it need no negation read
     more = any(ok(k) for k in range(last))
     return items[last], f"the last {what}" if more else f"the only {what}"
 
@@ -182,7 +184,7 @@ def _committed_number(nums: list, lay: Layout, anchors: frozenset[str]) -> tuple
     if concluded:
         return nums[concluded[0]], "the first number of the final answer"
     for k in reversed(range(len(nums))):
-        if ok(k) and tie(k):
+        if tie(k) and ok(k):  # the tie first: a number tied to nothing needs no negation read
             return nums[k], f"the number tied to '{tied[k]}'"
     for k in reversed(range(len(nums))):
         if lay.sentence(nums[k].start) == lay.last and ok(k):

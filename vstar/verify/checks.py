@@ -258,13 +258,15 @@ def _start_end(answer: Answer):
     if not _start_cue(answer):
         return None
     lay = answer.layout
-    found = times(answer.text)
-    found = [x for x in _bounded(found, lay) if x.explicit and not x.clip_length and not lay.negated(x.start)]
-    for a, b in zip(found, found[1:], strict=False):
+    found = [x for x in _bounded(times(answer.text), lay) if x.explicit and not x.clip_length]
+    # the first time not negated with a cue in its clause, and the next time not negated (negations read only there)
+    for k, a in enumerate(found):
         if _START_CUE.isdisjoint(map(str.lower, lay.words_before(a.start, 0))):
             continue  # no cue in the sentence before it, so none in its clause (see Layout.negated)
-        if any(w.lower() in _START_CUE for w in lay.words_before(a.start, lay.clause_start(a.start))):
-            return a, b
+        if not any(w.lower() in _START_CUE for w in lay.words_before(a.start, lay.clause_start(a.start))):
+            continue
+        if not lay.negated(a.start):
+            return next(((a, b) for b in found[k + 1 :] if not lay.negated(b.start)), None)
     return None
 
 

@@ -271,14 +271,6 @@ def _numbered(bounds: list[int]) -> list[int]:
     return out
 
 
-def _firsts(bounds: list[int]) -> list[int]:
-    """Per token: its segment's first token."""
-    out: list[int] = []
-    for k in range(len(bounds) - 1):
-        out += [bounds[k]] * (bounds[k + 1] - bounds[k])
-    return out
-
-
 @dataclass
 class Tokens:
     """An answer's tokens (number words as numbers), each with its sentence and clause; stems indexed once."""
@@ -335,10 +327,9 @@ class Tokens:
             return [False] * len(self.tokens)
         return _negations(self.tokens, self.clauses)
 
-    @once
-    def clause_start(self) -> list[int]:
-        """Per token: the index of the first token of its clause."""
-        return _firsts(self.clauses)
+    def clause_start(self, i: int) -> int:
+        """The index of the first token of token i's clause (a search in the clauses: no list per token)."""
+        return self.clauses[bisect.bisect_right(self.clauses, i) - 1]
 
     def clause_firsts(self, a: int, b: int) -> list[int]:
         """The first tokens of the clauses that begin in [a, b)."""

@@ -455,3 +455,43 @@ def test_the_cheap_tests_before_a_scan_never_skip_a_match():
     assert verify("It cannot be at 0.3 of the video.", [label]).per_label[0].reason == "no time that is not negated"
     span = Label(name="s", type="span", value=[0.2, 0.6])
     assert verify("The clip lasts 10 s; the dog runs from 2 s to 6 s.", [span], Context(duration_s=10)).passed
+
+
+def test_the_cheap_tests_before_reading_a_values_words_never_skip_a_negation_or_a_tie():
+    """`may_negate` and `stem_cores` only let a check skip the words around a value that hold no negation and no
+    word sharing a stem with the label: every negation (also cut at the window's start, "knot" read as "not"), and
+    every word with an anchor's stem, is seen."""
+    from vstar.verify.answer import may_negate
+    from vstar.verify.text import IRREGULAR, NEGATIONS, stem_cores, stems
+
+    for word in NEGATIONS:
+        assert may_negate(f"it is {word} at") and may_negate(f"x{word}")  # also the end of a word cut at the start
+    assert may_negate("knot at") and may_negate("rather than at") and may_negate("as opposed to")
+    assert not may_negate("i know it is now at another") and not may_negate("one enough")
+    words = [*IRREGULAR, *IRREGULAR.values(), "riding", "ride", "ties", "tying", "cups", "cup's", "hedges", "running"]
+    words += ["dancing", "dance", "studies", "studied", "study", "swimming", "opening", "door", "doors", "played"]
+    for label_word in words:
+        anchors = stems(label_word)
+        for w in words:
+            if anchors & stems(w):
+                assert any(core in w for core in stem_cores(anchors)), (label_word, w)
+    # a value restated is picked as any of its mentions not negated; a negated one never
+    box = L("box", [0.2, 0.3, 0.4, 0.6], subject="the cup")
+    assert one("The cup is at [0.2, 0.3, 0.4, 0.6]. Answer: [0.2, 0.3, 0.4, 0.6]", box).passed
+    assert not one("It is not at [0.2, 0.3, 0.4, 0.6], nor at [0.2, 0.3, 0.4, 0.6].", box).passed
+    t = L("timestamp", 0.3)
+    assert one("The knot is tied at 0.3 of the video.", t).passed
+    assert one("It happens at 0.3 of the video, not at 0.9.", t).passed
+
+
+_NUMBER_TEXT = ["two", "Twenty", "one", "someone", "half", "halves", "behalf", "nineteen", "sixty", "2", "_", "-", " "]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*_NUMBER_TEXT, ".", "x", "HALF", "thousand", "third", "ſ", "seven"]), max_size=12))
+def test_number_words_are_the_matches_of_their_pattern(parts):
+    """`number_words` finds a text's number words with str.find where the text is ASCII: the same as the pattern."""
+    from vstar.verify.parse import _ANY_NUMBER_WORD, number_words
+
+    text = "".join(parts)
+    assert number_words(text) == [(m.start(), m.end(), m.group().lower()) for m in _ANY_NUMBER_WORD.finditer(text)]

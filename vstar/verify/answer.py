@@ -18,7 +18,7 @@ import bisect
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any
 
 from vstar.config import VerifyConfig
@@ -32,14 +32,17 @@ from vstar.verify.text import (
     SENTENCE_END,
     Tokens,
     clause_breaks,
+    once,
+    stem_cores,
     stems,
 )
 
 # "so", "therefore", … at the start of a clause: a softer marker, used when there is no "Answer:". After punctuation
 # (a pattern that begins with a character class, which re scans for in C), or at the very start of the answer.
-_SOFT_WORDS = r"(?i:so|therefore|thus|hence|in\s++conclusion|in\s++summary|overall|to\s++sum\s++up)\b,?"
-SOFT_MARKER = re.compile(r"[.,;:!?]\s*+" + _SOFT_WORDS)
-_SOFT_AT_START = re.compile(_SOFT_WORDS)
+_SOFT_WORDS = r"(?:so|therefore|thus|hence|in\s++conclusion|in\s++summary|overall|to\s++sum\s++up)\b,?"
+SOFT_MARKER = re.compile(r"[.,;:!?]\s*+(?i:" + _SOFT_WORDS + ")")
+_SOFT_AT_START = re.compile(_SOFT_WORDS, re.I)
+_SOFT_MARKER_LOW = re.compile(r"[.,;:!?]\s*+" + _SOFT_WORDS)  # for lower-case ASCII text: twice as fast as re.I
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ def marker_end(text: str) -> int | None:
     if best is not None:
         return best
     first = last = _SOFT_AT_START.match(text)
-    for last in SOFT_MARKER.finditer(text, first.end() if first else 0):  # noqa: B007
+    soft, scanned = (_SOFT_MARKER_LOW, low) if text.isascii() else (SOFT_MARKER, text)  # the same offsets
+    for last in soft.finditer(scanned, first.end() if first else 0):  # noqa: B007
         pass
     return last.end() if last is not None else None
 
@@ -137,27 +141,63 @@ class Reading:
 
 _WORDS_APOSTROPHE = re.compile(r"[a-z]++(?:'[a-z]++)?+", re.I)
 _WORDS = re.compile(r"[a-z]++", re.I)
+# On a lower-case ASCII text, a word of NEGATIONS that begins with "n" as a run's end, or "n't" (see
+# may_negate): a pattern that begins with one letter, which re finds with a fast search in C. The others
+# (and the words of NEGATING_PAIRS that only start or end a negation) are found as substrings.
+_NEGATION_N = re.compile(r"n(?:o(?:t|ne|body|thing|r)?|e(?:ver|ither))(?![a-z])|n't")
+_NEGATION_OTHERS = ("without", "unlike", "instead", "than", "opposed")
+
+
+def may_negate(low: str) -> bool:
+    """Whether `Layout.negated` may find a negation in this lower-case ASCII text (the window it reads before a value):
+    whether a word of NEGATIONS ends a run of letters of it (the words are read from the window, so they may be cut
+    at its start: "knot" read as "not"), or it has "n't", or the word of a negating pair that only starts or ends a
+    negation ("instead", "than", "opposed"). Else `negated` is False, and its clause need not be found."""
+    return any(map(low.__contains__, _NEGATION_OTHERS)) or _NEGATION_N.search(low) is not None
+
+
 REACH = 200  # characters around a value that its checks read (its clause, its tie to the label): bounded, so linear
 
 
 class Layout:
     """Sentences and clauses of an answer by character offset, for the checks of values (numbers, times, boxes),
-    which read only the words around the few values they weigh and so never tokenize the whole answer."""
+    which read only the words around the few values they weigh and so never tokenize the whole answer. Each part is
+    found when a check first needs it: most answers have one value, or no negation."""
 
-    def __init__(self, text: str, marker: int | None):
+    def __init__(self, text: str):
         self.text = text  # the answer (its digitised form has the same offsets: see parse.digitise)
-        self.ends = [m.end() for m in SENTENCE_END.finditer(self.text)]
-        self.conclusion = None  # character range of the conclusion's sentence
-        if marker is not None:
-            k = bisect.bisect_right(self.ends, marker)
-            self.conclusion = (marker, self.ends[k] if k < len(self.ends) else len(self.text))
 
-    @cached_property
+    @once
+    def marker(self) -> int | None:
+        """Where the conclusion begins (see `marker_end`)."""
+        return marker_end(self.text)
+
+    @once
+    def ends(self) -> list[int]:
+        """Where sentences end (after their end mark)."""
+        return [m.end() for m in SENTENCE_END.finditer(self.text)]
+
+    @once
+    def conclusion(self) -> tuple[int, int] | None:
+        """The character range of the conclusion's sentence: from the marker to the first sentence end after it. A
+        scan from the marker finds it: no sentence end spans the marker (a marker ends in a letter, ":", "=", "-",
+        "," or a space), and a scan from any offset finds every end after it (a run of "." ends where it ends)."""
+        if self.marker is None:
+            return None
+        m = SENTENCE_END.search(self.text, self.marker)
+        return self.marker, m.end() if m is not None else len(self.text)
+
+    @once
     def last(self) -> int:
         """The number of the last sentence."""
         return self.sentence(max(0, len(self.text.rstrip()) - 1))
 
-    @cached_property
+    @once
+    def low(self) -> str | None:
+        """The answer in lower case when it is ASCII (the same offsets), else None."""
+        return self.text.lower() if self.text.isascii() else None
+
+    @once
     def breaks(self) -> list[int]:
         """The clause breaks, found when a check first needs a clause: most values have no negation before them."""
         return clause_breaks(self.text)
@@ -179,15 +219,23 @@ class Layout:
     def negated(self, c: int) -> bool:
         """Whether a negation stands before the value at `c` in its clause; a bracket ("not at [0.1, ...]") and
         the value's own commas do not end the clause."""
-        floor = max(0, c - REACH)
-        # No negation's first word in the sentence before c: none in the clause (a clause begins at a break, after
-        # which no word is cut to a negation: "but" → "ut"), so the clause need not be found.
-        if NEGATING_FIRST.isdisjoint(map(str.lower, self.words_before(c, floor, apostrophe=True))):
+        floor, low = max(0, c - REACH), self.low
+        # No negation before c in its sentence: none in its clause, which need not be found. An ASCII answer is
+        # searched in C, first in the window up to c (the sentence's start needs the sentence ends; most values have
+        # no negation near); else its words are read (a clause begins at a break, after which no word is cut to a
+        # negation: "but" → "ut").
+        if low is not None:
+            if not may_negate(low[floor:c]) or not may_negate(low[max(floor, self.sentence_bounds(c)[0]) : c]):
+                return False
+        elif NEGATING_FIRST.isdisjoint(map(str.lower, self.words_before(c, floor, apostrophe=True))):
             return False
         lo = self.clause_start(c)
         while lo > floor and (self.text[lo - 1] in "[(" or (self.text[lo - 1] == "," and self._in_brackets(lo))):
             lo = self.clause_start(lo - 1)
-        found = [w.lower() for w in _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)]
+        if low is not None:
+            found = _WORDS_APOSTROPHE.findall(low, max(lo, floor), c)
+        else:
+            found = [w.lower() for w in _WORDS_APOSTROPHE.findall(self.text, max(lo, floor), c)]
         if NEGATING_FIRST.isdisjoint(found):
             return False
         for k, w in enumerate(found):
@@ -199,6 +247,8 @@ class Layout:
     def _in_brackets(self, c: int) -> bool:
         lo = max(0, c - REACH)
         opened = max(self.text.rfind("[", lo, c), self.text.rfind("(", lo, c))
+        if opened < 0:
+            return False  # no bracket opened (most clauses): its closing need not be sought
         closed = max(self.text.rfind("]", lo, c), self.text.rfind(")", lo, c), self.sentence_bounds(c)[0] - 1)
         return opened > closed
 
@@ -214,13 +264,20 @@ class Layout:
 
     def tied(self, anchors: set[str], c: int, lo: int = 0, before: int = 0, after: int = 0) -> str | None:
         """The anchor word nearest to the value at `c` in its sentence: between `lo` and c (the last `before` words,
-        all when 0), or among the first `after` words after it."""
-        for w in reversed(self.words_before(c, lo, before or None)):
-            if stems(w.lower()) & anchors:
-                return w.lower()
-        for w in self.words_after(c, after) if after else ():
-            if stems(w.lower()) & anchors:
-                return w.lower()
+        all when 0), or among the first `after` words after it. A side whose text has no core of an anchor (see
+        `stem_cores`) has no word to read."""
+        cores = stem_cores(anchors)
+        window = self.text[max(lo, c - REACH) : c].lower()
+        if any(map(window.__contains__, cores)):
+            for w in reversed(self.words_before(c, lo, before or None)):
+                if not anchors.isdisjoint(stems(w.lower())):
+                    return w.lower()
+        if after:
+            window = self.text[c : c + REACH].lower()
+            if any(map(window.__contains__, cores)):
+                for w in self.words_after(c, after):
+                    if not anchors.isdisjoint(stems(w.lower())):
+                        return w.lower()
         return None
 
 
@@ -231,13 +288,13 @@ class Answer:
         self.text = text
         self._readings: dict[tuple, Reading] = {}
 
-    @cached_property
+    @property
     def marker(self) -> int | None:
-        return marker_end(self.text)
+        return self.layout.marker
 
-    @cached_property
+    @once
     def layout(self) -> Layout:
-        return Layout(self.text, self.marker)
+        return Layout(self.text)
 
     def reading(self, abbreviations: tuple[tuple[str, str], ...] = ()) -> Reading:
         if abbreviations not in self._readings:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import lru_cache
+from operator import attrgetter
+from typing import Any
 
 from vstar.schema import Label
 from vstar.verify.answer import Answer, Context, LabelVerdict, Layout, Verdict, fail, verdict
@@ -90,19 +92,35 @@ def _anchor_stems(name: str, subject: str | None, subject_first: bool) -> frozen
     return frozenset(s for w in words if w not in GENERIC for s in stems(w))
 
 
-def _bounded(items: list, starts: list[int], lay: Layout) -> tuple[list, list[int]]:
-    """The items to read: those of the conclusion and the last MAX_VALUES (in their order)."""
+_START, _POS = attrgetter("start"), attrgetter("pos")  # where a number or a time starts; a span or a box
+_VALUE, _VALUES = attrgetter("value"), attrgetter("values")  # a time's value; a span's or a box's
+
+
+def _bounded(items: list, lay: Layout, at: Callable[[Any], int] = _START) -> list:
+    """The items to read: those of the conclusion and the last MAX_VALUES (in their order); `at` gives an item's
+    offset."""
     if len(items) <= MAX_VALUES:
-        return items, starts
-    keep = [k for k, s in enumerate(starts) if k >= len(items) - MAX_VALUES or lay.in_conclusion(s)]
-    return [items[k] for k in keep], [starts[k] for k in keep]
+        return items
+    first = len(items) - MAX_VALUES
+    return [x for k, x in enumerate(items) if k >= first or lay.in_conclusion(at(x))]
 
 
-def _pick(items: list, starts: list[int], answer: Answer, label: Label, what: str):
-    """The item the answer commits to (see the module docstring) and how it was chosen, or (None, reason). Negations
-    are read only for the items it weighs: the conclusion's first, else from the last backward."""
-    lay, anchors = answer.layout, _anchors(label, subject_first=True)
-    items, starts = _bounded(items, starts, lay)
+def _pick(items: list, at: Callable[[Any], int], answer: Answer, label: Label, what: str, value=None):
+    """The item the answer commits to (see the module docstring) and how it was chosen, or (None, reason); `at`
+    gives an item's offset. Negations are read only for the items it weighs: the conclusion's first, else from the
+    last backward. With `value` (for a verdict that reads only the pick's value, not how it was chosen): when every
+    item has the same value (one item, or a value restated), any item not negated stands for the pick, with no how;
+    the conclusion and the ties are not read. The last item not negated is also returned with no how."""
+    lay = answer.layout
+    first = value(items[0]) if value is not None else None
+    if value is not None and all(value(x) == first for x in items[1:]):
+        for x in reversed(items):
+            if not lay.negated(at(x)):
+                return x, None
+        return None, f"no {what} that is not negated"
+    anchors = _anchors(label, subject_first=True)
+    items = _bounded(items, lay, at)
+    starts = list(map(at, items))
     negated: dict[int, bool] = {}
 
     def ok(k: int) -> bool:
@@ -114,13 +132,15 @@ def _pick(items: list, starts: list[int], answer: Answer, label: Label, what: st
         if lay.in_conclusion(s) and ok(k):
             return items[k], f"the first {what} of the final answer"
     if anchors:
-        for k in reversed(range(len(items))):
-            word = ok(k) and lay.tied(anchors, starts[k], lo=starts[k - 1] if k else 0)
-            if word:
+        for k in reversed(range(len(items))):  # the tie first: a value tied to nothing needs no negation read
+            word = lay.tied(anchors, starts[k], lo=starts[k - 1] if k else 0)
+            if word and ok(k):
                 return items[k], f"the {what} tied to '{word}'"
     last = next((k for k in reversed(range(len(items))) if ok(k)), None)
     if last is None:
         return None, f"no {what} that is not negated"
+    if value is not None:
+        return items[last], None  # no how: the values before it need no negation read
     more = any(ok(k) for k in range(last))
     return items[last], f"the last {what}" if more else f"the only {what}"
 
@@ -164,7 +184,7 @@ def _committed_number(nums: list, lay: Layout, anchors: frozenset[str]) -> tuple
     if concluded:
         return nums[concluded[0]], "the first number of the final answer"
     for k in reversed(range(len(nums))):
-        if ok(k) and tie(k):
+        if tie(k) and ok(k):  # the tie first: a number tied to nothing needs no negation read
             return nums[k], f"the number tied to '{tied[k]}'"
     for k in reversed(range(len(nums))):
         if lay.sentence(nums[k].start) == lay.last and ok(k):
@@ -175,7 +195,7 @@ def _committed_number(nums: list, lay: Layout, anchors: frozenset[str]) -> tuple
 def check_number(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     lay, anchors = answer.layout, _anchors(label)
     every = [n for n in numbers(answer.text) if not n.is_scale_bound]
-    every = _bounded(every, [n.start for n in every], lay)[0]
+    every = _bounded(every, lay)
     digitised = digitise(answer.text)  # the text `numbers` read (cached): "two shapes" is "2   shapes"
     nums = [n for n in every if not _other_count(digitised, n, anchors)]
     if not nums:
@@ -205,11 +225,10 @@ def _fraction(t: tuple[float, str], duration_s: float | None) -> float | None:
 def check_timestamp(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     lay = answer.layout
     found = times(answer.text)
-    found = _bounded(found, [x.start for x in found], lay)[0]
-    found = [x for x in found if not x.clip_length and (x.explicit or lay.in_conclusion(x.start))]
+    found = [x for x in _bounded(found, lay) if (x.explicit or lay.in_conclusion(x.start)) and not x.clip_length]
     if not found:
         return fail(label, "no time in the answer")
-    picked, how = _pick(found, [x.start for x in found], answer, label, "time")
+    picked, how = _pick(found, _START, answer, label, "time", value=_VALUE)
     if picked is None:
         return fail(label, how)
     frac = _fraction(picked.value, ctx.duration_s)
@@ -227,27 +246,40 @@ def _iou_1d(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _start_cue(answer: Answer) -> bool:
+    """Whether the answer may have a start cue: each cue word has "start", "begin" or "began" in it."""
+    low = answer.text.lower()
+    return "start" in low or "begin" in low or "began" in low
+
+
 def _start_end(answer: Answer):
-    """A span said in two clauses: a time with "starts"/"begins" in its clause, and the next time after it."""
+    """A span said in two clauses: a time with "starts"/"begins" in its clause, and the next time after it. None
+    without a cue anywhere (each cue word has "start", "begin" or "began" in it)."""
+    if not _start_cue(answer):
+        return None
     lay = answer.layout
-    found = times(answer.text)
-    found = _bounded(found, [x.start for x in found], lay)[0]
-    found = [x for x in found if x.explicit and not x.clip_length and not lay.negated(x.start)]
-    for a, b in zip(found, found[1:], strict=False):
+    found = [x for x in _bounded(times(answer.text), lay) if x.explicit and not x.clip_length]
+    # the first time not negated with a cue in its clause, and the next time not negated (negations read only there)
+    for k, a in enumerate(found):
         if _START_CUE.isdisjoint(map(str.lower, lay.words_before(a.start, 0))):
             continue  # no cue in the sentence before it, so none in its clause (see Layout.negated)
-        if any(w.lower() in _START_CUE for w in lay.words_before(a.start, lay.clause_start(a.start))):
-            return a, b
+        if not any(w.lower() in _START_CUE for w in lay.words_before(a.start, lay.clause_start(a.start))):
+            continue
+        if not lay.negated(a.start):
+            return next(((a, b) for b in found[k + 1 :] if not lay.negated(b.start)), None)
     return None
 
 
 def check_span(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = spans(answer.text)
-    found = [s for s in _bounded(found, [s.pos for s in found], answer.layout)[0] if not s.clip_length]
+    found = [s for s in _bounded(found, answer.layout, _POS) if not s.clip_length]
     picked = how = None
     pair = ()  # not sought yet
-    if found:
-        picked, how = _pick(found, [s.pos for s in found], answer, label, "span")
+    if found and not _start_cue(answer):  # no span said in two clauses: how the pick was chosen does not matter
+        picked, how = _pick(found, _POS, answer, label, "span", value=_VALUES)
+        pair = None
+    elif found:
+        picked, how = _pick(found, _POS, answer, label, "span")
         if how.startswith("the last") or how.startswith("the only") or picked is None:
             pair = _start_end(answer)  # a start and an end said apart, tied to the event, beat a span elsewhere
             if pair and (picked is None or pair[0].start > picked.pos):
@@ -289,7 +321,7 @@ def check_box(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
     found = boxes(answer.text)
     if not found:
         return fail(label, "no box in the answer (expected [x1, y1, x2, y2])")
-    picked, how = _pick(found, [b.pos for b in found], answer, label, "box")
+    picked, how = _pick(found, _POS, answer, label, "box", value=_VALUES)
     if picked is None:
         return fail(label, how)
     box = list(picked.values)

@@ -163,10 +163,10 @@ def _options(run: list[Mention]) -> set[Mention]:
 
 def _alternative(t: Tokens, m: Mention, own: set[str]) -> bool:
     """Whether another class's mention offers it as an answer (not a detail, a negation or a retraction)."""
-    before = t.tokens[t.clause_start[m.first] : m.first]
+    before = t.tokens[t.clause_start(m.first) : m.first]
     if t.negated(m.first) or any(w in SUBORDINATORS or w in RETRACTIONS for w in before):
         return False
-    if m.first and t.tokens[m.first - 1] in PREPOSITIONS and t.clause_start[m.first] < m.first:
+    if m.first and t.tokens[m.first - 1] in PREPOSITIONS and t.clause_start(m.first) < m.first:
         return False
     return not all(stems(t.tokens[i]) & own for i in range(m.first, m.last + 1))
 
@@ -250,7 +250,7 @@ def check_yes_no(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
         said = set()
         for i in range(a, b):
             w = t.tokens[i]
-            if w in ("yes", "no") and not (t.clause_start[i] == i or i == a):
+            if w in ("yes", "no") and not (t.clause_start(i) == i or i == a):
                 continue  # "no other object": a determiner, not an answer
             if w in yes or w in no:
                 said.add((w in yes) != t.negated(i))
@@ -293,12 +293,13 @@ def _item_hits(t: Tokens, item: str, abbrev: tuple, lo: int, hi: int, not_ok: se
     """Occurrences of a sequence item that say it happened: not negated, in a committed sentence, not part of a longer
     item (a word of the domain's abbreviations right before it: "armstand back" is not "back")."""
     modifiers, ps = _modifiers(abbrev), phrases(expand(item, abbrev))
-    item_words = {w for p in ps for s in p.slots for w in s}
     out = []
     for p in ps:
         for first, last in find(t, p, lo, hi):
             before = t.tokens[first - 1] if first else ""
-            if t.negated(first) or t.sentence[first] in not_ok or (before in modifiers and before not in item_words):
+            if t.negated(first) or t.sentence[first] in not_ok:
+                continue
+            if before in modifiers and not any(before in s for q in ps for s in q.slots):  # not a word of the item
                 continue
             out.append((first, last))
     return sorted(set(out))
@@ -336,7 +337,7 @@ def check_sequence(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
 def _coordinated(t: Tokens, first: int, last: int) -> bool:
     """Offered with something else: "the clothes or the pillow", "the laptop, the door, the box, the fridge"."""
     after = t.tokens[last + 1 : last + 2]
-    before = [w for w in t.tokens[max(t.clause_start[first], first - 3) : first] if w not in ("the", "a", "an")]
+    before = [w for w in t.tokens[max(t.clause_start(first), first - 3) : first] if w not in ("the", "a", "an")]
     if after == ["or"] or (before and before[-1] == "or"):
         return True
     a, b = t.sentence_range(t.sentence[first])

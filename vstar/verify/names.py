@@ -109,6 +109,9 @@ def find(
     positions = [_slot_positions(tokens, s, strict) for s in phrase.slots]
     if not all(positions):
         return []
+    if len(positions) == 1:  # one slot: each of its tokens in [lo, hi)
+        pos = positions[0]
+        return [(p, p) for p in pos[bisect.bisect_left(pos, lo) : bisect.bisect_left(pos, hi)]]
     reach = len(phrase.slots) + WINDOW
     anchor = min(range(len(positions)), key=lambda k: len(positions[k]))
     others = positions[:anchor] + positions[anchor + 1 :]

@@ -82,9 +82,6 @@ def _trie(words) -> str:
 
 
 _ANY_NUMBER_WORD = re.compile(r"\b(?:" + _trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]) + r")\b|half", re.I)
-# The same words with no word boundary, for lower-case ASCII text: re scans for a pattern's first letters in C only when
-# it begins with them (and is not IGNORECASE), so this finds candidates ~4x faster; `number_words` checks the bounds.
-_NUMBER_WORD_CANDIDATE = re.compile(_trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]))
 _NUMBER_WORD_BYTES = frozenset(w.encode() for w in [*WORD_NUMBERS, *_SCALES, *_FRACTIONS])
 _LETTER_RUNS = bytes(c if 97 <= c <= 122 else 32 for c in range(256))  # bytes.translate: all but a-z to spaces
 
@@ -99,13 +96,22 @@ def number_words(text: str) -> list[tuple[int, int, str]]:
     if not text.isascii():  # IGNORECASE matches a few non-ASCII letters (the Kelvin sign as "k"): the full pattern
         return [(m.start(), m.end(), m.group().lower()) for m in _ANY_NUMBER_WORD.finditer(text)]
     low, out = text.lower(), []
-    if "half" not in low and _NUMBER_WORD_BYTES.isdisjoint(low.encode().translate(_LETTER_RUNS).split()):
-        return out  # no run of letters is a number word: a test in C twice as fast as the scan (most answers)
-    for m in _NUMBER_WORD_CANDIDATE.finditer(low):
-        start, end, w = m.start(), m.end(), m.group()
-        # the longest word at `start` is the one the anchored pattern takes (a shorter one is followed by a letter)
-        if w == "half" or ((not start or not _is_word(low[start - 1])) and (end == len(low) or not _is_word(low[end]))):
-            out.append((start, end, w))
+    words = _NUMBER_WORD_BYTES.intersection(low.encode().translate(_LETTER_RUNS).split())  # runs of letters, in C
+    # A number word between word bounds is a whole run of letters, so one of `words` (none in most answers): its
+    # occurrences are found with str.find, and kept between bounds; "half" is kept anywhere. No word has "half" in it
+    # or starts or ends inside it, so the pattern's scan finds every "half" and only these words.
+    for w in map(bytes.decode, words):
+        at = low.find(w) if w != "half" else -1
+        while at >= 0:
+            end = at + len(w)
+            if (not at or not _is_word(low[at - 1])) and (end == len(low) or not _is_word(low[end])):
+                out.append((at, end, w))
+            at = low.find(w, at + 1)
+    at = low.find("half")
+    while at >= 0:
+        out.append((at, at + 4, "half"))
+        at = low.find("half", at + 4)
+    out.sort()
     return out
 
 
@@ -334,13 +340,13 @@ _SPAN_JOIN = re.compile(
 class Time:
     """A number that may be a time; what it is is read when a check asks (a check reads a few of thousands)."""
 
-    __slots__ = ("_clip", "_explicit", "clip_words", "end", "end_all", "pct", "start", "text", "unit")
+    __slots__ = ("_clip", "_explicit", "_of_clip", "clip_words", "end", "end_all", "pct", "start", "text", "unit")
 
     def __init__(self, text: str, start: int, end: int, end_all: int, unit: bool, pct: bool, clip_words: bool):
         self.text, self.start, self.end, self.unit, self.pct = text, start, end, unit, pct  # text: the digitised answer
         self.end_all = end_all  # the end of the number with its % or unit
         self.clip_words = clip_words  # whether the text has a word of the clip's length ("lasts", "whole") at all
-        self._explicit = self._clip = None
+        self._explicit = self._clip = self._of_clip = None
 
     @property
     def value(self) -> tuple[float, str]:
@@ -349,15 +355,21 @@ class Time:
 
     @property
     def of_clip(self) -> bool:
-        return _OF_CLIP.match(self.text, self.end_all) is not None
+        if self._of_clip is None:
+            self._of_clip = _OF_CLIP.match(self.text, self.end_all) is not None
+        return self._of_clip
 
     @property
     def explicit(self) -> bool:
         """A unit, mm:ss, %, "of the video", or a temporal word before it ("at", "from", "until")."""
         if self._explicit is None:
-            before = self.text[max(0, self.start - 40) : self.start]
-            number = self.text[self.start : self.end]
-            self._explicit = self.unit or self.pct or ":" in number or self.of_clip or _temporal(before)
+            self._explicit = (
+                self.unit
+                or self.pct
+                or self.text.find(":", self.start, self.end) >= 0
+                or self.of_clip
+                or _temporal(self.text[max(0, self.start - 40) : self.start])
+            )
         return self._explicit
 
     @property
@@ -440,11 +452,12 @@ def times(text: str) -> list[Time]:
 def _times(text: str) -> tuple[Time, ...]:
     text = digitise(text)
     low = text.lower()
-    clip_words = any(w in low for w in _CLIP_STEMS)
-    return tuple(
-        Time(text, m.start(1), m.end(1), m.end(), m.start(3) >= 0, m.start(2) >= 0, clip_words)
-        for m in _TIME_RE.finditer(text)
-    )
+    clip_words = any(map(low.__contains__, _CLIP_STEMS))
+    out = []
+    for m in _TIME_RE.finditer(text):
+        (_, end_all), (start, end), (pct, _), (unit, _) = m.regs  # the spans of the match and its 3 groups
+        out.append(Time(text, start, end, end_all, unit >= 0, pct >= 0, clip_words))
+    return tuple(out)
 
 
 def spans(text: str) -> list[Span]:
@@ -485,29 +498,38 @@ class Box:
 def boxes(text: str) -> list[Box]:
     """Every box: [x1, y1, x2, y2] or (…); two corners "(x1, y1) … (x2, y2)"; named "x1 = …, y1 = …, x2 = …, y2 = …"
     (or two x and two y values: the box spanning them)."""
-    found, pairs = [], []
+    whole, pairs, corners, named = [], [], [], []
     for m in _BOX_OR_PAIR_RE.finditer(text):  # one scan for both: neither has a bracket inside
-        if m.group(3) is None:
-            pairs.append((m.start(), m.end(), _float(m.group(1)), _float(m.group(2))))
+        a, b, c, d = m.groups()
+        if c is None:
+            pairs.append((m.start(), m.end(), _float(a), _float(b)))
         else:
-            found.append(Box(tuple(map(_float, m.groups())), m.start()))
+            whole.append(Box((_float(a), _float(b), _float(c), _float(d)), m.start()))
     for (s1, e1, x1, y1), (s2, _, x2, y2) in zip(pairs, pairs[1:], strict=False):
-        if s2 - e1 <= 80 and not re.search(r"[.;]\s", text[e1:s2]):
-            found.append(Box((x1, y1, x2, y2), s1))
-    named = [(m.start(), m.group(1).lower(), _float(m.group(2))) for m in _NAMED_RE.finditer(text)]
-    for k in range(len(named) - 3):
-        group = named[k : k + 4]
+        if s2 - e1 <= 80 and _SENTENCE_GAP.search(text, e1, s2) is None:
+            corners.append(Box((x1, y1, x2, y2), s1))
+    values = []  # named values; a box of them takes two x and two y: no scan when the text has fewer
+    if text.count("x") + text.count("X") >= 2 and text.count("y") + text.count("Y") >= 2:
+        values = [(m.start(), m.group(1).lower(), _float(m.group(2))) for m in _NAMED_RE.finditer(text)]
+    for k in range(len(values) - 3):
+        group = values[k : k + 4]
         if group[-1][0] - group[0][0] > 200:
             continue
         names = [g[1].replace("_", "") for g in group]
         if sorted(names) == ["x1", "x2", "y1", "y2"]:
             v = dict(zip(names, [g[2] for g in group], strict=True))
-            found.append(Box((v["x1"], v["y1"], v["x2"], v["y2"]), group[0][0]))
+            named.append(Box((v["x1"], v["y1"], v["x2"], v["y2"]), group[0][0]))
         elif sorted(n[0] for n in names) == ["x", "x", "y", "y"]:
             xs = [g[2] for g in group if g[1][0] == "x"]
             ys = [g[2] for g in group if g[1][0] == "y"]
-            found.append(Box((min(xs), min(ys), max(xs), max(ys)), group[0][0]))
-    return sorted(found, key=lambda b: b.pos)
+            named.append(Box((min(xs), min(ys), max(xs), max(ys)), group[0][0]))
+    kinds = [found for found in (whole, corners, named) if found]
+    if len(kinds) == 1:
+        return kinds[0]  # the boxes of one kind are found in their order
+    return sorted(whole + corners + named, key=lambda b: b.pos)
+
+
+_SENTENCE_GAP = re.compile(r"[.;]\s")  # two corners in different sentences are no box
 
 
 # ---- the conclusion ------------------------------------------------------------------------------------

@@ -20,12 +20,27 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from itertools import accumulate, repeat
+from functools import lru_cache
+from itertools import accumulate, islice, repeat
 
 from rapidfuzz import fuzz
 
 from vstar.verify.parse import digitise
+
+
+class once:  # a decorator, as functools.cached_property
+    """`functools.cached_property` without its lock: Python 3.11's takes one on the first read of every instance's
+    value (a third of a microsecond, several per answer), and an answer is read by one thread."""
+
+    def __init__(self, func):
+        self.func, self.name, self.__doc__ = func, func.__name__, func.__doc__
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)  # read from the instance's dict from now on
+        return value
+
 
 STOPWORDS = frozenset(
     [
@@ -211,6 +226,15 @@ def stems(word: str) -> frozenset[str]:
     return frozenset(s for s in out if len(s) >= 2 or s == word)
 
 
+@lru_cache(maxsize=4096)
+def stem_cores(anchors: frozenset[str]) -> tuple[str, ...]:
+    """What every word with a stem among `anchors` contains once lower-cased, so that a text with none of these has no
+    such word: each stem less the "e", "y" or "ie" that `stems` may have put back (the rest of a stem is a prefix of
+    its word), and the irregular forms of each stem."""
+    cores = {a[:-2] if a.endswith("ie") else a[:-1] if a.endswith(("e", "y")) else a for a in anchors}
+    return tuple(cores | {form for form, base in IRREGULAR.items() if base in anchors})
+
+
 def matches(token: str, word: str, min_ratio: float) -> bool:
     """A token matches a word when they share a stem, or (a typo or a spelling variant: colouring/coloring) both are
     8+ letters, start with the same 3 letters and reach `min_ratio`. Shorter words never match fuzzily: a different
@@ -247,14 +271,6 @@ def _numbered(bounds: list[int]) -> list[int]:
     return out
 
 
-def _firsts(bounds: list[int]) -> list[int]:
-    """Per token: its segment's first token."""
-    out: list[int] = []
-    for k in range(len(bounds) - 1):
-        out += [bounds[k]] * (bounds[k + 1] - bounds[k])
-    return out
-
-
 @dataclass
 class Tokens:
     """An answer's tokens (number words as numbers), each with its sentence and clause; stems indexed once."""
@@ -270,7 +286,7 @@ class Tokens:
     def of(cls, text: str) -> Tokens:
         text = digitise(text).lower()
         parts = _TOKEN_SPLIT.split(text)  # [gap, token, gap, …]: the tokens and their offsets in C
-        tokens, starts, joined = parts[1::2], list(accumulate(map(len, parts)))[::2][:-1], []
+        tokens, starts, joined = parts[1::2], list(islice(accumulate(map(len, parts)), 0, len(parts) - 1, 2)), []
         if "-" in text:  # a hyphenated word is its parts, and also the parts joined ("sit-ups", "situps")
             out_t, out_s, done = [], [], 0
             for k in [k for k, tok in enumerate(tokens) if "-" in tok]:
@@ -298,26 +314,28 @@ class Tokens:
             by_token[tok].sort()
         return cls(tokens, starts, sentence, by_token, text, ends)
 
-    @cached_property
+    @once
     def clauses(self) -> list[int]:
         """The first token of every clause, and the number of tokens (read when a check first asks for a clause)."""
         return _bounds(len(self.tokens), self.starts, self.ends + clause_breaks(self.text))
 
-    @cached_property
+    @once
     def negations(self) -> list[bool]:
-        """Per token: whether a negation stands before it in its clause."""
+        """Per token: whether a negation stands before it in its clause (the clauses found only where a negation's
+        first word is)."""
+        if NEGATING_FIRST.isdisjoint(self.tokens):
+            return [False] * len(self.tokens)
         return _negations(self.tokens, self.clauses)
 
-    @cached_property
-    def clause_start(self) -> list[int]:
-        """Per token: the index of the first token of its clause."""
-        return _firsts(self.clauses)
+    def clause_start(self, i: int) -> int:
+        """The index of the first token of token i's clause (a search in the clauses: no list per token)."""
+        return self.clauses[bisect.bisect_right(self.clauses, i) - 1]
 
     def clause_firsts(self, a: int, b: int) -> list[int]:
         """The first tokens of the clauses that begin in [a, b)."""
         return self.clauses[bisect.bisect_left(self.clauses, a) : bisect.bisect_left(self.clauses, b)]
 
-    @cached_property
+    @once
     def by_stem(self) -> dict[str, list[int]]:
         """Stem → ascending token positions (joined hyphenated words too), built when a check first asks."""
         out: dict[str, list[int]] = {}
@@ -337,7 +355,7 @@ class Tokens:
             self._positions[word] = found[0] if len(found) == 1 else sorted(set().union(*found))
         return self._positions[word]
 
-    @cached_property
+    @once
     def _positions(self) -> dict[str, list[int]]:
         return {}
 

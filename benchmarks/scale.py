@@ -241,7 +241,7 @@ def step_verify(run: Path) -> int:
     out = run / "verified"
     shutil.rmtree(out, ignore_errors=True)
     classes = [f"class_{i}" for i in range(700)]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ds = ray.data.read_parquet(files).drop_columns(["verdicts", "passed", "num_passed"])
         if rows:  # blocks of 50 rows, as the stage cuts its input into blocks of a few generate calls

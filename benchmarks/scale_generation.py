@@ -212,7 +212,7 @@ def main(argv=None) -> None:
         n = pq.ParquetFile(table).metadata.num_rows
         small = tmp / "small.parquet"
         pq.write_table(pq.read_table(table).slice(0, min(args.small, n)), small)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
 

@@ -137,7 +137,7 @@ def main() -> None:
         print(f"# {platform.node()} {os.cpu_count()} cores, python {platform.python_version()}")
         print(f"# model {model} ({params / 1e6:.2f} M params), {len(records)} SFT records, 8 frames a video")
         print(f"# global batch {args.global_batch}, {args.steps} steps, {'GPU bf16' if args.gpu else 'CPU fp32'}")
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         rows = []
         for workers in args.workers:
             for micro in args.micro:

@@ -35,16 +35,19 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.error  # noqa: E402
-import urllib.parse  # noqa: E402
 import urllib.request  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import psutil  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from http_probe import chunked_post  # noqa: E402  (tests/http_probe.py, shared with tests/test_serve.py)
 
 MIB = 2**20
 
@@ -88,28 +91,10 @@ def post(url: str, body: bytes) -> tuple[int, str]:
         return e.code, json.loads(e.read()).get("error", {}).get("message", "")[:200]
 
 
-def chunked_post(url: str, pieces: int, piece_bytes: int) -> tuple[int, str]:
-    """POST a chunked body (no Content-Length) over a raw socket, stopping when the server stops reading."""
-    parts = urllib.parse.urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
-        sock.sendall(
-            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n".encode()
-        )
-        piece = f"{piece_bytes:x}\r\n".encode() + b"[" * piece_bytes + b"\r\n"
-        try:
-            for _ in range(pieces):
-                sock.sendall(piece)
-            sock.sendall(b"0\r\n\r\n")
-        except OSError:  # the server answered and closed
-            pass
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            data = sock.recv(65536)
-            if not data:
-                break
-            reply += data
-    return int(reply.split()[1]), ""
+def chunked(url: str, pieces: int) -> tuple[int, str]:
+    """POST a chunked body of `pieces` 64 KiB pieces (no Content-Length); the status and the answer's text."""
+    status, body = chunked_post(url, pieces=pieces, piece_bytes=1 << 16)
+    return status, body.decode(errors="replace")
 
 
 def chat(model: str, url: str, frames: int) -> bytes:
@@ -164,8 +149,8 @@ def main() -> None:
         "4 x 6000x4000 at once": lambda: list(
             ThreadPoolExecutor(4).map(lambda _: post(url, chat(model, large, 32)), range(4))
         )[0],
-        "200 MiB chunked body": lambda: chunked_post(url, pieces=3200, piece_bytes=1 << 16),
-        "1 GiB chunked body": lambda: chunked_post(url, pieces=16384, piece_bytes=1 << 16),
+        "200 MiB chunked body": lambda: chunked(url, 3200),
+        "1 GiB chunked body": lambda: chunked(url, 16384),
         "JSON nested 100,000 deep": lambda: post(url, b"[" * 100_000 + b"]" * 100_000),
     }
     sizes = {"8000x8000": huge, "6000x4000": large, "WebM": webm}

@@ -34,12 +34,12 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("nodes-cache")
 
 
-@pytest.fixture
-def cluster():
+def simulated_cluster(head_cpus: int, workers: int):
+    """A `ray.cluster_utils.Cluster` of a head with `head_cpus` and `workers` WORKER nodes, shut down after."""
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    for _ in range(workers):
         c.add_node(**WORKER)
     c.wait_for_nodes()
     yield c
@@ -47,15 +47,14 @@ def cluster():
 
 
 @pytest.fixture
+def cluster():
+    yield from simulated_cluster(head_cpus=0, workers=2)
+
+
+@pytest.fixture
 def small_cluster():
     """Issue 27's shrinking cluster: a head with 1 CPU and one worker node."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(**WORKER)
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
+    yield from simulated_cluster(head_cpus=1, workers=1)
 
 
 def start_run(cluster, tmp_path: Path, cache: Path, *more: str) -> tuple[subprocess.Popen, Path]:

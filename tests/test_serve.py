@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from http_probe import chunked_post  # tests/http_probe.py
 from PIL import Image
 
 try:
@@ -487,34 +488,6 @@ def test_concurrent_requests_with_a_bad_one_all_complete(server, tiny_vlm_dir, m
     assert 1 <= results[4][1]["usage"]["completion_tokens"] <= 5
     greedy = {r["choices"][0]["message"]["content"] for i, (_, r) in enumerate(results) if i not in (2, 4)}
     assert len(greedy) == 1, "the same greedy request gives the same answer, whatever it was batched with"
-
-
-def chunked_post(url: str, pieces, piece_bytes: int) -> tuple[int, bytes]:
-    """POST `pieces` chunks of `piece_bytes` with chunked transfer encoding (no Content-Length) over a raw socket,
-    stopping when the server stops reading; the status and body of its answer."""
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
-        sock.sendall(
-            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n".encode()
-        )
-        piece = f"{piece_bytes:x}\r\n".encode() + b"[" * piece_bytes + b"\r\n"
-        try:
-            for _ in range(pieces):
-                sock.sendall(piece)
-            sock.sendall(b"0\r\n\r\n")
-        except OSError:  # the server answered and closed: read what it said
-            pass
-        reply = b""
-        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < 20:
-            data = sock.recv(65536)
-            if not data:
-                break
-            reply += data
-    head, _, body = reply.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 def test_the_proxy_limit_passes_no_more_than_the_limit_to_the_app():

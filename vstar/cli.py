@@ -395,7 +395,7 @@ def serve_config(args):
 def cmd_serve(args) -> int:
     from vstar.driver import init_ray
     from vstar.serve.app import serve
-    from vstar.serve.proxy import body_limit, proxy_env
+    from vstar.serve.proxy import CALLBACK, CALLBACK_ENV, body_limit, proxy_env
 
     cfg = serve_config(args)
     # Serve's HTTP proxy refuses oversized bodies before they reach a replica; it reads these when it starts, so a
@@ -406,7 +406,8 @@ def cmd_serve(args) -> int:
         logging.getLogger("vstar").info(
             "joined a running cluster: its Serve proxy limits request bodies only if `ray start` had %s=%s "
             "(cluster.yaml exports it)",
-            *next(iter(proxy_env(0).items())),
+            CALLBACK_ENV,
+            CALLBACK,
         )
     serve(args.model, cfg, blocking=True)
     return 0

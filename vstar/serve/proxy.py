@@ -10,8 +10,9 @@ body passed through both even though the app had answered 413 at ~1 MiB.
 the limit is answered 413 without reaching a replica; a body that passes the limit while it streams (chunked) is
 answered 413 there (unless the app has answered already) and the replica is told the client left, so the proxy stops
 reading. Serve installs it from `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`, read when the proxy actor starts, so it
-must be in the environment of the processes that start Ray: `vstar serve` sets both variables before it starts a
-local Ray (`proxy_env`); on a cluster, `ray start` needs them (cluster.yaml exports them).
+must be in the environment of the processes that start Ray: `vstar serve` sets it and the limit (`LIMIT_ENV`)
+before it starts a local Ray (`proxy_env`); on a cluster `ray start` needs it (cluster.yaml exports it; the limit
+defaults to the default config's).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ torch on 1 thread there).
 
 1. The video check fills the frame store (`FrameStore.fill`): time, clips/s, decodes.
 2. Each step alone, in this process, on rows of the same run: reading frames from the store (`read_batch`, batches
-   of 16), generating (`HFBackend.generate` on 1 torch thread at `--batch`, one warm-up batch first), verifying
+   of 16), generating (`HFBackend.generate` on 1 torch thread at `--batch`, each row seeded by its key as the
+   stage's actor seeds it, one warm-up batch first), verifying
    (`verify_rows` on the rows the stage wrote).
 3. The engine's start alone: a fresh 1-CPU Ray actor importing the backend and loading the model, timed from its
    creation to its first answer (what every generation stage pays once per actor before its first row).
@@ -80,6 +81,7 @@ def alone_rates(table: Path, store, model: Path, cfg, batch: int, rows: int) -> 
     import torch
 
     from vstar.data.frames import frames_from_batch
+    from vstar.generate.actors import row_key
     from vstar.generate.backends import HFBackend
     from vstar.generate.sampling import Sampling
     from vstar.generate.stage import with_prompts
@@ -96,10 +98,10 @@ def alone_rates(table: Path, store, model: Path, cfg, batch: int, rows: int) -> 
     )
     torch.set_num_threads(1)  # what the 1-CPU actor gets
 
-    def generate(lo: int, hi: int):
+    def generate(lo: int, hi: int):  # seeded per row, as the stage's actor does (`row_key`)
         idx = list(range(lo, hi))
         videos, metas = frames_from_batch(merged, idx)
-        return backend.generate([merged["prompt"][i] for i in idx], videos, metas)
+        return backend.generate([merged["prompt"][i] for i in idx], videos, metas, [row_key(merged, i) for i in idx])
 
     generate(0, batch)  # warm-up
     _, gen_s = timed(lambda: [generate(i, min(i + batch, rows)) for i in range(0, rows, batch)])

@@ -113,7 +113,9 @@ def engine_start(model: Path, cfg) -> float:
     """Seconds from creating a fresh 1-CPU actor to its backend's model being loaded (imports included)."""
     import ray
 
-    @ray.remote(num_cpus=1)
+    from vstar.generate.stage import ACTOR_RUNTIME_ENV
+
+    @ray.remote(num_cpus=1, runtime_env=ACTOR_RUNTIME_ENV)  # the stage's actor's process
     class Engine:
         def __init__(self):
             from vstar.generate.backends import HFBackend

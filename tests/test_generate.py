@@ -12,6 +12,7 @@ from collections import Counter
 from functools import partial
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,7 +23,7 @@ from vstar.generate.actors import GenerateActor, _objects
 from vstar.generate.backends import HFBackend, RowSampler
 from vstar.generate.prompts import STEP_BY_STEP, answer_prompt, rationale_prompt
 from vstar.generate.sampling import Sampling
-from vstar.generate.stage import generate_stage, prompt_rows
+from vstar.generate.stage import generate_stage, prompt_rows, sample_dataset
 from vstar.schema import Sample
 
 CFG = load_config(None, ["generate.max_new_tokens=12", "generate.num_candidates=3", "generate.batch_size=4"])
@@ -223,6 +224,17 @@ def test_a_row_that_fails_generation_fails_alone(tiny_vlm_dir, synth_samples):
 
 def read_rows(out_dir):
     return pd.read_parquet(out_dir)
+
+
+def test_a_sample_table_is_read_in_blocks_of_its_row_ranges(ray_local, tmp_path):
+    """`sample_dataset` on a table of 95 rows in row groups of 10: blocks of 16 rows (the last 15), each the rows of
+    its range, in order, crossing row groups; every row once."""
+    path = tmp_path / "table.parquet"
+    pq.write_table(
+        pa.table({"sample_id": [f"s{i:03d}" for i in range(95)], "n": list(range(95))}), path, row_group_size=10
+    )
+    blocks = [b["n"].tolist() for b in sample_dataset(path, 16).iter_batches(batch_size=None, batch_format="pandas")]
+    assert sorted(blocks) == [list(range(lo, min(lo + 16, 95))) for lo in range(0, 95, 16)]
 
 
 def test_stage_every_row_once_with_a_damaged_video(ray_local, tiny_vlm_dir, questioned, tmp_path):

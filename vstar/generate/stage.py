@@ -61,6 +61,13 @@ FRAMES = ("frames", "frames_shape", "frame_indices", "fps", "total_frames", "dec
 # generation actors (it fuses a task map into an actor map only when their resources are equal)
 FRAMES_CPUS = 0.5
 MAX_BLOCKS = 2000  # blocks (and written files) a stage's input is cut into at most
+# Ray starts its worker processes at niceness 15 (its worker_niceness), so that its own daemons stay responsive. The
+# generation actor, the stage's bottleneck by design, runs at the driver's niceness instead: the CPU tasks beside it
+# (frames, verification, writes) yield to it. At 15, on 2 cores, the actor generated at 0.78-0.90 of its rate alone,
+# at 0 at 0.93-0.97 (benchmarks/scale_generation.py): likely the kernel, balancing cores by weighted load (a nice-0
+# process, such as the driver, weighs 28x a nice-15 one), put those tasks on the actor's core. The variable only spares the worker Ray's lowering of its
+# priority: it needs no privilege. Child processes (vLLM's engine core) inherit it.
+ACTOR_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -163,6 +170,7 @@ def generated(
         # retries a lost node's actor fast-fails until Ray notices the node is gone cost nothing (ray#44719)
         max_restarts=ENGINE_RETRIES,
         max_task_retries=-1,
+        runtime_env=ACTOR_RUNTIME_ENV,
     )
 
 
@@ -205,13 +213,36 @@ def write_parts(table: pa.Table, dirs: dict[str, str]) -> pa.Table:
 
 
 def sample_dataset(samples: list[Sample] | str | Path, block_rows: int) -> ray.data.Dataset:
-    """The stage's input rows in blocks of `block_rows`: a Parquet sample table read by Ray Data (streamed, never
-    held by the driver), or a list of Samples. A block is the unit that flows through and is written as one file."""
+    """The stage's input rows in blocks of `block_rows`: from a Parquet sample table, each block read by its own task
+    (streamed, never held by the driver, which lists only the blocks' row ranges), or from a list of Samples. A block
+    is the unit that flows through and is written as one file.
+
+    Ray Data's own `read_parquet(...).repartition(...)` was not used: it reads a table in one block and splits it in
+    one task that holds a CPU while it hands the blocks out one at a time (6 s for 63 blocks, on the only CPU a 2-core
+    machine has beside its actor), so no frames were read and the actor waited, loaded, for 10 s before its first
+    call; and its `ListFiles` step asks a whole CPU whatever the read is given."""
     if isinstance(samples, (str, Path)):
-        ds = ray.data.read_parquet(str(samples))
-    else:
-        ds = ray.data.from_items([sample_row(s) for s in samples])
-    return ds.repartition(target_num_rows_per_block=block_rows)  # streamed: no barrier
+        total = pq.ParquetFile(samples).metadata.num_rows
+        ranges = [
+            {"path": str(samples), "lo": lo, "hi": min(lo + block_rows, total)} for lo in range(0, total, block_rows)
+        ]
+        return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
+            table_rows, batch_format="pyarrow", batch_size=None
+        )
+    rows = [sample_row(s) for s in samples]
+    return ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / block_rows)))
+
+
+def table_rows(ranges: pa.Table) -> pa.Table:
+    """Row ranges (path, lo, hi) of a Parquet table → those rows, reading only the row groups that hold them."""
+    parts = []
+    for path, lo, hi in zip(*(ranges.column(c).to_pylist() for c in ("path", "lo", "hi")), strict=True):
+        file = pq.ParquetFile(path)
+        starts = np.cumsum([0] + [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)])
+        first, last = int(np.searchsorted(starts, lo, side="right")) - 1, int(np.searchsorted(starts, hi, side="left"))
+        table = file.read_row_groups(list(range(first, last)))
+        parts.append(table.slice(lo - int(starts[first]), hi - lo))
+    return pa.concat_tables(parts)
 
 
 def todo_count(samples: list[Sample] | str | Path, keep: frozenset | None, done: frozenset) -> tuple[int, int]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 
 import pandas as pd
@@ -304,6 +305,32 @@ def test_the_frames_step_is_never_fused_into_the_generation_actors(ray_local, ba
     physical = plan.getvalue().split("Physical Plan (Optimized)")[1]
     assert f"ActorPoolMapOperator[MapBatches({actor})]" in physical
     assert "TaskPoolMapOperator[MapBatches(decode_batch)]" in physical  # its own CPU tasks, not inside the actor
+
+
+def test_the_generation_actor_runs_at_normal_priority_beside_ray_tasks(ray_local, tiny_vlm_dir, questioned):
+    """Ray starts its worker processes at niceness 15; the generation actor runs at 0 (`ACTOR_RUNTIME_ENV`), so the
+    CPU tasks beside it (here the decoder) yield to it."""
+    import ray
+
+    from vstar.generate.stage import generated, with_frames
+
+    @ray.remote
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+
+    class NicenessHF(HFBackend):  # defined here, so that Ray pickles it by value (tests/ is not on a worker's path)
+        """The transformers backend, its candidates replaced by the niceness of the process that generated them."""
+
+        def generate(self, prompts, videos, metas, keys=None):
+            niceness = os.getpriority(os.PRIO_PROCESS, 0)
+            out = super().generate(prompts, videos, metas, keys)
+            return [replace(g, candidates=[f"niceness {niceness}"]) for g in out]
+
+    ds = with_frames(ray.data.from_items(prompt_rows(questioned[:2], "answer")), CFG.data)
+    make = partial(NicenessHF, str(tiny_vlm_dir), Sampling(max_new_tokens=2))
+    rows = generated(ds, make, "tiny", CFG.generate).take_all()
+    assert [list(r["candidates"]) for r in rows] == [["niceness 0"]] * 2
+    assert ray.get(niceness.remote()) == 15
 
 
 @pytest.mark.slow

@@ -340,18 +340,32 @@ _SPAN_JOIN = re.compile(
 class Time:
     """A number that may be a time; what it is is read when a check asks (a check reads a few of thousands)."""
 
-    __slots__ = ("_clip", "_explicit", "_of_clip", "clip_words", "end", "end_all", "pct", "start", "text", "unit")
+    __slots__ = (
+        "_clip",
+        "_explicit",
+        "_of_clip",
+        "_value",
+        "clip_words",
+        "end",
+        "end_all",
+        "pct",
+        "start",
+        "text",
+        "unit",
+    )
 
     def __init__(self, text: str, start: int, end: int, end_all: int, unit: bool, pct: bool, clip_words: bool):
         self.text, self.start, self.end, self.unit, self.pct = text, start, end, unit, pct  # text: the digitised answer
         self.end_all = end_all  # the end of the number with its % or unit
         self.clip_words = clip_words  # whether the text has a word of the clip's length ("lasts", "whole") at all
-        self._explicit = self._clip = self._of_clip = None
+        self._explicit = self._clip = self._of_clip = self._value = None
 
     @property
     def value(self) -> tuple[float, str]:
-        """(value, "frac" | "s")."""
-        return _time_value(self.text[self.start : self.end], self.pct, self.unit)
+        """(value, "frac" | "s"), kept: a check compares the values of all its times, then reads its pick's."""
+        if self._value is None:
+            self._value = _time_value(self.text[self.start : self.end], self.pct, self.unit)
+        return self._value
 
     @property
     def of_clip(self) -> bool:

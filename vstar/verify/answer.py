@@ -293,15 +293,12 @@ class Answer:
 
     def __init__(self, text: str):
         self.text = text
+        self.layout = Layout(text)  # every check reads it (its parts are found when first read)
         self._readings: dict[tuple, Reading] = {}
 
     @property
     def marker(self) -> int | None:
         return self.layout.marker
-
-    @once
-    def layout(self) -> Layout:
-        return Layout(self.text)
 
     def reading(self, abbreviations: tuple[tuple[str, str], ...] = ()) -> Reading:
         if abbreviations not in self._readings:

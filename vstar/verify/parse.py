@@ -84,6 +84,7 @@ def _trie(words) -> str:
 _ANY_NUMBER_WORD = re.compile(r"\b(?:" + _trie([*WORD_NUMBERS, *_SCALES, *_FRACTIONS]) + r")\b|half", re.I)
 _NUMBER_WORD_BYTES = frozenset(w.encode() for w in [*WORD_NUMBERS, *_SCALES, *_FRACTIONS])
 _LETTER_RUNS = bytes(c if 97 <= c <= 122 else 32 for c in range(256))  # bytes.translate: all but a-z to spaces
+_ASCII_WORD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # re's `\w` in a lower-case ASCII text
 
 
 def number_words(text: str) -> list[tuple[int, int, str]]:
@@ -104,7 +105,7 @@ def number_words(text: str) -> list[tuple[int, int, str]]:
         at = low.find(w) if w != "half" else -1
         while at >= 0:
             end = at + len(w)
-            if (not at or not _is_word(low[at - 1])) and (end == len(low) or not _is_word(low[end])):
+            if (not at or low[at - 1] not in _ASCII_WORD) and (end == len(low) or low[end] not in _ASCII_WORD):
                 out.append((at, end, w))
             at = low.find(w, at + 1)
     at = low.find("half")
@@ -113,11 +114,6 @@ def number_words(text: str) -> list[tuple[int, int, str]]:
         at = low.find("half", at + 4)
     out.sort()
     return out
-
-
-def _is_word(c: str) -> bool:
-    """re's `\w` for one character."""
-    return c.isalnum() or c == "_"
 
 
 def _number_word(w: str) -> bool:
@@ -163,8 +159,8 @@ def _numbers_in_words(text: str, found: list[tuple[int, int, str]]):
     for start, end, w in found:
         if start < done:
             continue
-        a_before = start >= 2 and _A_BEFORE.search(text, max(0, start - 4), start)
-        run_at = a_before.start() if a_before and (w in _SCALES or w in _FRACTIONS) else start
+        a_before = (w in _SCALES or w in _FRACTIONS) and start >= 2 and _A_BEFORE.search(text, max(0, start - 4), start)
+        run_at = a_before.start() if a_before else start  # "a hundred", "a half": the run starts at "a"
         if _RUN_START.match(text, run_at):
             ws = _words(text, run_at, _FIRST_WORDS)
             run = _run_at(text, ws, 0)

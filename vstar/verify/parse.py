@@ -265,6 +265,9 @@ _NUMBER = re.compile(
     r"|(?<=[-+])\.\d++|(?<=\.)\d++))"
     rf"(?:\s*+/\s*+(?P<den>{_NUM}))?+(?P<pct>\s*+%)?+(?![\w:]|\.\d)"
 )
+# The same pattern for an ASCII text, whose only digits are 0-9: re skips to a character of a set of characters faster
+# than to one of a set with a Unicode category (\d), a fifth of the scan (the same matches)
+_NUMBER_ASCII = re.compile(_NUMBER.pattern.replace("(?P<num>[-+\\d.]", "(?P<num>[-+0-9.]", 1))
 _SCALE_BEFORE = re.compile(r"(?:scale|range)\s++(?:of|from)?\s*+$|\bout\s++of\s*+(?:a\s++)?$|\bbetween\s*+$", re.I)
 _SCALE_TO = re.compile(rf"\s*+(?:to|-|–|and)\s*+(?:{_NUM})", re.I)
 _ANY_SCALE = re.compile(r"scale|range|out\s++of|between", re.I)
@@ -288,7 +291,7 @@ def numbers(text: str) -> list[Number]:
     """Every number in the text: digits, decimals, "7.5/10", "85%", and numbers in words."""
     text = digitise(text)
     out = []
-    for m in _NUMBER.finditer(text):
+    for m in (_NUMBER_ASCII if text.isascii() else _NUMBER).finditer(text):
         value, den = _float(m.group("num")), m.group("den")
         out.append(Number(value, m.start(), m.end(), scale=_float(den) if den else None))
     return _mark_scale_bounds(text, out)
@@ -322,6 +325,7 @@ _TIME_RE = re.compile(
     r"(?P<pct>\s*+%)?+(?P<unit>\s*+-?\s*+(?:s|secs?|seconds?)\b(?:\s++mark)?)?+",
     re.I,
 )
+_TIME_RE_ASCII = re.compile(_TIME_RE.pattern.replace("(?P<t>[\\d.]", "(?P<t>[0-9.]", 1), re.I)  # as _NUMBER_ASCII
 _OF_CLIP = re.compile(r"\s*+(?:of\s++the\s++(?:video|clip|way)|into\s++the\s++(?:video|clip))", re.I)
 _TIME_WORDS = frozenset(["at", "from", "to", "until", "till", "by", "after", "before", "through", "between"])
 _HEDGE_WORDS = frozenset(["about", "around", "approximately", "roughly", "the", "only"])
@@ -473,7 +477,7 @@ def _times(text: str) -> tuple[Time, ...]:
         or "total" in low
     )
     out = []
-    for m in _TIME_RE.finditer(text):
+    for m in (_TIME_RE_ASCII if text.isascii() else _TIME_RE).finditer(text):
         (_, end_all), (start, end), (pct, _), (unit, _) = m.regs  # the spans of the match and its 3 groups
         out.append(Time(text, start, end, end_all, unit >= 0, pct >= 0, clip_words))
     return tuple(out)

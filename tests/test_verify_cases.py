@@ -71,6 +71,7 @@ DEGENERATE = {
     "number words": "twenty-two and a half one hundred and " * (N // 38),
     "one": "one " * (N // 4),
     "sentences": "playing. " * (N // 9),
+    "dots": "." * (N - 1) + "x",  # a run of end marks that ends no sentence
     "commas": "guitar, " * (N // 8),
     "letters": "a" * N,
     "hyphens": "sit-" * (N // 4),

@@ -142,10 +142,10 @@ class Reading:
 _WORDS_APOSTROPHE = re.compile(r"[a-z]++(?:'[a-z]++)?+", re.I)
 _WORDS = re.compile(r"[a-z]++", re.I)
 # On a lower-case ASCII text, a word of NEGATIONS that begins with "n" as a run's end, or "n't" (see
-# may_negate): a pattern that begins with one letter, which re finds with a fast search in C. The others
-# (and the words of NEGATING_PAIRS that only start or end a negation) are found as substrings.
+# may_negate): a pattern that begins with one letter, which re finds with a fast search in C. The others ("without",
+# "unlike") and the words of NEGATING_PAIRS that only start or end a negation are found as substrings (five `in`
+# tests: a third of the time of any(map(low.__contains__, words)) on a short window).
 _NEGATION_N = re.compile(r"n(?:o(?:t|ne|body|thing|r)?|e(?:ver|ither))(?![a-z])|n't")
-_NEGATION_OTHERS = ("without", "unlike", "instead", "than", "opposed")
 
 
 def may_negate(low: str) -> bool:
@@ -153,7 +153,14 @@ def may_negate(low: str) -> bool:
     whether a word of NEGATIONS ends a run of letters of it (the words are read from the window, so they may be cut
     at its start: "knot" read as "not"), or it has "n't", or the word of a negating pair that only starts or ends a
     negation ("instead", "than", "opposed"). Else `negated` is False, and its clause need not be found."""
-    return any(map(low.__contains__, _NEGATION_OTHERS)) or _NEGATION_N.search(low) is not None
+    return (
+        "than" in low
+        or "instead" in low
+        or "without" in low
+        or "unlike" in low
+        or "opposed" in low
+        or _NEGATION_N.search(low) is not None
+    )
 
 
 REACH = 200  # characters around a value that its checks read (its clause, its tie to the label): bounded, so linear
@@ -286,15 +293,12 @@ class Answer:
 
     def __init__(self, text: str):
         self.text = text
+        self.layout = Layout(text)  # every check reads it (its parts are found when first read)
         self._readings: dict[tuple, Reading] = {}
 
     @property
     def marker(self) -> int | None:
         return self.layout.marker
-
-    @once
-    def layout(self) -> Layout:
-        return Layout(self.text)
 
     def reading(self, abbreviations: tuple[tuple[str, str], ...] = ()) -> Reading:
         if abbreviations not in self._readings:

@@ -94,6 +94,7 @@ def _anchor_stems(name: str, subject: str | None, subject_first: bool) -> frozen
 
 _START, _POS = attrgetter("start"), attrgetter("pos")  # where a number or a time starts; a span or a box
 _VALUE, _VALUES = attrgetter("value"), attrgetter("values")  # a time's value; a span's or a box's
+_PASSED = attrgetter("passed")
 
 
 def _bounded(items: list, lay: Layout, at: Callable[[Any], int] = _START) -> list:
@@ -361,4 +362,4 @@ def verify(answer: str | None, labels, ctx: Context | None = None) -> Verdict:
             per_label.append(CHECKS[label.type](parsed, label, ctx))
         except Exception as e:  # a verifier bug must cost one verdict, not the batch
             per_label.append(fail(label, f"verifier error: {type(e).__name__}: {e}"))
-    return Verdict(bool(per_label) and all(v.passed for v in per_label), per_label)
+    return Verdict(bool(per_label) and all(map(_PASSED, per_label)), per_label)

@@ -106,14 +106,18 @@ def find(
     """Occurrences (first, last token) of the phrase in tokens [lo, hi): every slot said by a token of one sentence,
     all within len(slots) + WINDOW tokens, in any order. Linear in the occurrences of its rarest slot (× log)."""
     hi = len(tokens.tokens) if hi is None else hi
-    positions = [_slot_positions(tokens, s, strict) for s in phrase.slots]
-    if not all(positions):
-        return []
+    positions = []
+    for s in phrase.slots:
+        pos = _slot_positions(tokens, s, strict)
+        if not pos:
+            return []  # a slot not said: the slots after it need not be looked up
+        positions.append(pos)
     if len(positions) == 1:  # one slot: each of its tokens in [lo, hi)
         pos = positions[0]
         return [(p, p) for p in pos[bisect.bisect_left(pos, lo) : bisect.bisect_left(pos, hi)]]
     reach = len(phrase.slots) + WINDOW
-    anchor = min(range(len(positions)), key=lambda k: len(positions[k]))
+    sizes = list(map(len, positions))
+    anchor = sizes.index(min(sizes))  # the rarest slot (the first of the rarest): no key function called per slot
     others = positions[:anchor] + positions[anchor + 1 :]
     sentence, out = tokens.sentence, []
     for p in positions[anchor][bisect.bisect_left(positions[anchor], lo) :]:

@@ -29,6 +29,7 @@ Run it from the repository root:
     . .venv/bin/activate && python benchmarks/verify.py --quick    # smoke check, under 20 s
     . .venv/bin/activate && python benchmarks/verify.py --quick --profile class-400   # + cProfile of one type
     . .venv/bin/activate && python benchmarks/verify.py --realistic-only --before 92e94ec^1  # vs the old verifier
+    . .venv/bin/activate && python benchmarks/verify.py --before 92e94ec^1  # also on the built answers, about 3 min
 """
 
 from __future__ import annotations
@@ -686,6 +687,47 @@ def judge_and_time(module, cases: list, repeats: int) -> tuple[int, list, list[f
     return agree, verdicts, times
 
 
+def bench_synthetic_before(all_cases: dict[str, list[Case]], old, repeats: int, pass_seconds: float) -> str:
+    """The built answers (this file's generator, the answers the benchmark has timed since before issue 26) through
+    the verifier of a git revision and the current one, back to back (their passes alternate; CPU time; the median
+    of `repeats`), each on a balanced prefix whose pass takes about `pass_seconds` for the slower of the two; and
+    how often each says what the answer was built to say."""
+    lines = [
+        "| label type (built answers) | timed | built-as agreement before | now | answers/CPU-s before | now | now/before |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, cases in all_cases.items():
+        agree = {}
+        per_answer = 0.0
+        for name, module in (("before", old), ("now", vstar_verify())):
+            ctx = module.Context()
+            start = time.process_time()
+            agree[name] = sum(module.verify(c.answer, c.labels, ctx).passed == c.expect for c in cases)
+            per_answer = max(per_answer, (time.process_time() - start) / len(cases))
+        n = min(len(cases), max(40, int(pass_seconds / per_answer)) // 2 * 2)
+        times: dict[str, list[float]] = {"before": [], "now": []}
+        for _ in range(repeats):
+            for name, module in (("before", old), ("now", vstar_verify())):
+                gc.collect()
+                ctx = module.Context()
+                start = time.process_time()
+                for c in cases[:n]:
+                    module.verify(c.answer, c.labels, ctx)
+                times[name].append(time.process_time() - start)
+        before, now = (n / statistics.median(times[k]) for k in ("before", "now"))
+        lines.append(
+            f"| {KIND_TITLES.get(kind, kind)} | {n} | {agree['before']}/{len(cases)} | {agree['now']}/{len(cases)} | "
+            f"{before:,.0f} | {now:,.0f} | {now / before:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def vstar_verify():
+    import vstar.verify
+
+    return vstar.verify
+
+
 def bench_realistic(repeats: int, show: int, before: str | None = None) -> tuple[str, list[str]]:
     """Agreement with the judge and answers per CPU-second per label type on the hand-written case set (the median
     of `repeats` passes, each after a warm-up pass; CPU time of this process, so that other load on a shared machine
@@ -751,7 +793,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=sorted(KINDS), action="append", default=[], help="cProfile a type")
     parser.add_argument("--realistic-only", action="store_true", help="only the hand-written case set")
     parser.add_argument(
-        "--before", metavar="REV", help="also measure the verifier of git revision REV on the case set (e.g. 92e94ec^1)"
+        "--before",
+        metavar="REV",
+        help="also measure the verifier of git revision REV, on the case set and on the built answers (e.g. 92e94ec^1)",
     )
     args = parser.parse_args(argv)
     args.labels = args.labels or (50 if args.quick else 300)
@@ -787,6 +831,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{min(words)}-{max(words)} words, median {statistics.median(words):.0f}"
     )
 
+    if args.before:
+        print(f"\nThe built answers through the verifier of {args.before} (before) and this one (now):")
+        print(bench_synthetic_before(all_cases, verifier_at(args.before), args.repeats, args.pass_seconds))
+        print()
     ctx = Context()
     rows, notes = [], []
     for kind, cases in all_cases.items():

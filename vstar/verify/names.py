@@ -91,7 +91,7 @@ def _slot_positions(tokens: Tokens, slot: tuple[str, ...], strict: bool) -> list
     for w in slot:
         if strict:
             for form in (w, w + "s", w + "es"):
-                found.append(tokens.by_token.get(form, ()))
+                found.append(tokens.where(form))
         else:
             found.append(tokens.positions(w))
     found = [f for f in found if f]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate, islice, repeat
@@ -143,6 +144,7 @@ IRREGULAR = {
     "torn": "tear", "woke": "wake", "broke": "break", "broken": "break", "fed": "feed", "did": "do", "done": "do",
 }  # fmt: skip
 _SUFFIXES = ("ing", "ed", "es", "s")
+SCANS = 16  # tokens a text's lookups find by scanning its tokens before every token is indexed (see Tokens.where)
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # a token: a word or a number (digits, "2.5", "1,200"); hyphens join words ("sit-ups" is also indexed as "situps").
 # The word first: most tokens are words, and the two begin with different characters (the same matches, 10 % faster).
@@ -229,6 +231,38 @@ def stems(word: str) -> frozenset[str]:
     return frozenset(s for s in out if len(s) >= 2 or s == word)
 
 
+_IRREGULAR_FORMS: dict[str, tuple[str, ...]] = {}
+for _form, _base in IRREGULAR.items():
+    _IRREGULAR_FORMS[_base] = (*_IRREGULAR_FORMS.get(_base, ()), _form)
+
+
+@lru_cache(maxsize=65536)
+def inflections(word: str) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
+    """The words that share a stem with `word`, and for each of its stems the words that have it: `stems` read
+    backward, so that a text's tokens are looked up by these (a few words of a label) instead of every token's stems
+    being computed. Each rule of `stems` that makes a stem s of a word w (less its "'s") says what w is, given s: s
+    itself, s + an ending, s less its "e" (or "y", "ie") + an ending, s with its last letter doubled + "ing"/"ed",
+    s + "e", an irregular form of s; each of these with "'s" too. Only the words that have s are kept.
+
+    >>> every, per_stem = inflections("riding")
+    >>> {"ride", "rides", "rode", "ridden", "riding", "ridings", "riding's"} <= every, "ridge" in every, len(per_stem)
+    (True, False, 3)
+    """
+    out = []
+    for s in stems(word):
+        forms = {s, s + "e", *(s + x for x in _SUFFIXES), *_IRREGULAR_FORMS.get(s, ())}
+        forms |= {s + s[-1] + "ing", s + s[-1] + "ed"}
+        if s.endswith("e"):
+            forms |= {s[:-1] + "ing", s[:-1] + "ed"}
+        if s.endswith("y"):
+            forms |= {s[:-1] + "ies", s[:-1] + "ied"}
+        if s.endswith("ie"):
+            forms.add(s[:-2] + "ying")
+        forms |= {f + "'s" for f in forms}
+        out.append(frozenset(f for f in forms if s in stems(f)))
+    return frozenset().union(*out), tuple(out)
+
+
 @lru_cache(maxsize=4096)
 def stem_cores(anchors: frozenset[str]) -> tuple[str, ...]:
     """What every word with a stem among `anchors` contains once lower-cased, so that a text with none of these has no
@@ -276,12 +310,14 @@ def _numbered(bounds: list[int]) -> list[int]:
 
 @dataclass
 class Tokens:
-    """An answer's tokens (number words as numbers), each with its sentence and clause; stems indexed once."""
+    """An answer's tokens (number words as numbers), each with its sentence and clause. A token's positions are
+    found when a check first asks for it (`where`): checks look up the few words of their labels, so no index of
+    every token (or of every token's stems) is built."""
 
     tokens: list[str]
     starts: list[int]  # character offsets in the text
     sentence: list[int]  # sentence number of each token
-    by_token: dict[str, list[int]]  # token → ascending positions (joined hyphenated words too)
+    joined: dict[str, list[int]]  # a hyphenated word's parts joined ("situps") → ascending positions of its first part
     text: str  # the text the tokens were read from (lower case, number words as digits)
     ends: list[int]  # character offsets of its sentence ends
 
@@ -309,13 +345,10 @@ class Tokens:
     def _build(cls, text: str, tokens: list[str], starts: list[int], joined: list) -> Tokens:
         ends = [m.end() for m in SENTENCE_END.finditer(text)]
         sentence = _numbered(_bounds(len(tokens), starts, ends))
-        by_token: dict[str, list[int]] = {}
-        for i, tok in enumerate(tokens):
-            by_token.setdefault(tok, []).append(i)
-        for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit"
-            by_token.setdefault(tok, []).append(i)
-            by_token[tok].sort()
-        return cls(tokens, starts, sentence, by_token, text, ends)
+        by_joined: dict[str, list[int]] = {}
+        for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit" (in order)
+            by_joined.setdefault(tok, []).append(i)
+        return cls(tokens, starts, sentence, by_joined, text, ends)
 
     @once
     def clauses(self) -> list[int]:
@@ -339,22 +372,56 @@ class Tokens:
         return self.clauses[bisect.bisect_left(self.clauses, a) : bisect.bisect_left(self.clauses, b)]
 
     @once
-    def by_stem(self) -> dict[str, list[int]]:
-        """Stem → ascending token positions (joined hyphenated words too), built when a check first asks."""
-        out: dict[str, list[int]] = {}
-        for tok, where in self.by_token.items():
-            for stem in stems(tok):
-                if stem in out:  # a stem of two tokens ("plays", "playing"): a new list, not the token's
-                    out[stem] = sorted(out[stem] + where)
-                else:
-                    out[stem] = where  # shared with by_token: the lists are never changed
-        return out
+    def vocabulary(self) -> set[str]:
+        """The distinct tokens (joined hyphenated words too): a set made in C, which words are looked up in."""
+        return set(self.tokens).union(self.joined) if self.joined else set(self.tokens)
+
+    def where(self, tok: str) -> Sequence[int]:
+        """Ascending positions of a token (a joined hyphenated word at its first part's), kept. Read only. Found in C
+        by list.count and list.index, a scan of the tokens each; a check that asks for more than `SCANS` tokens (a
+        class among hundreds, in a long answer) has every token indexed at once, so the scans cost at most a few
+        times an index of all tokens."""
+        if tok not in self.vocabulary:
+            return ()
+        found = self._index.get(tok)
+        if found is None:
+            if len(self._index) >= SCANS:
+                self._index = self._index_all()
+                return self._index[tok]
+            found, i, toks = [], -1, self.tokens
+            for _ in range(toks.count(tok)):
+                i = toks.index(tok, i + 1)
+                found.append(i)
+            if tok in self.joined:
+                found = sorted(found + self.joined[tok])
+            self._index[tok] = found
+        return found
+
+    @once
+    def _index(self) -> dict[str, list[int]]:
+        """Token → ascending positions, for the tokens asked for so far (see `where`)."""
+        return {}
+
+    def _index_all(self) -> dict[str, list[int]]:
+        """Every token's positions, as `where` finds them one by one."""
+        index: dict[str, list[int]] = {}
+        for i, tok in enumerate(self.tokens):
+            index.setdefault(tok, []).append(i)
+        for tok, at in self.joined.items():
+            index[tok] = sorted(index.get(tok, []) + at)
+        return index
 
     def positions(self, word: str) -> list[int]:
-        """Ascending positions of the tokens that share a stem with `word` (kept: a check asks for a word again)."""
+        """Ascending positions of the tokens that share a stem with `word` (kept: a check asks for a word again): the
+        tokens of the text among its `inflections`."""
         if word not in self._positions:
-            found = [self.by_stem.get(s, ()) for s in stems(word)]
-            found = [f for f in found if f]
+            every, per_stem = inflections(word)
+            if self.joined:  # a joined word and its first part may share a stem ("play-s"): each stem's list as
+                # the positions of its tokens, one after another (a position twice), as an index of stems would have
+                found = [sorted(p for tok in self.vocabulary & forms for p in self.where(tok)) for forms in per_stem]
+                found = [f for f in found if f]
+            else:  # no two tokens at one position: the stems' lists are sets, their union the tokens' positions
+                found = [self.where(tok) for tok in self.vocabulary & every]
             self._positions[word] = found[0] if len(found) == 1 else sorted(set().union(*found))
         return self._positions[word]
 

@@ -108,7 +108,7 @@ def find(
     hi = len(tokens.tokens) if hi is None else hi
     positions = []
     for s in phrase.slots:
-        pos = _slot_positions(tokens, s, strict)
+        pos = tokens.positions(s[0]) if len(s) == 1 and not strict else _slot_positions(tokens, s, strict)  # most slots
         if not pos:
             return []  # a slot not said: the slots after it need not be looked up
         positions.append(pos)

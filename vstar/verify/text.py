@@ -411,22 +411,29 @@ class Tokens:
             index[tok] = sorted(index.get(tok, []) + at)
         return index
 
-    def positions(self, word: str) -> list[int]:
+    def positions(self, word: str) -> Sequence[int]:
         """Ascending positions of the tokens that share a stem with `word` (kept: a check asks for a word again): the
-        tokens of the text among its `inflections`."""
-        if word not in self._positions:
+        tokens of the text among its `inflections`. Read only."""
+        found = self._positions.get(word)
+        if found is None:
             every, per_stem = inflections(word)
-            if self.joined:  # a joined word and its first part may share a stem ("play-s"): each stem's list as
+            hits = self.vocabulary.intersection(every)
+            if not hits:  # most words of a wrong answer, and the joined forms of a label's words ("girlputs")
+                found = ()
+            elif self.joined:  # a joined word and its first part may share a stem ("play-s"): each stem's list as
                 # the positions of its tokens, one after another (a position twice), as an index of stems would have
-                found = [sorted(p for tok in self.vocabulary & forms for p in self.where(tok)) for forms in per_stem]
-                found = [f for f in found if f]
+                lists = [sorted(p for tok in hits & forms for p in self.where(tok)) for forms in per_stem]
+                lists = [f for f in lists if f]
+                found = lists[0] if len(lists) == 1 else sorted(set().union(*lists))
+            elif len(hits) == 1:
+                found = self.where(hits.pop())
             else:  # no two tokens at one position: the stems' lists are sets, their union the tokens' positions
-                found = [self.where(tok) for tok in self.vocabulary & every]
-            self._positions[word] = found[0] if len(found) == 1 else sorted(set().union(*found))
-        return self._positions[word]
+                found = sorted(set().union(*map(self.where, hits)))
+            self._positions[word] = found
+        return found
 
     @once
-    def _positions(self) -> dict[str, list[int]]:
+    def _positions(self) -> dict[str, Sequence[int]]:
         return {}
 
     def negated(self, i: int) -> bool:

@@ -150,6 +150,9 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # The word first: most tokens are words, and the two begin with different characters (the same matches, 10 % faster).
 _TOKEN = re.compile(r"[a-z]++(?:'[a-z]++)?+(?:-[a-z]++)*+|\d++(?:[.,]\d++)*+")
 _TOKEN_SPLIT = re.compile(f"({_TOKEN.pattern})")  # split on tokens: [gap, token, gap, token, …, gap], all in C
+# The same split for an ASCII text, whose only digits are 0-9: re skips to a character of a plain set faster than to one
+# of a set with a Unicode category (\d); the same matches, the split 7 % faster
+_TOKEN_SPLIT_ASCII = re.compile(_TOKEN_SPLIT.pattern.replace("\\d", "[0-9]"))
 # Sentence ends: . ! ? before a space (not inside a number or "Soms.Pike"); ; and line breaks too. Written to begin
 # with a character class, which re scans for in C (`[.!?]++(?=\s|$)|[;\n]` tries every position in Python's loop). A
 # run of end marks ends where its last mark does: only that one is read (each mark of the run tested alone), so a long
@@ -324,7 +327,7 @@ class Tokens:
     @classmethod
     def of(cls, text: str) -> Tokens:
         text = digitise(text).lower()
-        parts = _TOKEN_SPLIT.split(text)  # [gap, token, gap, …]: the tokens and their offsets in C
+        parts = (_TOKEN_SPLIT_ASCII if text.isascii() else _TOKEN_SPLIT).split(text)  # [gap, token, gap, …] in C
         tokens, starts, joined = parts[1::2], list(islice(accumulate(map(len, parts)), 0, len(parts) - 1, 2)), []
         if "-" in text:  # a hyphenated word is its parts, and also the parts joined ("sit-ups", "situps")
             out_t, out_s, done = [], [], 0

@@ -53,6 +53,7 @@ PREPOSITIONS = frozenset(
 )
 RETRACTIONS = frozenset(["thought", "considered", "assumed", "guessed", "mistook", "initially", "seemed"])
 HEDGES = frozenset(["could", "might", "may", "possibly", "perhaps", "unsure"])
+UNCOMMITTED_WORDS = HEDGES | {"sure", "or"}
 YES, NO = frozenset({"yes", "same", "identical"}), frozenset({"no", "different", "differ", "differs", "distinct"})
 
 
@@ -269,10 +270,10 @@ def check_yes_no(answer: Answer, label: Label, ctx: Context) -> LabelVerdict:
 
 def _uncommitted_sentences(t: Tokens) -> set[int]:
     """Sentences that do not commit: hedged ("could be any of these") or a list of options (3+ commas and an "or").
-    Read from the token index: the hedges, "not sure" and "or" where they are, clauses counted only where an "or" is."""
+    Read only where the hedges, "not sure" and "or" are, clauses counted only where an "or" is."""
     hedged, ors = set(), set()
-    for w in (*HEDGES, "sure", "or"):
-        for i in t.by_token.get(w, ()):
+    for w in t.vocabulary.intersection(UNCOMMITTED_WORDS):  # most answers have none of them
+        for i in t.where(w):
             if t.tokens[i] != w:
                 continue  # a hyphenated "o-r" joined
             if w == "or":

@@ -91,7 +91,7 @@ def _slot_positions(tokens: Tokens, slot: tuple[str, ...], strict: bool) -> list
     for w in slot:
         if strict:
             for form in (w, w + "s", w + "es"):
-                found.append(tokens.by_token.get(form, ()))
+                found.append(tokens.where(form))
         else:
             found.append(tokens.positions(w))
     found = [f for f in found if f]
@@ -108,7 +108,7 @@ def find(
     hi = len(tokens.tokens) if hi is None else hi
     positions = []
     for s in phrase.slots:
-        pos = _slot_positions(tokens, s, strict)
+        pos = tokens.positions(s[0]) if len(s) == 1 and not strict else _slot_positions(tokens, s, strict)  # most slots
         if not pos:
             return []  # a slot not said: the slots after it need not be looked up
         positions.append(pos)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate, islice, repeat
@@ -143,11 +144,15 @@ IRREGULAR = {
     "torn": "tear", "woke": "wake", "broke": "break", "broken": "break", "fed": "feed", "did": "do", "done": "do",
 }  # fmt: skip
 _SUFFIXES = ("ing", "ed", "es", "s")
+SCANS = 16  # tokens a text's lookups find by scanning its tokens before every token is indexed (see Tokens.where)
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # a token: a word or a number (digits, "2.5", "1,200"); hyphens join words ("sit-ups" is also indexed as "situps").
 # The word first: most tokens are words, and the two begin with different characters (the same matches, 10 % faster).
 _TOKEN = re.compile(r"[a-z]++(?:'[a-z]++)?+(?:-[a-z]++)*+|\d++(?:[.,]\d++)*+")
 _TOKEN_SPLIT = re.compile(f"({_TOKEN.pattern})")  # split on tokens: [gap, token, gap, token, …, gap], all in C
+# The same split for an ASCII text, whose only digits are 0-9: re skips to a character of a plain set faster than to one
+# of a set with a Unicode category (\d); the same matches, the split 7 % faster
+_TOKEN_SPLIT_ASCII = re.compile(_TOKEN_SPLIT.pattern.replace("\\d", "[0-9]"))
 # Sentence ends: . ! ? before a space (not inside a number or "Soms.Pike"); ; and line breaks too. Written to begin
 # with a character class, which re scans for in C (`[.!?]++(?=\s|$)|[;\n]` tries every position in Python's loop). A
 # run of end marks ends where its last mark does: only that one is read (each mark of the run tested alone), so a long
@@ -229,6 +234,38 @@ def stems(word: str) -> frozenset[str]:
     return frozenset(s for s in out if len(s) >= 2 or s == word)
 
 
+_IRREGULAR_FORMS: dict[str, tuple[str, ...]] = {}
+for _form, _base in IRREGULAR.items():
+    _IRREGULAR_FORMS[_base] = (*_IRREGULAR_FORMS.get(_base, ()), _form)
+
+
+@lru_cache(maxsize=65536)
+def inflections(word: str) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
+    """The words that share a stem with `word`, and for each of its stems the words that have it: `stems` read
+    backward, so that a text's tokens are looked up by these (a few words of a label) instead of every token's stems
+    being computed. Each rule of `stems` that makes a stem s of a word w (less its "'s") says what w is, given s: s
+    itself, s + an ending, s less its "e" (or "y", "ie") + an ending, s with its last letter doubled + "ing"/"ed",
+    s + "e", an irregular form of s; each of these with "'s" too. Only the words that have s are kept.
+
+    >>> every, per_stem = inflections("riding")
+    >>> {"ride", "rides", "rode", "ridden", "riding", "ridings", "riding's"} <= every, "ridge" in every, len(per_stem)
+    (True, False, 3)
+    """
+    out = []
+    for s in stems(word):
+        forms = {s, s + "e", *(s + x for x in _SUFFIXES), *_IRREGULAR_FORMS.get(s, ())}
+        forms |= {s + s[-1] + "ing", s + s[-1] + "ed"}
+        if s.endswith("e"):
+            forms |= {s[:-1] + "ing", s[:-1] + "ed"}
+        if s.endswith("y"):
+            forms |= {s[:-1] + "ies", s[:-1] + "ied"}
+        if s.endswith("ie"):
+            forms.add(s[:-2] + "ying")
+        forms |= {f + "'s" for f in forms}
+        out.append(frozenset(f for f in forms if s in stems(f)))
+    return frozenset().union(*out), tuple(out)
+
+
 @lru_cache(maxsize=4096)
 def stem_cores(anchors: frozenset[str]) -> tuple[str, ...]:
     """What every word with a stem among `anchors` contains once lower-cased, so that a text with none of these has no
@@ -276,19 +313,21 @@ def _numbered(bounds: list[int]) -> list[int]:
 
 @dataclass
 class Tokens:
-    """An answer's tokens (number words as numbers), each with its sentence and clause; stems indexed once."""
+    """An answer's tokens (number words as numbers), each with its sentence and clause. A token's positions are
+    found when a check first asks for it (`where`): checks look up the few words of their labels, so no index of
+    every token (or of every token's stems) is built."""
 
     tokens: list[str]
     starts: list[int]  # character offsets in the text
     sentence: list[int]  # sentence number of each token
-    by_token: dict[str, list[int]]  # token → ascending positions (joined hyphenated words too)
+    joined: dict[str, list[int]]  # a hyphenated word's parts joined ("situps") → ascending positions of its first part
     text: str  # the text the tokens were read from (lower case, number words as digits)
     ends: list[int]  # character offsets of its sentence ends
 
     @classmethod
     def of(cls, text: str) -> Tokens:
         text = digitise(text).lower()
-        parts = _TOKEN_SPLIT.split(text)  # [gap, token, gap, …]: the tokens and their offsets in C
+        parts = (_TOKEN_SPLIT_ASCII if text.isascii() else _TOKEN_SPLIT).split(text)  # [gap, token, gap, …] in C
         tokens, starts, joined = parts[1::2], list(islice(accumulate(map(len, parts)), 0, len(parts) - 1, 2)), []
         if "-" in text:  # a hyphenated word is its parts, and also the parts joined ("sit-ups", "situps")
             out_t, out_s, done = [], [], 0
@@ -309,13 +348,10 @@ class Tokens:
     def _build(cls, text: str, tokens: list[str], starts: list[int], joined: list) -> Tokens:
         ends = [m.end() for m in SENTENCE_END.finditer(text)]
         sentence = _numbered(_bounds(len(tokens), starts, ends))
-        by_token: dict[str, list[int]] = {}
-        for i, tok in enumerate(tokens):
-            by_token.setdefault(tok, []).append(i)
-        for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit"
-            by_token.setdefault(tok, []).append(i)
-            by_token[tok].sort()
-        return cls(tokens, starts, sentence, by_token, text, ends)
+        by_joined: dict[str, list[int]] = {}
+        for i, tok in joined:  # "sit-ups" is also "situps", at the position of "sit" (in order)
+            by_joined.setdefault(tok, []).append(i)
+        return cls(tokens, starts, sentence, by_joined, text, ends)
 
     @once
     def clauses(self) -> list[int]:
@@ -339,27 +375,68 @@ class Tokens:
         return self.clauses[bisect.bisect_left(self.clauses, a) : bisect.bisect_left(self.clauses, b)]
 
     @once
-    def by_stem(self) -> dict[str, list[int]]:
-        """Stem → ascending token positions (joined hyphenated words too), built when a check first asks."""
-        out: dict[str, list[int]] = {}
-        for tok, where in self.by_token.items():
-            for stem in stems(tok):
-                if stem in out:  # a stem of two tokens ("plays", "playing"): a new list, not the token's
-                    out[stem] = sorted(out[stem] + where)
-                else:
-                    out[stem] = where  # shared with by_token: the lists are never changed
-        return out
+    def vocabulary(self) -> set[str]:
+        """The distinct tokens (joined hyphenated words too): a set made in C, which words are looked up in."""
+        return set(self.tokens).union(self.joined) if self.joined else set(self.tokens)
 
-    def positions(self, word: str) -> list[int]:
-        """Ascending positions of the tokens that share a stem with `word` (kept: a check asks for a word again)."""
-        if word not in self._positions:
-            found = [self.by_stem.get(s, ()) for s in stems(word)]
-            found = [f for f in found if f]
-            self._positions[word] = found[0] if len(found) == 1 else sorted(set().union(*found))
-        return self._positions[word]
+    def where(self, tok: str) -> Sequence[int]:
+        """Ascending positions of a token (a joined hyphenated word at its first part's), kept. Read only. Found in C
+        by list.count and list.index, a scan of the tokens each; a check that asks for more than `SCANS` tokens (a
+        class among hundreds, in a long answer) has every token indexed at once, so the scans cost at most a few
+        times an index of all tokens."""
+        if tok not in self.vocabulary:
+            return ()
+        found = self._index.get(tok)
+        if found is None:
+            if len(self._index) >= SCANS:
+                self._index = self._index_all()
+                return self._index[tok]
+            found, i, toks = [], -1, self.tokens
+            for _ in range(toks.count(tok)):
+                i = toks.index(tok, i + 1)
+                found.append(i)
+            if tok in self.joined:
+                found = sorted(found + self.joined[tok])
+            self._index[tok] = found
+        return found
 
     @once
-    def _positions(self) -> dict[str, list[int]]:
+    def _index(self) -> dict[str, list[int]]:
+        """Token → ascending positions, for the tokens asked for so far (see `where`)."""
+        return {}
+
+    def _index_all(self) -> dict[str, list[int]]:
+        """Every token's positions, as `where` finds them one by one."""
+        index: dict[str, list[int]] = {}
+        for i, tok in enumerate(self.tokens):
+            index.setdefault(tok, []).append(i)
+        for tok, at in self.joined.items():
+            index[tok] = sorted(index.get(tok, []) + at)
+        return index
+
+    def positions(self, word: str) -> Sequence[int]:
+        """Ascending positions of the tokens that share a stem with `word` (kept: a check asks for a word again): the
+        tokens of the text among its `inflections`. Read only."""
+        found = self._positions.get(word)
+        if found is None:
+            every, per_stem = inflections(word)
+            hits = self.vocabulary.intersection(every)
+            if not hits:  # most words of a wrong answer, and the joined forms of a label's words ("girlputs")
+                found = ()
+            elif self.joined:  # a joined word and its first part may share a stem ("play-s"): each stem's list as
+                # the positions of its tokens, one after another (a position twice), as an index of stems would have
+                lists = [sorted(p for tok in hits & forms for p in self.where(tok)) for forms in per_stem]
+                lists = [f for f in lists if f]
+                found = lists[0] if len(lists) == 1 else sorted(set().union(*lists))
+            elif len(hits) == 1:
+                found = self.where(hits.pop())
+            else:  # no two tokens at one position: the stems' lists are sets, their union the tokens' positions
+                found = sorted(set().union(*map(self.where, hits)))
+            self._positions[word] = found
+        return found
+
+    @once
+    def _positions(self) -> dict[str, Sequence[int]]:
         return {}
 
     def negated(self, i: int) -> bool:

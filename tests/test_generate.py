@@ -333,6 +333,33 @@ def test_the_generation_actor_runs_at_normal_priority_beside_ray_tasks(ray_local
     assert ray.get(niceness.remote()) == 15
 
 
+def test_rows_reach_their_files_while_the_stage_still_generates(ray_local, tiny_vlm_dir, questioned, tmp_path):
+    """A stage writes each block when it is done, not when the reads ahead of it are: some rows are on disk before
+    the actor's last call begins (what a kill then loses is the blocks in flight). The writes once asked a CPU, and on
+    a small cluster, with the actor holding one, Ray Data gave them none until every read had run."""
+    from vstar.generate import stage
+
+    calls = tmp_path / "calls.txt"
+
+    class TimedHF(HFBackend):  # defined here, so that Ray pickles it by value (tests/ is not on a worker's path)
+        def generate(self, prompts, videos, metas, keys=None):
+            with open(calls, "a") as f:
+                f.write(f"{time.time()}\n")
+            return super().generate(prompts, videos, metas, keys)
+
+    samples = [s.model_copy(update={"sample_id": f"{s.sample_id}-{k}"}) for k in range(4) for s in questioned]
+    plain, stage.BACKENDS["hf"] = stage.BACKENDS["hf"], TimedHF
+    try:
+        out = generate_stage(
+            samples, "answer", tmp_path / "answers", str(tiny_vlm_dir), CFG.generate, SAMPLING, CFG.data, CFG.verify
+        )
+    finally:
+        stage.BACKENDS["hf"] = plain
+    assert len(read_rows(out)) == len(samples)
+    first_file = min(p.stat().st_mtime for p in out.glob("*.parquet"))
+    assert first_file < max(float(t) for t in calls.read_text().split())
+
+
 @pytest.mark.slow
 def test_killed_part_way_then_rerun_generates_nothing_twice(ray_local, tmp_path):
     """A real `vstar generate` process killed with SIGKILL while it writes, then run again to completion."""

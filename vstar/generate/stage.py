@@ -61,6 +61,11 @@ FRAMES = ("frames", "frames_shape", "frame_indices", "fps", "total_frames", "dec
 # generation actors (it fuses a task map into an actor map only when their resources are equal)
 FRAMES_CPUS = 0.5
 MAX_BLOCKS = 2000  # blocks (and written files) a stage's input is cut into at most
+# The stage's last step (verify when the actor did not, then write a block's file) asks no CPU, and at most WRITER's
+# concurrency tasks run at once: it is light (~50 ms a block of 32 rows), and it is what makes rows durable. Asking a
+# CPU, it got none from Ray Data's resource budget while the reads ahead of it still ran: on 2 cores beside an actor
+# a stage wrote its first file 27 s into 30 (benchmarks/scale_generation.py), so a kill lost nearly everything.
+WRITER = {"num_cpus": 0, "concurrency": 4}
 # Ray starts its worker processes at niceness 15 (its worker_niceness), so that its own daemons stay responsive. The
 # generation actor, the stage's bottleneck by design, runs at the driver's niceness instead: the CPU tasks beside it
 # (frames, verification, writes) yield to it. At 15, on 2 cores, the actor generated at 0.78-0.90 of its rate alone;
@@ -311,9 +316,9 @@ def generate_stage(
     rationalize = (verify, label_sets) if rationales_to is not None else None
     ds = generated(ds, make_backend, model, gen, rationalize)
     if rationalize is None:
-        ds = ds.map(add_duration)
-        ds = verified(ds, verify, label_sets, batch_size=None)
-    ds = ds.map_batches(write_parts, fn_kwargs={"dirs": dirs}, batch_format="pyarrow", batch_size=None)
+        ds = ds.map(add_duration, **WRITER)
+        ds = verified(ds, verify, label_sets, batch_size=None, **WRITER)
+    ds = ds.map_batches(write_parts, fn_kwargs={"dirs": dirs}, batch_format="pyarrow", batch_size=None, **WRITER)
     written = {}
     if progress is not None:
         progress(0, todo)
@@ -327,12 +332,12 @@ def generate_stage(
 
 
 def verified(
-    ds: ray.data.Dataset, cfg: VerifyConfig, label_sets: dict | None = None, batch_size: int | None = 256
+    ds: ray.data.Dataset, cfg: VerifyConfig, label_sets: dict | None = None, batch_size: int | None = 256, **remote
 ) -> ray.data.Dataset:
     """Answer rows (`labels` + `candidates` or `answer`) with `verdicts`, `passed` and `num_passed` added, verified
-    `batch_size` rows at a time (None: a block at a time)."""
+    `batch_size` rows at a time (None: a block at a time); `remote`: the tasks' Ray arguments."""
     kwargs = {"cfg": cfg, **({"label_sets": label_sets} if label_sets else {})}
-    return ds.map_batches(verify_rows, batch_format="pandas", batch_size=batch_size, fn_kwargs=kwargs)
+    return ds.map_batches(verify_rows, batch_format="pandas", batch_size=batch_size, fn_kwargs=kwargs, **remote)
 
 
 def clip_verdicts(samples: ray.data.Dataset, data: DataConfig) -> ray.data.Dataset:

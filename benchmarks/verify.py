@@ -55,6 +55,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import vstar.verify
 from vstar.config import VerifyConfig
 from vstar.schema import Label
 from vstar.verify import Context, render_label, verify
@@ -699,7 +700,7 @@ def bench_synthetic_before(all_cases: dict[str, list[Case]], old, repeats: int, 
     for kind, cases in all_cases.items():
         agree = {}
         per_answer = 0.0
-        for name, module in (("before", old), ("now", vstar_verify())):
+        for name, module in (("before", old), ("now", vstar.verify)):
             ctx = module.Context()
             start = time.process_time()
             agree[name] = sum(module.verify(c.answer, c.labels, ctx).passed == c.expect for c in cases)
@@ -707,7 +708,7 @@ def bench_synthetic_before(all_cases: dict[str, list[Case]], old, repeats: int, 
         n = min(len(cases), max(40, int(pass_seconds / per_answer)) // 2 * 2)
         times: dict[str, list[float]] = {"before": [], "now": []}
         for _ in range(repeats):
-            for name, module in (("before", old), ("now", vstar_verify())):
+            for name, module in (("before", old), ("now", vstar.verify)):
                 gc.collect()
                 ctx = module.Context()
                 start = time.process_time()
@@ -722,12 +723,6 @@ def bench_synthetic_before(all_cases: dict[str, list[Case]], old, repeats: int, 
     return "\n".join(lines)
 
 
-def vstar_verify():
-    import vstar.verify
-
-    return vstar.verify
-
-
 def bench_realistic(repeats: int, show: int, before: str | None = None) -> tuple[str, list[str]]:
     """Agreement with the judge and answers per CPU-second per label type on the hand-written case set (the median
     of `repeats` passes, each after a warm-up pass; CPU time of this process, so that other load on a shared machine
@@ -735,8 +730,6 @@ def bench_realistic(repeats: int, show: int, before: str | None = None) -> tuple
     verifier of that revision is measured too, back to back with the current one (their passes alternate)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from verify_cases import load_cases
-
-    import vstar.verify
 
     by_kind: dict[str, list] = {}
     for c in load_cases():

@@ -69,7 +69,7 @@ WRITER = {"num_cpus": 0, "concurrency": 4}
 # Ray starts its worker processes at niceness 15 (its worker_niceness), so that its own daemons stay responsive. The
 # generation actor, the stage's bottleneck by design, runs at the driver's niceness instead: the CPU tasks beside it
 # (frames, verification, writes) yield to it. At 15, on 2 cores, the actor generated at 0.78-0.90 of its rate alone;
-# at 0, at 0.93-1.00 (benchmarks/scale_generation.py). Likely cause: the kernel balances cores by weighted load (a
+# at 0, at 0.91-1.01 (benchmarks/scale_generation.py). Likely cause: the kernel balances cores by weighted load (a
 # nice-0 process such as the driver weighs 28x a nice-15 one), so it put those tasks on the actor's core. The
 # variable only spares the worker Ray's lowering of its priority, which needs no privilege; the actor's child
 # processes (vLLM's engine core) inherit it.

@@ -21,11 +21,12 @@ every request in flight continuously and streams each one's text as it comes (`e
 running past `serve.request_timeout_s` a 504; neither touches the other requests in its batch.
 
 Under load: the body is counted while it is read (413 past the limit, chunked or not), first at Serve's proxy
-(`proxy`), which passes no more than the limit to a replica; each request fetches and decodes its video on a
-thread of its own (a pool as large as the requests a replica takes), apart from the one thread that runs the
-engine, so slow downloads hold back no other request; requests past what the replicas take wait in the proxy up to `serve.max_queued_requests`, then get a 429 with `Retry-After`. `/health` (and Serve's
-own health check, which restarts the replica) says 503 when the engine has failed three batches running or has
-not stepped for `serve.request_timeout_s` with work in hand.
+(`proxy`), which passes no more than the limit to a replica; each request fetches and decodes its video on a thread
+of its own (a pool as large as the requests a replica takes), apart from the one thread that runs the engine, so
+slow downloads hold back no other request; requests past what the replicas take wait in the proxy up to
+`serve.max_queued_requests`, then get a 429 with `Retry-After`. `/health` (and Serve's own health check, which
+restarts the replica) says 503 when the engine has failed three batches running or has not stepped for
+`serve.request_timeout_s` with work in hand.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (`request: Request`) at runtime.
